@@ -1,0 +1,221 @@
+"""Component Config dataclasses and their validation. Light: imports no torch.
+
+Every component declares a ``Config`` dataclass; each field carries a help text through
+:func:`option`. Suites are checked against it before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union
+
+from saebench_vision.errors import ConfigError
+
+_MISSING = dataclasses.MISSING
+
+
+def option(default: Any = _MISSING, help: str = "", *, factory: Any = _MISSING) -> Any:
+    """A Config field with a help text: ``k: int = option(32, "latents kept per sample")``."""
+    metadata = {"help": help}
+    if factory is not _MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Fields every model adapter has. ``device`` and ``dtype`` are never hard-coded."""
+
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, mps, or auto (cuda when available)")
+    dtype: Literal["float32", "float16", "bfloat16"] = option(
+        "float32", "dtype of the model's forward pass; activations are stored as float32"
+    )
+    batch_size: int = option(32, "inputs per forward pass")
+    num_workers: int = option(0, "DataLoader worker processes for decoding and preprocessing")
+
+
+RUNTIME_FIELDS = frozenset({"device", "batch_size", "num_workers"})
+"""Config fields that do not change the numbers a component produces (left out of cache keys)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """Fields every SAE has."""
+
+    expansion: int = option(8, "latents = expansion x input width")
+    b_dec_init: Literal["zeros", "mean", "geometric-median"] = option(
+        "zeros", "initial decoder bias, computed from the first training batch when not zeros"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """The training recipe shared by every SAE of a suite. Defaults are the paper's (section 3.3)."""
+
+    epochs: float = option(3, "passes over the training activations")
+    batch_size: int = option(64, "activations per optimiser step")
+    lr: float = option(1e-4, "Adam learning rate")
+    adam_betas: tuple[float, float] = option((0.9, 0.999), "Adam betas")
+    warmup_fraction: float = option(0.05, "fraction of steps with linear learning-rate warm-up")
+    decay_fraction: float = option(0.2, "fraction of final steps with linear decay to zero")
+    sparsity_warmup_fraction: float = option(
+        0.05, "fraction of steps over which the sparsity coefficient ramps up from zero"
+    )
+    normalize: Literal["none", "sqrt-d"] = option(
+        "sqrt-d",
+        "scale inputs so their mean norm is sqrt(d) (SAELens 'expected_average_only_in'), making "
+        "sparsity coefficients comparable across models; the SAE undoes it on output",
+    )
+    max_samples: int | None = option(None, "use at most this many training activations")
+    device: str = option("cpu", "torch device for training: cpu, cuda, auto")
+    checkpoint_every: int = option(0, "steps between resumable checkpoints (0: only at the end)")
+
+
+_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def describe_type(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp in _SCALARS:
+        return _SCALARS[tp]
+    if tp is Any:
+        return "any value"
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = " or ".join(describe_type(a) for a in args)
+        return f"{inner} or null" if len(args) < len(typing.get_args(tp)) else inner
+    if origin in (list, tuple, typing.Sequence):
+        args = typing.get_args(tp)
+        return f"a list of {describe_type(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def check_type(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Whether ``value`` fits ``tp``; returns ``(ok, coerced value)``. YAML ints pass as floats."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is Literal:
+        return value in typing.get_args(tp), value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return True, None
+                continue
+            ok, coerced = check_type(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin in (list, tuple, typing.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                return False, value
+            pairs = list(zip(value, args))
+        else:
+            pairs = [(v, args[0] if args else Any) for v in value]
+        out = []
+        for item, item_tp in pairs:
+            ok, coerced = check_type(item, item_tp)
+            if not ok:
+                return False, value
+            out.append(coerced)
+        return True, tuple(out) if origin is tuple else out
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    if isinstance(tp, type):
+        return isinstance(value, tp), value
+    return True, value
+
+
+def config_fields(config_cls: type) -> dict[str, dataclasses.Field]:
+    if not dataclasses.is_dataclass(config_cls):
+        raise ConfigError(f"{config_cls!r} is not a dataclass; a component's Config must be one")
+    return {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+
+
+def field_types(config_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(config_cls)
+
+
+def validate_args(config_cls: type, args: Any, *, where: str, what: str) -> dict[str, Any]:
+    """Check ``args`` against ``config_cls``; return them coerced. ``where`` prefixes errors.
+
+    ``what`` names the component, e.g. "SAE `topk`".
+    """
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}: must be a mapping of {what}'s options, not {type(args).__name__} {args!r}")
+    fields = config_fields(config_cls)
+    types_ = field_types(config_cls)
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        if key not in fields:
+            expected = ", ".join(fields) or "no options"
+            from saebench_vision.registry import did_you_mean
+
+            hint = did_you_mean(str(key), fields)
+            raise ConfigError(
+                f"{where}: unknown key `{key}` for {what}.{hint} (expected: {expected})"
+            )
+        ok, coerced = check_type(value, types_[key])
+        if not ok:
+            raise ConfigError(
+                f"{where}.{key}: {value!r} is not {describe_type(types_[key])}; fix the value "
+                f"({fields[key].metadata.get('help', 'see saebench plugins --verbose')})"
+            )
+        out[key] = coerced
+    missing = [
+        name
+        for name, f in fields.items()
+        if f.default is _MISSING and f.default_factory is _MISSING and name not in out
+    ]
+    if missing:
+        raise ConfigError(f"{where}: {what} needs `{missing[0]}` ({fields[missing[0]].metadata.get('help', '')})")
+    return out
+
+
+def build_config(config_cls: type, args: dict[str, Any], *, where: str = "", what: str = "") -> Any:
+    """Validate and instantiate. ``__post_init__`` checks may raise ValueError; we rephrase."""
+    clean = validate_args(config_cls, args, where=where or "args", what=what or config_cls.__name__)
+    try:
+        return config_cls(**clean)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where or 'args'}: {exc}") from exc
+
+
+def config_as_dict(config: Any) -> dict[str, Any]:
+    """JSON-friendly dict of a Config instance (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def identity_dict(config: Any) -> dict[str, Any]:
+    """The config without runtime-only fields: what determines the numbers."""
+    return {k: v for k, v in config_as_dict(config).items() if k not in RUNTIME_FIELDS}

@@ -1,0 +1,213 @@
+"""The plugin manager: built-ins from an explicit tuple, then entry points, each isolated.
+
+Environment variables:
+
+``SAEBENCH_VISION_DISABLE_PLUGINS``
+    Comma-separated plugin names (entry-point names or built-in names) that are not imported.
+``SAEBENCH_VISION_STRICT_PLUGINS``
+    ``1`` turns a plugin that fails to import into an error instead of a warning.
+``SAEBENCH_VISION_NO_ENTRYPOINTS``
+    ``1`` loads only the built-ins (tests use this).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from saebench_vision import PROJECT_NAME, hookspecs
+from saebench_vision.errors import PluginError
+from saebench_vision.registry import KINDS, Registry
+
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("builtin-models", "saebench_vision_plugins.models.hooks"),
+    ("builtin-saes", "saebench_vision_plugins.saes.hooks"),
+    ("builtin-datasets", "saebench_vision_plugins.datasets.hooks"),
+    ("builtin-evaluators", "saebench_vision_plugins.evaluators.hooks"),
+)
+"""(plugin name, module) of the plugins that ship with saebench-vision."""
+
+ENV_DISABLE = "SAEBENCH_VISION_DISABLE_PLUGINS"
+ENV_STRICT = "SAEBENCH_VISION_STRICT_PLUGINS"
+ENV_NO_ENTRYPOINTS = "SAEBENCH_VISION_NO_ENTRYPOINTS"
+
+
+@dataclass
+class LoadFailure:
+    """A plugin that could not be imported; the others still work."""
+
+    name: str
+    distribution: str
+    error: str
+
+
+@dataclass
+class PluginManager:
+    """pluggy's manager plus what the project needs around it."""
+
+    pm: pluggy.PluginManager
+    failures: list[LoadFailure] = field(default_factory=list)
+    disabled: set[str] = field(default_factory=set)
+    distributions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _registry: Registry | None = None
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def register(self, plugin: Any, name: str, distribution: tuple[str, str] | None = None) -> None:
+        """Register an in-process plugin (tests and notebooks use this)."""
+        self.pm.register(plugin, name=name)
+        self.pm.check_pending()
+        self.distributions[name] = distribution or ("(in-process)", "")
+        self._registry = None
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.distributions.pop(name, None)
+        self._registry = None
+
+    def registry(self) -> Registry:
+        """All components, attributed to the plugin that registered each."""
+        if self._registry is None:
+            registry = Registry()
+            for kind, hook_name in KINDS.items():
+                caller = getattr(self.pm.hook, hook_name)
+                # Call each implementation alone so that every name is attributed to its plugin.
+                for impl in reversed(caller.get_hookimpls()):
+                    plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+                    try:
+                        result = impl.function()
+                    except Exception as exc:  # noqa: BLE001 - a plugin's bug must not hide others
+                        raise PluginError(
+                            f"plugin `{plugin_name}`: {hook_name}() raised "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
+                    if result is None:
+                        continue
+                    if not isinstance(result, dict):
+                        raise PluginError(
+                            f"plugin `{plugin_name}`: {hook_name}() must return a dict of "
+                            f"name -> 'module:Class', not {type(result).__name__}"
+                        )
+                    for name, ref in result.items():
+                        registry.add(kind, name, ref, plugin_name)
+            self._registry = registry
+        return self._registry
+
+    def plugin_info(self) -> list[dict[str, Any]]:
+        """One row per registered plugin: name, distribution, version, hooks, components."""
+        registry = self.registry()
+        rows = []
+        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            dist, version = self.distributions.get(name, ("", ""))
+            components = {
+                kind: [e.name for e in registry.entries(kind) if e.plugin == name] for kind in KINDS
+            }
+            rows.append(
+                {
+                    "name": name,
+                    "distribution": dist,
+                    "version": version,
+                    "hooks": hooks,
+                    "components": {k: v for k, v in components.items() if v},
+                }
+            )
+        return rows
+
+    def versions(self) -> dict[str, str]:
+        """``{plugin name: "distribution version"}`` for provenance records."""
+        return {name: f"{d} {v}".strip() for name, (d, v) in sorted(self.distributions.items())}
+
+
+def _env_list(name: str) -> set[str]:
+    return {part.strip() for part in os.environ.get(name, "").split(",") if part.strip()}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def get_plugin_manager(
+    *,
+    load_entrypoints: bool | None = None,
+    disabled: set[str] | None = None,
+    strict: bool | None = None,
+) -> PluginManager:
+    """A fresh plugin manager with the built-ins and (unless turned off) entry-point plugins.
+
+    A plugin that fails to import is recorded in ``failures`` and skipped, unless ``strict``
+    (or ``SAEBENCH_VISION_STRICT_PLUGINS=1``) makes that an error. Disabled plugins are never
+    imported.
+    """
+    from saebench_vision import __version__
+
+    if load_entrypoints is None:
+        load_entrypoints = not _env_flag(ENV_NO_ENTRYPOINTS)
+    disabled = set(disabled if disabled is not None else _env_list(ENV_DISABLE))
+    strict = _env_flag(ENV_STRICT) if strict is None else strict
+
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    manager = PluginManager(pm=pm, disabled=disabled)
+
+    for name, module_name in DEFAULT_PLUGINS:
+        if name in disabled:
+            continue
+        module = importlib.import_module(module_name)
+        pm.register(module, name=name)
+        manager.distributions[name] = ("saebench-vision", __version__)
+
+    if load_entrypoints:
+        for ep in _entry_points():
+            if ep.name in disabled:
+                continue
+            dist_name, dist_version = _dist_of(ep)
+            try:
+                if pm.get_plugin(ep.name) is not None:
+                    raise PluginError(f"a plugin named `{ep.name}` is already registered")
+                plugin = ep.load()
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:  # noqa: BLE001 - isolate each third-party plugin
+                message = (
+                    f"plugin `{ep.name}` from {dist_name or 'an unknown distribution'} failed to "
+                    f"load ({ep.value}): {type(exc).__name__}: {exc}"
+                )
+                if strict:
+                    raise PluginError(
+                        f"{message}; fix or uninstall it, or unset {ENV_STRICT} to skip it"
+                    ) from exc
+                manager.failures.append(LoadFailure(ep.name, dist_name, f"{type(exc).__name__}: {exc}"))
+                print(
+                    f"warning: {message}; skipped (disable it with {ENV_DISABLE}={ep.name})",
+                    file=sys.stderr,
+                )
+                continue
+            manager.distributions[ep.name] = (dist_name, dist_version)
+    pm.check_pending()
+    return manager
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    eps = importlib.metadata.entry_points(group=PROJECT_NAME)
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for ep in sorted(eps, key=lambda e: e.name):
+        if (ep.name, ep.value) not in seen:  # a package on sys.path twice lists its eps twice
+            seen.add((ep.name, ep.value))
+            unique.append(ep)
+    return unique
+
+
+def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "", ""
+    return dist.metadata["Name"] or "", dist.version or ""
