@@ -1,0 +1,13 @@
+"""Registers the built-in evaluators (by reference: nothing heavy is imported here)."""
+
+from __future__ import annotations
+
+from saebench_vision import hookimpl
+from saebench_vision.registry import ComponentRef
+
+_P = "saebench_vision_plugins.evaluators"
+
+
+@hookimpl
+def register_evaluators() -> dict[str, ComponentRef]:
+    return {}
