@@ -10,4 +10,9 @@ _P = "saebench_vision_plugins.evaluators"
 
 @hookimpl
 def register_evaluators() -> dict[str, ComponentRef]:
-    return {}
+    return {
+        "reconstruction": ComponentRef(
+            f"{_P}.reconstruction:ReconstructionEvaluator",
+            config=f"{_P}.configs:ReconstructionConfig",
+        ),
+    }

@@ -1,0 +1,169 @@
+"""Reconstruction and sparsity of an SAE on every split (paper section 3.2, eqs. 6-8).
+
+Per split, averaged over activation rows:
+
+* ``mse``: (1/d) ||x - x_hat||^2 (eq. 6), in the activation space the SAE was trained on;
+* ``l1``: sum_i |z_i| (eq. 7); ``l0``: the number of non-zero latents (eq. 8);
+* ``explained_variance``: 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, with the split's own
+  mean, so 0 is "as good as predicting the split mean" and 1 is perfect;
+* ``dead_fraction`` / ``dense_fraction``: latents that fire on at most ``dead_threshold`` /
+  more than ``dense_threshold`` of the split's rows;
+* ``mean_active_value``: mean value of the non-zero latents (l1 / l0 over all rows), the
+  activation magnitude of Fig. 2 (middle);
+* ``relative_mse``: sum ||x - x_hat||^2 / sum ||x||^2, scale-free so models compare.
+
+``mse`` with split ``ood-mean`` averages the near- and far-OOD splits (each split weighted
+equally, as OpenOOD averages its datasets): the "average OOD reconstruction" of Fig. 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from saebench_vision_plugins.evaluators.common import iter_rows, prepare_sae, strided_rows
+from saebench_vision_plugins.evaluators.configs import ReconstructionConfig
+
+from saebench_vision.cache import ActivationSet
+from saebench_vision.interfaces import SAE, EvalContext, Evaluator, Record
+
+
+@dataclass
+class ReconstructionStats:
+    """Streaming sums for one split; :meth:`records` turns them into metrics."""
+
+    d: int
+    d_sae: int
+    n: int = 0
+    sse: float = 0.0
+    sum_x: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sum_sq_x: float = 0.0
+    per_row_mse: list[np.ndarray] = field(default_factory=list)
+    per_row_l1: list[np.ndarray] = field(default_factory=list)
+    per_row_l0: list[np.ndarray] = field(default_factory=list)
+    fire_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        self.sum_x = np.zeros(self.d, dtype=np.float64)
+        self.fire_counts = np.zeros(self.d_sae, dtype=np.int64)
+
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> None:
+        x, x_hat, z = x.double(), x_hat.double(), z.double()
+        sq_err = (x - x_hat).pow(2).sum(1)
+        active = z != 0
+        self.n += x.shape[0]
+        self.sse += float(sq_err.sum())
+        self.sum_x += x.sum(0).cpu().numpy()
+        self.sum_sq_x += float(x.pow(2).sum())
+        self.per_row_mse.append((sq_err / self.d).cpu().numpy())
+        self.per_row_l1.append(z.abs().sum(1).cpu().numpy())
+        self.per_row_l0.append(active.sum(1).cpu().numpy().astype(np.float64))
+        self.fire_counts += active.sum(0).cpu().numpy()
+
+    def values(
+        self, dead_threshold: float, dense_threshold: float
+    ) -> dict[str, tuple[float, float | None]]:
+        """``{metric: (value, stderr)}``."""
+
+        def mean_se(parts: list[np.ndarray]) -> tuple[float, float | None]:
+            arr = np.concatenate(parts)
+            se = float(arr.std(ddof=1) / np.sqrt(len(arr))) if len(arr) > 1 else None
+            return float(arr.mean()), se
+
+        total_var = self.sum_sq_x - float(self.sum_x @ self.sum_x) / self.n
+        rate = self.fire_counts / self.n
+        l1, l0 = mean_se(self.per_row_l1), mean_se(self.per_row_l0)
+        return {
+            "mse": mean_se(self.per_row_mse),
+            "l1": l1,
+            "l0": l0,
+            "explained_variance": (
+                1.0 - self.sse / total_var if total_var > 0 else float("nan"),
+                None,
+            ),
+            "relative_mse": (self.sse / self.sum_sq_x if self.sum_sq_x > 0 else float("nan"), None),
+            "dead_fraction": (float((rate <= dead_threshold).mean()), None),
+            "dense_fraction": (float((rate > dense_threshold).mean()), None),
+            "mean_active_value": (l1[0] / l0[0] if l0[0] > 0 else 0.0, None),
+        }
+
+
+def reconstruction_stats(
+    sae: SAE,
+    acts: ActivationSet,
+    *,
+    device: torch.device,
+    batch_size: int,
+    rows: np.ndarray | None = None,
+) -> ReconstructionStats:
+    """Stream a split (or ``rows`` of it) through the SAE and accumulate the statistics."""
+    stats = ReconstructionStats(d=acts.d, d_sae=sae.d_sae)
+    with torch.no_grad():
+        for _, chunk in iter_rows(acts, batch_size, rows):
+            x = torch.from_numpy(chunk).to(device)
+            z = sae.encode(x)
+            stats.update(x, sae.decode(z), z)
+    return stats
+
+
+class ReconstructionEvaluator(Evaluator):
+    """MSE, L1, L0, explained variance and dead/dense latent fractions on every split."""
+
+    name: ClassVar[str] = "reconstruction"
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type] = ReconstructionConfig
+    metrics: ClassVar[dict[str, bool | None]] = {
+        "mse": False,
+        "l1": False,
+        "l0": False,
+        "explained_variance": True,
+        "relative_mse": False,
+        "dead_fraction": False,
+        "dense_fraction": False,
+        "mean_active_value": None,
+    }
+
+    def evaluate(self, ctx: EvalContext) -> list[Record]:
+        cfg: ReconstructionConfig = self.config
+        if ctx.sae is None:
+            return []
+        sae, device = prepare_sae(ctx.sae, cfg.device)
+        records: list[Record] = []
+        ood_mse: list[float] = []
+        for role in cfg.roles:
+            for split in ctx.split_names(role):
+                acts = ctx.activations(split)
+                rows = strided_rows(acts.n, cfg.max_rows)
+                stats = reconstruction_stats(
+                    sae, acts, device=device, batch_size=cfg.batch_size, rows=rows
+                )
+                for metric, (value, se) in stats.values(
+                    cfg.dead_threshold, cfg.dense_threshold
+                ).items():
+                    records.append(
+                        Record(
+                            metric,
+                            value,
+                            split=split,
+                            stderr=se,
+                            higher_is_better=self.metrics[metric],
+                            n=stats.n,
+                            extra={"role": role},
+                        )
+                    )
+                    if metric == "mse" and role in ("near-ood", "far-ood"):
+                        ood_mse.append(value)
+        if ood_mse:
+            records.append(
+                Record(
+                    "mse",
+                    float(np.mean(ood_mse)),
+                    split="ood-mean",
+                    higher_is_better=False,
+                    n=len(ood_mse),
+                    extra={"role": "ood-mean"},
+                )
+            )
+        return records
