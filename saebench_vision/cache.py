@@ -92,7 +92,9 @@ class ActivationSet:
     @property
     def shards(self) -> list[np.ndarray]:
         if self._shards is None:
-            self._shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.manifest["shards"]]
+            self._shards = [
+                np.load(self.path / s["file"], mmap_mode="r") for s in self.manifest["shards"]
+            ]
         return self._shards
 
     @property
@@ -148,7 +150,9 @@ class EntryWriter:
     def append(self, rows: np.ndarray, sample_index: np.ndarray, labels: np.ndarray | None) -> None:
         rows = np.asarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.d:
-            raise CacheError(f"cache entry {self.key[:12]}: expected rows of width {self.d}, got {rows.shape}")
+            raise CacheError(
+                f"cache entry {self.key[:12]}: expected rows of width {self.d}, got {rows.shape}"
+            )
         if not np.isfinite(rows).all():
             raise CacheError(
                 f"cache entry {self.key[:12]}: the model produced NaN or inf activations "
@@ -169,8 +173,12 @@ class EntryWriter:
         name = f"shard-{len(self._shards):05d}.npy"
         np.save(self.tmp / name, np.ascontiguousarray(head))
         self._shards.append(
-            {"file": name, "rows": len(head), "bytes": (self.tmp / name).stat().st_size,
-             "sha256": file_sha256(self.tmp / name)}
+            {
+                "file": name,
+                "rows": len(head),
+                "bytes": (self.tmp / name).stat().st_size,
+                "sha256": file_sha256(self.tmp / name),
+            }
         )
         self._buffer = [tail] if len(tail) else []
         self._buffered = len(tail)
@@ -179,16 +187,25 @@ class EntryWriter:
         if self._buffered:
             self._flush(self._buffered)
         if self.n == 0:
-            raise CacheError(f"cache entry {self.key[:12]}: no activations were produced (empty split?)")
+            raise CacheError(
+                f"cache entry {self.key[:12]}: no activations were produced (empty split?)"
+            )
         np.save(self.tmp / "sample_index.npy", np.concatenate(self._index))
         if self._labels:
             np.save(self.tmp / "labels.npy", np.concatenate(self._labels))
         extra_files = [f for f in ("sample_index.npy", "labels.npy") if (self.tmp / f).exists()]
         manifest = {
-            "format": FORMAT_VERSION, "key": self.key, "n": self.n, "d": self.d,
-            "dtype": "float32", "shards": self._shards, "meta": self.meta,
-            "files": {f: {"bytes": (self.tmp / f).stat().st_size, "sha256": file_sha256(self.tmp / f)}
-                      for f in extra_files},
+            "format": FORMAT_VERSION,
+            "key": self.key,
+            "n": self.n,
+            "d": self.d,
+            "dtype": "float32",
+            "shards": self._shards,
+            "meta": self.meta,
+            "files": {
+                f: {"bytes": (self.tmp / f).stat().st_size, "sha256": file_sha256(self.tmp / f)}
+                for f in extra_files
+            },
         }
         atomic_write_text(self.tmp / "manifest.json", json.dumps(manifest, indent=1))
         final = self.cache.entry_path(self.key)
@@ -200,7 +217,9 @@ class EntryWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
         found = self.cache.lookup(self.key)
         if found is None:
-            raise CacheError(f"cache entry {self.key[:12]} vanished right after it was written ({final})")
+            raise CacheError(
+                f"cache entry {self.key[:12]} vanished right after it was written ({final})"
+            )
         return found
 
     def abort(self) -> None:
@@ -238,7 +257,10 @@ class ActivationCache:
         if problem:
             import sys
 
-            print(f"warning: activation cache entry {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
+            print(
+                f"warning: activation cache entry {path} is damaged ({problem}); rebuilding it",
+                file=sys.stderr,
+            )
             self._discard(path)
             return None
         return ActivationSet(path, json.loads(manifest_file.read_text()))

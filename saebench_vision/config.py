@@ -28,7 +28,9 @@ def option(default: Any = _MISSING, help: str = "", *, factory: Any = _MISSING) 
 class ModelConfig:
     """Fields every model adapter has. ``device`` and ``dtype`` are never hard-coded."""
 
-    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, mps, or auto (cuda when available)")
+    device: str = option(
+        "cpu", "torch device: cpu, cuda, cuda:1, mps, or auto (cuda when available)"
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = option(
         "float32", "dtype of the model's forward pass; activations are stored as float32"
     )
@@ -164,7 +166,9 @@ def validate_args(config_cls: type, args: Any, *, where: str, what: str) -> dict
     if args is None:
         args = {}
     if not isinstance(args, dict):
-        raise ConfigError(f"{where}: must be a mapping of {what}'s options, not {type(args).__name__} {args!r}")
+        raise ConfigError(
+            f"{where}: must be a mapping of {what}'s options, not {type(args).__name__} {args!r}"
+        )
     fields = config_fields(config_cls)
     types_ = field_types(config_cls)
     out: dict[str, Any] = {}
@@ -190,7 +194,9 @@ def validate_args(config_cls: type, args: Any, *, where: str, what: str) -> dict
         if f.default is _MISSING and f.default_factory is _MISSING and name not in out
     ]
     if missing:
-        raise ConfigError(f"{where}: {what} needs `{missing[0]}` ({fields[missing[0]].metadata.get('help', '')})")
+        raise ConfigError(
+            f"{where}: {what} needs `{missing[0]}` ({fields[missing[0]].metadata.get('help', '')})"
+        )
     return out
 
 

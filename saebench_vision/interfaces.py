@@ -89,7 +89,9 @@ def select_tokens(out: LayerOutput, selection: str) -> tuple[torch.Tensor, torch
         "all": (TokenKind.CLS, TokenKind.PATCH, TokenKind.TEXT, TokenKind.GENERATED),
     }.get(selection)
     if wanted is None:
-        raise ValueError(f"unknown token selection {selection!r} (expected: {', '.join(TOKEN_SELECTIONS)})")
+        raise ValueError(
+            f"unknown token selection {selection!r} (expected: {', '.join(TOKEN_SELECTIONS)})"
+        )
     mask = torch.zeros_like(kinds, dtype=torch.bool)
     for kind in wanted:
         mask |= kinds == kind

@@ -184,7 +184,9 @@ def get_plugin_manager(
                     raise PluginError(
                         f"{message}; fix or uninstall it, or unset {ENV_STRICT} to skip it"
                     ) from exc
-                manager.failures.append(LoadFailure(ep.name, dist_name, f"{type(exc).__name__}: {exc}"))
+                manager.failures.append(
+                    LoadFailure(ep.name, dist_name, f"{type(exc).__name__}: {exc}")
+                )
                 print(
                     f"warning: {message}; skipped (disable it with {ENV_DISABLE}={ep.name})",
                     file=sys.stderr,

@@ -104,7 +104,9 @@ class Registry:
         """Register ``name``; refuses duplicates, naming both owners."""
         title = KIND_TITLES[kind]
         if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin `{plugin}` registered a {title} with a non-string name {name!r}")
+            raise PluginError(
+                f"plugin `{plugin}` registered a {title} with a non-string name {name!r}"
+            )
         if isinstance(ref, str):
             try:
                 ref = ComponentRef(ref)

@@ -1,0 +1,7 @@
+"""``python -m saebench_vision`` is ``saebench``."""
+
+import sys
+
+from saebench_vision.cli import main
+
+sys.exit(main())

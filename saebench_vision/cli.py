@@ -1,0 +1,296 @@
+"""The ``saebench`` command: run, validate, plugins, leaderboard, layers.
+
+Start-up stays light: nothing here imports torch, transformers, diffusers or open_clip; ``run``
+imports them only when a cell actually has to be computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from saebench_vision import __version__
+from saebench_vision.errors import SaebenchError
+
+EXIT_ERROR = 2
+
+
+def _manager() -> Any:
+    from saebench_vision.plugins import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+def _load(path: str, manager: Any, output: str | None = None) -> Any:
+    from saebench_vision.suite import load_suite
+
+    return load_suite(path, manager.registry(), output=output)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from saebench_vision.runner import Runner
+
+    manager = _manager()
+    suite = _load(args.suite, manager, args.output)
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    runner = Runner(
+        suite, manager, cache_dir=cache_dir, progress=not args.no_progress, argv=sys.argv
+    )
+    summary = runner.run()
+    print(
+        f"{summary.computed_cells} of {summary.total_cells} cells computed in {summary.seconds:.1f} s "
+        f"(run {summary.run_id})",
+        file=sys.stderr,
+    )
+    _print_board(
+        runner.store,
+        suite.hash,
+        suite.name,
+        args.format,
+        args.layout,
+        args.metric,
+        args.split,
+        None,
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    manager = _manager()
+    suite = _load(args.suite, manager)
+    if args.deep:
+        from saebench_vision.runner import Runner
+
+        runner = Runner(suite, manager, progress=False)
+        for model in suite.models:
+            adapter = runner._instantiate("model", model)
+            adapter.check_layers(model.layers, where=f"{suite.path}: {model.where}.layers")
+        for split in suite.datasets:
+            runner.dataset(split.name)
+        for evaluator in suite.evaluators:
+            runner._instantiate("evaluator", evaluator)
+    from saebench_vision.runner import plan_suite
+
+    plan = plan_suite(suite, manager)
+    print(
+        f"{suite.path}: ok - {len(suite.models)} model(s), {sum(len(m.layers) for m in suite.models)} layer(s), "
+        f"{len(suite.sae_variants())} SAE(s), {len(suite.evaluators)} evaluator(s), {len(suite.seeds)} seed(s): "
+        f"{len(plan.cells)} cells (suite hash {suite.hash})"
+    )
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    manager = _manager()
+    rows = manager.plugin_info()
+    if args.json:
+        print(
+            json.dumps(
+                {"plugins": rows, "failures": [f.__dict__ for f in manager.failures]}, indent=2
+            )
+        )
+        return 0
+    from tabulate import tabulate
+
+    table = []
+    for r in rows:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["components"].items())
+        table.append(
+            [r["name"], f"{r['distribution']} {r['version']}".strip(), ", ".join(r["hooks"]), comps]
+        )
+    print(
+        tabulate(
+            table, headers=["plugin", "distribution", "hooks", "components"], tablefmt="simple"
+        )
+    )
+    for f in manager.failures:
+        print(f"FAILED {f.name} ({f.distribution}): {f.error}")
+    if args.verbose:
+        from saebench_vision.config import config_fields, describe_type, field_types
+
+        registry = manager.registry()
+        for kind in ("model", "sae", "dataset", "evaluator"):
+            for entry in registry.entries(kind):
+                print(f"\n{kind} `{entry.name}` ({entry.plugin}): {entry.ref.target}")
+                cfg = entry.config_class()
+                types = field_types(cfg)
+                for name, f in config_fields(cfg).items():
+                    default = f.default if f.default is not f.default_factory else "(required)"
+                    print(
+                        f"  {name}: {describe_type(types[name])} = {default!r}  {f.metadata.get('help', '')}"
+                    )
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    import yaml
+
+    from saebench_vision.config import build_config
+
+    manager = _manager()
+    entry = manager.registry().get("model", args.model)
+    overrides = {}
+    for item in args.arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SaebenchError(f"--arg {item!r}: write KEY=VALUE, e.g. --arg variant=lite0")
+        overrides[key] = yaml.safe_load(value)
+    cls = entry.load()
+    adapter = cls(build_config(cls.Config, overrides, where="--arg", what=f"model `{args.model}`"))
+    for layer in adapter.layer_names():
+        print(layer)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from saebench_vision.results import open_store
+
+    target = Path(args.target)
+    suite_name = None
+    if target.is_file():
+        manager = _manager()
+        suite = _load(str(target), manager, args.results)
+        store = open_store(suite.output, must_exist=True)
+        suite_hash, suite_name = suite.hash, suite.name
+    else:
+        store = open_store(target, must_exist=True)
+        suite_hash = args.suite_hash or store.latest_suite_hash()
+    _print_board(
+        store, suite_hash, suite_name, args.format, args.layout, args.metric, args.split, args.out
+    )
+    return 0
+
+
+def _print_board(
+    store: Any,
+    suite_hash: str,
+    suite_name: str | None,
+    fmt: str,
+    layout: str,
+    metrics: list[str] | None,
+    splits: list[str] | None,
+    out: str | None,
+) -> None:
+    from saebench_vision.cache import atomic_write_text
+    from saebench_vision.leaderboard import render
+
+    frame = store.records_frame(suite_hash)
+    done, total = store.progress(suite_hash)
+    title = f"{suite_name or 'suite'} ({suite_hash}): {done}/{total} cells"
+    text = render(
+        frame,
+        fmt=fmt,
+        layout=layout,
+        metrics=metrics or (),
+        splits=splits or (),
+        title=title,
+        versions=store.versions_for(suite_hash),
+    )
+    if out:
+        atomic_write_text(Path(out), text)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from saebench_vision.leaderboard import FORMATS, LAYOUTS
+
+    parser = argparse.ArgumentParser(
+        prog="saebench",
+        description="Train and evaluate sparse autoencoders on vision models; suites in YAML, results as leaderboards.",
+    )
+    parser.add_argument("--version", action="version", version=f"saebench-vision {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def board_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=FORMATS, default="md", help="table format (default: md)")
+        p.add_argument(
+            "--layout",
+            choices=LAYOUTS,
+            default="long",
+            help="long: one row per SAE and split; wide: one column per metric and split",
+        )
+        p.add_argument(
+            "--metric",
+            action="append",
+            help="only metrics matching this glob (metric or evaluator/metric); repeatable",
+        )
+        p.add_argument("--split", action="append", help="only this split; repeatable")
+
+    p = sub.add_parser("run", help="run a suite (resumable) and print its leaderboard")
+    p.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
+    p.add_argument("--output", help="results folder (overrides the suite's `output`)")
+    p.add_argument(
+        "--cache-dir",
+        help="activation cache folder (overrides the suite and $SAEBENCH_VISION_CACHE)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    board_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a suite without running it")
+    p.add_argument("suite")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also build components (imports torch, loads no weights) to check layer names",
+    )
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plugins", help="list plugins, their versions, hooks and components")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="also list every component's options"
+    )
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("layers", help="list a model adapter's layer names")
+    p.add_argument("model", help="model plugin name, e.g. efficientnet-lite")
+    p.add_argument("--arg", action="append", metavar="KEY=VALUE", help="adapter option; repeatable")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("leaderboard", help="render a leaderboard from a results folder or a suite")
+    p.add_argument(
+        "target", nargs="?", default=".", help="suite YAML file or results folder (default: .)"
+    )
+    p.add_argument(
+        "--results", help="results folder when TARGET is a suite (overrides its `output`)"
+    )
+    p.add_argument(
+        "--suite-hash", help="which suite of the results folder (default: the latest run's)"
+    )
+    p.add_argument("--out", "-o", help="write to this file instead of standard output")
+    board_options(p)
+    p.set_defaults(func=cmd_leaderboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except SaebenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(
+            "interrupted; finished cells are saved, run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Leaderboard tables: pivots of long-form records, in suite order, with ↑/↓ on every metric.
+
+Rows are (model, layer, SAE); with ``layout="wide"`` each column is one metric on one split, with
+``layout="long"`` splits become rows and columns are metrics. Several seeds are averaged and
+shown with a 95% confidence interval (Student t). Formats: markdown, CSV, LaTeX, HTML.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+FORMATS = ("md", "csv", "latex", "html")
+LAYOUTS = ("wide", "long")
+
+# Two-sided 95% Student t quantiles for 1..30 degrees of freedom; 1.96 beyond.
+_T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
+
+
+def t95(dof: int) -> float:
+    return _T95[dof - 1] if 1 <= dof <= len(_T95) else 1.96
+
+
+def arrow(higher_is_better: Any) -> str:
+    if higher_is_better is None or (
+        isinstance(higher_is_better, float) and math.isnan(higher_is_better)
+    ):
+        return ""
+    return " ↑" if int(higher_is_better) == 1 else " ↓"
+
+
+def format_value(value: float | None, ci: float | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = _num(value)
+    if ci is not None and not math.isnan(ci) and ci > 0:
+        text += f" ± {_num(ci)}"
+    return text
+
+
+def _num(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:.1f}"
+    if abs(v) < 1e-3:
+        return f"{v:.2e}"
+    return f"{v:.4g}"
+
+
+def pivot(
+    frame: Any, *, layout: str = "wide", metrics: Sequence[str] = (), splits: Sequence[str] = ()
+) -> tuple[list[str], list[list[Any]], list[list[Any]]]:
+    """Turn records into ``(headers, display rows, raw rows)`` in a stable, suite-defined order.
+
+    ``metrics`` are glob patterns on ``metric`` or ``evaluator/metric``; ``splits`` names splits.
+    Raw rows hold floats (means) for CSV; display rows hold formatted strings.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    df = frame
+    if metrics:
+        keep = (
+            df.apply(
+                lambda r: any(
+                    fnmatch.fnmatch(r["metric"], p)
+                    or fnmatch.fnmatch(f"{r['evaluator']}/{r['metric']}", p)
+                    for p in metrics
+                ),
+                axis=1,
+            )
+            if len(df)
+            else df.index == df.index
+        )
+        df = df[keep]
+    if splits:
+        df = df[df["split"].isin(list(splits)) | (df["split"] == "")]
+    if not len(df):
+        return [], [], []
+
+    # Metric names that two evaluators share are shown as evaluator/metric.
+    owners = df.groupby("metric")["evaluator"].nunique()
+    df = df.assign(
+        metric_name=[
+            m if owners[m] == 1 else f"{e}/{m}" for m, e in zip(df["metric"], df["evaluator"])
+        ]
+    )
+
+    row_keys = ["model", "layer", "sae_label"] + (["split"] if layout == "long" else [])
+    col_keys = ["metric_name"] + (["split"] if layout == "wide" else [])
+
+    # Stable order: first appearance in suite order (the frame is sorted by position, split).
+    def first_seen(keys: list[str]) -> list[tuple[Any, ...]]:
+        seen: dict[tuple[Any, ...], None] = {}
+        for t in df[keys].itertuples(index=False, name=None):
+            seen.setdefault(t, None)
+        return list(seen)
+
+    rows = first_seen(row_keys)
+    if layout == "long":
+        split_order = first_seen(["split"])
+        order = {s[0]: i for i, s in enumerate(split_order)}
+        base = {r[:3]: i for i, r in reversed(list(enumerate(rows)))}
+        rows.sort(key=lambda r: (base[r[:3]], order[r[3]]))
+    cols = first_seen(col_keys)
+
+    grouped = df.groupby(row_keys + col_keys, sort=False)
+    stats: dict[tuple[Any, ...], tuple[float, float | None]] = {}
+    direction: dict[tuple[Any, ...], Any] = {}
+    for key, g in grouped:
+        values = [
+            v
+            for v in g["value"].tolist()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
+        n = len(values)
+        mean = sum(values) / n if n else float("nan")
+        ci = None
+        if n > 1:
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+            ci = t95(n - 1) * sd / math.sqrt(n)
+        elif n == 1:
+            se = g["stderr"].iloc[0]
+            ci = (
+                None
+                if se is None or (isinstance(se, float) and math.isnan(se))
+                else 1.96 * float(se)
+            )
+        stats[key] = (mean, ci)
+        col = key[len(row_keys) :]
+        direction.setdefault(col, g["higher_is_better"].iloc[0])
+
+    headers = ["model", "layer", "SAE"] + (["split"] if layout == "long" else [])
+    for col in cols:
+        name = col[0] if layout == "long" or not col[1] else f"{col[0]}[{col[1]}]"
+        headers.append(name + arrow(direction.get(col)))
+    display, raw = [], []
+    for r in rows:
+        d_row: list[Any] = list(r)
+        raw_row: list[Any] = list(r)
+        for col in cols:
+            mean, ci = stats.get(r + col, (float("nan"), None))
+            d_row.append(format_value(mean, ci))
+            raw_row.append(mean)
+        display.append(d_row)
+        raw.append(raw_row)
+    return headers, display, raw
+
+
+def render(
+    frame: Any,
+    *,
+    fmt: str = "md",
+    layout: str = "wide",
+    metrics: Sequence[str] = (),
+    splits: Sequence[str] = (),
+    title: str = "",
+    versions: dict[str, str] | None = None,
+) -> str:
+    """The leaderboard as text in ``fmt`` (md, csv, latex, html)."""
+    from tabulate import tabulate
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    headers, display, raw = pivot(frame, layout=layout, metrics=metrics, splits=splits)
+    versions = versions or {}
+    plugin_line = ", ".join(f"{k} {v}".strip() for k, v in versions.items())
+    if not headers:
+        return "(no results yet)\n" if fmt != "csv" else ""
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([h.replace(" ↑", "").replace(" ↓", "") for h in headers])
+        for row in raw:
+            writer.writerow(
+                [
+                    ""
+                    if isinstance(v, float) and math.isnan(v)
+                    else (repr(v) if isinstance(v, float) else v)
+                    for v in row
+                ]
+            )
+        return buf.getvalue()
+    if fmt == "md":
+        head = f"**{title}**\n\n" if title else ""
+        foot = f"\n\nplugins: {plugin_line}\n" if plugin_line else "\n"
+        return (
+            head
+            + tabulate(display, headers=headers, tablefmt="github", disable_numparse=True)
+            + foot
+        )
+    if fmt == "latex":
+        body = tabulate(
+            display,
+            headers=[
+                h.replace(" ↑", r" $\uparrow$").replace(" ↓", r" $\downarrow$") for h in headers
+            ],
+            tablefmt="latex_booktabs",
+            disable_numparse=True,
+        ).replace("±", r"$\pm$")
+        caption = f"% {title}\n% plugins: {plugin_line}\n" if title or plugin_line else ""
+        return caption + body + "\n"
+    table = _html_table(headers, display)
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title or 'saebench-vision leaderboard')}</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
+        "td:nth-child(-n+3){text-align:left}caption{caption-side:bottom;color:#666;padding-top:.5em}</style>"
+        f"</head><body><h1>{html.escape(title or 'saebench-vision leaderboard')}</h1>\n{table}\n"
+        f"<p><small>plugins: {html.escape(plugin_line)}</small></p></body></html>\n"
+    )
+
+
+def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"

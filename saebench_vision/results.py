@@ -1,0 +1,314 @@
+"""The results store: one SQLite database per output folder, every number with its provenance.
+
+Tables: ``runs`` (one per ``saebench run``: suite hash, plugin versions, times, status),
+``saes`` (trained checkpoints), ``cells`` (finished evaluation cells) with their ``records``,
+and ``suite_cells`` (which cells make up a suite, in suite order, for stable tables). A cell's
+records and its "finished" mark are written in one transaction, so a killed run never leaves a
+half-recorded cell; the next run recomputes exactly the cells that are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saebench_vision.errors import ResultsError
+
+DB_NAME = "results.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, suite_name TEXT NOT NULL, suite_path TEXT NOT NULL,
+    suite_hash TEXT NOT NULL, suite_json TEXT NOT NULL, versions_json TEXT NOT NULL,
+    host TEXT NOT NULL, argv TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+    status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS saes (
+    sae_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, model TEXT NOT NULL, layer TEXT NOT NULL,
+    label TEXT NOT NULL, plugin TEXT NOT NULL, config_json TEXT NOT NULL, seed INTEGER NOT NULL,
+    path TEXT NOT NULL, stats_json TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, model TEXT NOT NULL, layer TEXT NOT NULL,
+    tokens TEXT NOT NULL, sae_id TEXT NOT NULL, sae_label TEXT NOT NULL, sae_plugin TEXT NOT NULL,
+    sae_config_json TEXT NOT NULL, evaluator TEXT NOT NULL, evaluator_version TEXT NOT NULL,
+    seed INTEGER NOT NULL, seconds REAL NOT NULL, finished_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id), metric TEXT NOT NULL, split TEXT NOT NULL,
+    value REAL, stderr REAL, higher_is_better INTEGER, n INTEGER, extra_json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS records_cell ON records(cell_id);
+CREATE TABLE IF NOT EXISTS suite_cells (
+    suite_hash TEXT NOT NULL, cell_id TEXT NOT NULL, position INTEGER NOT NULL,
+    model TEXT NOT NULL, layer TEXT NOT NULL, sae_label TEXT NOT NULL, evaluator TEXT NOT NULL,
+    seed INTEGER NOT NULL, PRIMARY KEY (suite_hash, cell_id));
+CREATE TABLE IF NOT EXISTS suite_splits (
+    suite_hash TEXT NOT NULL, split TEXT NOT NULL, role TEXT NOT NULL, position INTEGER NOT NULL,
+    PRIMARY KEY (suite_hash, split));
+"""
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """What identifies and describes one evaluation cell (an SAE or a baseline x evaluator x seed)."""
+
+    cell_id: str
+    model: str
+    layer: str
+    tokens: str
+    sae_id: str
+    sae_label: str
+    sae_plugin: str
+    sae_config: dict[str, Any]
+    evaluator: str
+    evaluator_version: str
+    seed: int
+
+
+class ResultsStore:
+    """A SQLite database under a run's output folder. Safe for several processes (WAL, retries)."""
+
+    def __init__(self, output: Path | str) -> None:
+        self.output = Path(output)
+        self.path = self.output / DB_NAME
+        try:
+            self.output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultsError(
+                f"{self.output}: cannot create the output folder ({exc.strerror}); choose another `output`"
+            ) from exc
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.DatabaseError as exc:
+            raise ResultsError(
+                f"{self.path}: not a usable results database ({exc}); move it aside and run again"
+            ) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- runs -------------------------------------------------------------------------------
+    def start_run(
+        self,
+        *,
+        suite_name: str,
+        suite_path: str,
+        suite_hash: str,
+        suite_json: dict[str, Any],
+        versions: dict[str, str],
+        argv: list[str],
+    ) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,NULL,'running')",
+                (
+                    run_id,
+                    suite_name,
+                    suite_path,
+                    suite_hash,
+                    json.dumps(suite_json, default=str),
+                    json.dumps(versions),
+                    f"{platform.node()} pid {os.getpid()}",
+                    json.dumps(argv),
+                    time.time(),
+                ),
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished_at=?, status=? WHERE run_id=?",
+                (time.time(), status, run_id),
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT run_id, suite_name, suite_hash, started_at, finished_at, status, versions_json FROM runs ORDER BY started_at"
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def latest_suite_hash(self, suite_name: str | None = None) -> str:
+        query = "SELECT suite_hash FROM runs"
+        params: tuple[Any, ...] = ()
+        if suite_name:
+            query += " WHERE suite_name=?"
+            params = (suite_name,)
+        row = self.db.execute(query + " ORDER BY started_at DESC LIMIT 1", params).fetchone()
+        if row is None:
+            which = f" for suite `{suite_name}`" if suite_name else ""
+            raise ResultsError(
+                f"{self.path}: no runs recorded{which}; run `saebench run SUITE` first"
+            )
+        return str(row[0])
+
+    def versions_for(self, suite_hash: str) -> dict[str, str]:
+        row = self.db.execute(
+            "SELECT versions_json FROM runs WHERE suite_hash=? ORDER BY started_at DESC LIMIT 1",
+            (suite_hash,),
+        ).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    # -- suite layout -----------------------------------------------------------------------
+    def register_suite(
+        self, suite_hash: str, cells: list[CellKey], splits: list[tuple[str, str]]
+    ) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM suite_cells WHERE suite_hash=?", (suite_hash,))
+            db.executemany(
+                "INSERT INTO suite_cells VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (suite_hash, c.cell_id, i, c.model, c.layer, c.sae_label, c.evaluator, c.seed)
+                    for i, c in enumerate(cells)
+                ],
+            )
+            db.execute("DELETE FROM suite_splits WHERE suite_hash=?", (suite_hash,))
+            db.executemany(
+                "INSERT INTO suite_splits VALUES (?,?,?,?)",
+                [(suite_hash, s, r, i) for i, (s, r) in enumerate(splits)],
+            )
+
+    # -- SAEs -------------------------------------------------------------------------------
+    def sae_path(self, sae_id: str) -> Path | None:
+        row = self.db.execute("SELECT path FROM saes WHERE sae_id=?", (sae_id,)).fetchone()
+        return self.output / row[0] if row else None
+
+    def add_saes(self, rows: Iterable[dict[str, Any]]) -> None:
+        with self.transaction() as db:
+            for r in rows:
+                db.execute(
+                    "INSERT OR REPLACE INTO saes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        r["sae_id"],
+                        r["run_id"],
+                        r["model"],
+                        r["layer"],
+                        r["label"],
+                        r["plugin"],
+                        json.dumps(r["config"], default=str),
+                        r["seed"],
+                        r["path"],
+                        json.dumps(r["stats"]),
+                        time.time(),
+                    ),
+                )
+
+    # -- cells ------------------------------------------------------------------------------
+    def done_cells(self, cell_ids: Iterable[str]) -> set[str]:
+        ids = list(cell_ids)
+        done: set[str] = set()
+        for lo in range(0, len(ids), 500):
+            chunk = ids[lo : lo + 500]
+            rows = self.db.execute(
+                f"SELECT cell_id FROM cells WHERE cell_id IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            done.update(r[0] for r in rows)
+        return done
+
+    def add_cell(self, run_id: str, cell: CellKey, records: list[Any], seconds: float) -> None:
+        """Store a finished cell and its records atomically."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM records WHERE cell_id=?", (cell.cell_id,))
+            db.execute(
+                "INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    cell.cell_id,
+                    run_id,
+                    cell.model,
+                    cell.layer,
+                    cell.tokens,
+                    cell.sae_id,
+                    cell.sae_label,
+                    cell.sae_plugin,
+                    json.dumps(cell.sae_config, default=str),
+                    cell.evaluator,
+                    cell.evaluator_version,
+                    cell.seed,
+                    seconds,
+                    time.time(),
+                ),
+            )
+            db.executemany(
+                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        cell.cell_id,
+                        r.metric,
+                        r.split,
+                        _finite(r.value),
+                        _finite(r.stderr),
+                        None if r.higher_is_better is None else int(bool(r.higher_is_better)),
+                        r.n,
+                        json.dumps(r.extra, default=str),
+                    )
+                    for r in records
+                ],
+            )
+
+    def records_frame(self, suite_hash: str) -> Any:
+        """Long-form records of a suite's finished cells as a pandas DataFrame, in suite order."""
+        import pandas as pd
+
+        query = """
+            SELECT sc.position, sc.model, sc.layer, sc.sae_label, sc.evaluator, sc.seed,
+                   r.metric, r.split, r.value, r.stderr, r.higher_is_better, r.n,
+                   COALESCE(ss.position, 1000000) AS split_position
+            FROM suite_cells sc
+            JOIN records r ON r.cell_id = sc.cell_id
+            LEFT JOIN suite_splits ss ON ss.suite_hash = sc.suite_hash AND ss.split = r.split
+            WHERE sc.suite_hash = ?
+            ORDER BY sc.position, split_position, r.metric
+        """
+        return pd.read_sql_query(query, self.db, params=(suite_hash,))
+
+    def progress(self, suite_hash: str) -> tuple[int, int]:
+        total = self.db.execute(
+            "SELECT COUNT(*) FROM suite_cells WHERE suite_hash=?", (suite_hash,)
+        ).fetchone()[0]
+        done = self.db.execute(
+            "SELECT COUNT(*) FROM suite_cells sc JOIN cells c ON c.cell_id = sc.cell_id WHERE sc.suite_hash=?",
+            (suite_hash,),
+        ).fetchone()[0]
+        return int(done), int(total)
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def open_store(output: Path | str, *, must_exist: bool = False) -> ResultsStore:
+    path = Path(output) / DB_NAME
+    if must_exist and not path.exists():
+        raise ResultsError(
+            f"{path}: no results database here; pass the suite's output folder (see `output:` in the suite) or run the suite first"
+        )
+    return ResultsStore(output)
