@@ -10,4 +10,9 @@ _P = "saebench_vision_plugins.models"
 
 @hookimpl
 def register_models() -> dict[str, ComponentRef]:
-    return {}
+    return {
+        "efficientnet-lite": ComponentRef(
+            f"{_P}.efficientnet:EfficientNetLiteAdapter",
+            config=f"{_P}.configs:EfficientNetLiteConfig",
+        ),
+    }
