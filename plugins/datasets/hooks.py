@@ -10,4 +10,8 @@ _P = "saebench_vision_plugins.datasets"
 
 @hookimpl
 def register_datasets() -> dict[str, ComponentRef]:
-    return {}
+    return {
+        "shapes": ComponentRef(
+            f"{_P}.shapes:ShapesDataset", config=f"{_P}.shapes_config:ShapesConfig"
+        ),
+    }
