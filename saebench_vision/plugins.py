@@ -7,7 +7,10 @@ Environment variables:
 ``SAEBENCH_VISION_STRICT_PLUGINS``
     ``1`` turns a plugin that fails to import into an error instead of a warning.
 ``SAEBENCH_VISION_NO_ENTRYPOINTS``
-    ``1`` loads only the built-ins (tests use this).
+    ``1`` loads only the built-ins (and ``SAEBENCH_VISION_PLUGINS``).
+``SAEBENCH_VISION_PLUGINS``
+    Comma-separated importable module names loaded as plugins, like entry points but without
+    packaging (pytest's ``-p``); handy for a plugin under development.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
 ENV_DISABLE = "SAEBENCH_VISION_DISABLE_PLUGINS"
 ENV_STRICT = "SAEBENCH_VISION_STRICT_PLUGINS"
 ENV_NO_ENTRYPOINTS = "SAEBENCH_VISION_NO_ENTRYPOINTS"
+ENV_EXTRA = "SAEBENCH_VISION_PLUGINS"
 
 
 @dataclass
@@ -165,34 +169,38 @@ def get_plugin_manager(
         pm.register(module, name=name)
         manager.distributions[name] = ("saebench-vision", __version__)
 
+    candidates: list[tuple[str, str, str, Any]] = []
     if load_entrypoints:
         for ep in _entry_points():
-            if ep.name in disabled:
-                continue
             dist_name, dist_version = _dist_of(ep)
-            try:
-                if pm.get_plugin(ep.name) is not None:
-                    raise PluginError(f"a plugin named `{ep.name}` is already registered")
-                plugin = ep.load()
-                pm.register(plugin, name=ep.name)
-            except Exception as exc:  # noqa: BLE001 - isolate each third-party plugin
-                message = (
-                    f"plugin `{ep.name}` from {dist_name or 'an unknown distribution'} failed to "
-                    f"load ({ep.value}): {type(exc).__name__}: {exc}"
-                )
-                if strict:
-                    raise PluginError(
-                        f"{message}; fix or uninstall it, or unset {ENV_STRICT} to skip it"
-                    ) from exc
-                manager.failures.append(
-                    LoadFailure(ep.name, dist_name, f"{type(exc).__name__}: {exc}")
-                )
-                print(
-                    f"warning: {message}; skipped (disable it with {ENV_DISABLE}={ep.name})",
-                    file=sys.stderr,
-                )
-                continue
-            manager.distributions[ep.name] = (dist_name, dist_version)
+            candidates.append((ep.name, dist_name, dist_version, ep))
+    for module_name in sorted(_env_list(ENV_EXTRA)):
+        candidates.append((module_name, f"${ENV_EXTRA}", "", module_name))
+    for name, dist_name, dist_version, source in candidates:
+        if name in disabled:
+            continue
+        value = source if isinstance(source, str) else source.value
+        try:
+            if pm.get_plugin(name) is not None:
+                raise PluginError(f"a plugin named `{name}` is already registered")
+            plugin = importlib.import_module(source) if isinstance(source, str) else source.load()
+            pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001 - isolate each third-party plugin
+            message = (
+                f"plugin `{name}` from {dist_name or 'an unknown distribution'} failed to "
+                f"load ({value}): {type(exc).__name__}: {exc}"
+            )
+            if strict:
+                raise PluginError(
+                    f"{message}; fix or uninstall it, or unset {ENV_STRICT} to skip it"
+                ) from exc
+            manager.failures.append(LoadFailure(name, dist_name, f"{type(exc).__name__}: {exc}"))
+            print(
+                f"warning: {message}; skipped (disable it with {ENV_DISABLE}={name})",
+                file=sys.stderr,
+            )
+            continue
+        manager.distributions[name] = (dist_name, dist_version)
     pm.check_pending()
     return manager
 

@@ -90,7 +90,13 @@ class Entry:
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``" Did you mean: topk?"`` or ``""``."""
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    options = list(choices)
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+    if not close and len(name) >= 2:
+        # Abbreviations such as `l1` for `l1_coefficient` are closer than edit distance says.
+        close = [c for c in options if c.startswith(name) or c.replace("_", "").startswith(name)][
+            :3
+        ]
     return f" Did you mean: {', '.join(close)}?" if close else ""
 
 

@@ -1,0 +1,226 @@
+"""Suite validation: a valid suite parses; each malformed one fails with one precise line."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from saebench_vision.errors import SuiteError
+from saebench_vision.suite import load_suite
+
+VALID: dict[str, Any] = {
+    "name": "toy",
+    "seeds": [0, 1],
+    "models": [
+        {
+            "plugin": "toy-model",
+            "args": {"width": 24},
+            "layers": ["layer.0", "final"],
+            "tokens": "cls",
+        }
+    ],
+    "datasets": {
+        "train": {"plugin": "toy-clusters", "args": {"split": "train"}},
+        "val": {"plugin": "toy-clusters", "args": {"split": "val"}, "role": "eval"},
+        "far": {"plugin": "toy-clusters", "args": {"split": "ood"}, "role": "far-ood"},
+    },
+    "saes": [
+        {"plugin": "toy-sae", "args": {"expansion": 2}, "sweep": {"l1_coefficient": [0.1, 1]}}
+    ],
+    "training": {"epochs": 2, "lr": 0.001},
+    "evaluators": [{"plugin": "toy-slow"}],
+}
+
+
+def write(tmp_path: Path, doc: Any, name: str = "suite.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_valid_suite_parses(tmp_path, toy_manager):
+    suite = load_suite(write(tmp_path, VALID), toy_manager.registry())
+    assert suite.name == "toy" and suite.seeds == (0, 1)
+    assert [s.name for s in suite.datasets] == ["train", "val", "far"]
+    assert suite.train_split.name == "train"
+    variants = suite.sae_variants()
+    assert [v.label for v in variants] == [
+        "toy-sae[expansion=2,l1_coefficient=0.1]",
+        "toy-sae[expansion=2,l1_coefficient=1]",
+    ]
+    assert variants[1].args == {"expansion": 2, "l1_coefficient": 1.0}  # YAML int coerced to float
+    assert suite.training_config().lr == 0.001 and suite.training_config().batch_size == 64
+    assert suite.output == Path("saebench-results/toy")
+
+
+def test_hash_is_stable_and_sensitive(tmp_path, toy_manager):
+    reg = toy_manager.registry()
+    a = load_suite(write(tmp_path, VALID, "a.yaml"), reg)
+    b = load_suite(write(tmp_path, copy.deepcopy(VALID), "b.yaml"), reg)
+    changed = copy.deepcopy(VALID)
+    changed["training"]["lr"] = 0.002
+    c = load_suite(write(tmp_path, changed, "c.yaml"), reg)
+    assert a.hash == b.hash != c.hash
+
+
+def _set(path: str, value: Any):
+    def mutate(doc: dict[str, Any]) -> dict[str, Any]:
+        keys = path.split(".")
+        node: Any = doc
+        for k in keys[:-1]:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        last = keys[-1]
+        if value is DELETE:
+            del node[last]
+        elif isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+        return doc
+
+    return mutate
+
+
+DELETE = object()
+
+# (mutation, expected message after "<file>: ")
+MALFORMED = [
+    (
+        _set("modelz", []),
+        "(top level): unknown key `modelz`. Did you mean: models? (expected: name, description",
+    ),
+    (_set("models", DELETE), "(top level): missing `models`"),
+    (_set("models", []), "models: must be a non-empty list of entries like"),
+    (
+        _set("models.0", ["toy-model"]),
+        "models[0]: must be a mapping with keys plugin, args, layers, tokens, label, not list",
+    ),
+    (
+        _set("models.0.plugin", "toy-modle"),
+        "models[0].plugin: Unknown model 'toy-modle'. Did you mean: toy-model? Available:",
+    ),
+    (
+        _set("models.0.args", {"widht": 3}),
+        "models[0].args: unknown key `widht` for model `toy-model`. Did you mean: width?",
+    ),
+    (
+        _set("models.0.args", {"width": "wide"}),
+        "models[0].args.width: 'wide' is not an integer; fix the value (hidden width)",
+    ),
+    (_set("models.0.layers", []), "models[0].layers: [] is not a non-empty list of layer names"),
+    (
+        _set("models.0.layers", ["final", "final"]),
+        "models[0].layers: ['final', 'final'] names a layer twice",
+    ),
+    (
+        _set("models.0.tokens", "clss"),
+        "models[0].tokens: 'clss' is not a token selection. Did you mean: cls?",
+    ),
+    (_set("models.0.argz", {}), "models[0]: unknown key `argz`. Did you mean: args?"),
+    (_set("datasets.val.role", "evaluation"), "datasets.val.role: 'evaluation' is not a role."),
+    (
+        _set("datasets.val.role", DELETE),
+        "datasets.val: missing `role` (one of: train, eval, shifted, near-ood, far-ood)",
+    ),
+    (
+        _set("datasets.val.role", "train"),
+        "datasets: exactly one split needs `role: train` (found: train, val)",
+    ),
+    (_set("datasets", ["train"]), "datasets: must be a mapping of split names to entries"),
+    (
+        _set("datasets.train.args", {"split": "test"}),
+        "datasets.train.args.split: 'test' is not one of train, val, shifted, ood",
+    ),
+    (
+        _set("saes.0.sweep", {"l1": [0.1]}),
+        "saes[0].sweep: unknown key `l1` for SAE `toy-sae`. Did you mean: l1_coefficient?",
+    ),
+    (
+        _set("saes.0.sweep", {"l1_coefficient": 0.1}),
+        "saes[0].sweep.l1_coefficient: 0.1 is not a non-empty list of values",
+    ),
+    (
+        _set("saes.0.sweep", {"l1_coefficient": [0.1, "big"]}),
+        "saes[0].sweep.l1_coefficient[1]: 'big' is not a number",
+    ),
+    (
+        _set("saes.0.sweep", {"expansion": [2, 4]}),
+        "saes[0].sweep.expansion: `expansion` is also set in args; keep it in one place",
+    ),
+    (
+        _set("saes.0.sweep", {"l1_coefficient": [0.1, 0.1]}),
+        "saes[0].sweep.l1_coefficient: [0.1, 0.1] repeats a value",
+    ),
+    (_set("saes.0.args", {"tags": "a"}), "saes[0].args.tags: 'a' is not a list of a string"),
+    (_set("training", {"lr": "fast"}), "training.lr: 'fast' is not a number"),
+    (
+        _set("training", {"epoch": 3}),
+        "training: unknown key `epoch` for the training recipe. Did you mean: epochs?",
+    ),
+    (
+        _set("evaluators", [{"plugin": "toy-slow"}, {"plugin": "toy-slow"}]),
+        "evaluators[1]: evaluator `toy-slow` is listed twice",
+    ),
+    (
+        _set("evaluators", [{"plugin": "reconstructoin"}]),
+        "evaluators[0].plugin: Unknown evaluator 'reconstructoin'. Did you mean: reconstruction?",
+    ),
+    (
+        _set("seeds", [0, 0]),
+        "seeds: [0, 0] is not a non-empty list of distinct non-negative integers",
+    ),
+    (_set("seeds", ["zero"]), "seeds: ['zero'] is not a non-empty list"),
+    (_set("cache_verify", "sha"), "cache_verify: 'sha' is not one of: full, size"),
+]
+
+
+@pytest.mark.parametrize(
+    "mutate,expected",
+    MALFORMED,
+    ids=[m[1].split(":")[0] + f"-{i}" for i, m in enumerate(MALFORMED)],
+)
+def test_malformed_suite_one_line(tmp_path, toy_manager, mutate, expected):
+    path = write(tmp_path, mutate(copy.deepcopy(VALID)))
+    with pytest.raises(SuiteError) as info:
+        load_suite(path, toy_manager.registry())
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: "), message
+    assert expected in message, message
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("", "the file is empty"),
+        (
+            "models: [\n  - oops\n",
+            "line 2, column 3: invalid YAML (expected the node content, but found '-')",
+        ),
+        ("- just\n- a list\n", "(top level): must be a mapping"),
+        ("models: !!python/object/apply:os.system ['echo hi']\n", "invalid YAML"),
+    ],
+)
+def test_unparseable_files(tmp_path, toy_manager, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path, toy_manager.registry())
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path, toy_manager):
+    with pytest.raises(SuiteError, match="no such suite file"):
+        load_suite(tmp_path / "nope.yaml", toy_manager.registry())
+
+
+def test_bundled_suites_validate(manager):
+    """Every suite shipped in suites/ validates against the built-in plugins."""
+    root = Path(__file__).parent.parent / "suites"
+    paths = sorted(root.rglob("*.yaml"))
+    assert any(p.name == "quickstart.yaml" for p in paths)
+    for path in paths:
+        load_suite(path, manager.registry())
