@@ -136,7 +136,16 @@ def pivot(
         order = {s[0]: i for i, s in enumerate(split_order)}
         base = {r[:3]: i for i, r in reversed(list(enumerate(rows)))}
         rows.sort(key=lambda r: (base[r[:3]], order[r[3]]))
-    cols = first_seen(col_keys)
+    # Columns: metrics in the order evaluators emit them, then splits in suite order.
+    metric_rank = {
+        m: i
+        for i, m in enumerate(dict.fromkeys(df.sort_values(["position", "rid"])["metric_name"]))
+    }
+    split_rank = {s: i for i, s in enumerate(dict.fromkeys(df["split"]))}
+    cols = sorted(
+        first_seen(col_keys),
+        key=lambda c: (metric_rank[c[0]], split_rank[c[1]] if len(c) > 1 else 0),
+    )
 
     grouped = df.groupby(row_keys + col_keys, sort=False)
     stats: dict[tuple[Any, ...], tuple[float, float | None]] = {}
@@ -227,14 +236,36 @@ def render(
             + foot
         )
     if fmt == "latex":
-        body = tabulate(
-            display,
-            headers=[
-                h.replace(" ↑", r" $\uparrow$").replace(" ↓", r" $\downarrow$") for h in headers
-            ],
-            tablefmt="latex_booktabs",
-            disable_numparse=True,
-        ).replace("±", r"$\pm$")
+
+        def tex(text: str) -> str:
+            for a, b in (
+                ("\\", r"\textbackslash{}"),
+                ("&", r"\&"),
+                ("%", r"\%"),
+                ("_", r"\_"),
+                ("#", r"\#"),
+                ("$", r"\$"),
+                ("{", r"\{"),
+                ("}", r"\}"),
+            ):
+                text = text.replace(a, b)
+            return (
+                text.replace(" ↑", r" $\uparrow$")
+                .replace(" ↓", r" $\downarrow$")
+                .replace("±", r"$\pm$")
+            )
+
+        n_keys = 4 if layout == "long" else 3
+        spec = "l" * n_keys + "r" * (len(headers) - n_keys)
+        lines = [
+            f"\\begin{{tabular}}{{{spec}}}",
+            "\\toprule",
+            " & ".join(tex(h) for h in headers) + r" \\",
+            "\\midrule",
+        ]
+        lines += [" & ".join(tex(str(v)) for v in row) + r" \\" for row in display]
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        body = "\n".join(lines)
         caption = f"% {title}\n% plugins: {plugin_line}\n" if title or plugin_line else ""
         return caption + body + "\n"
     table = _html_table(headers, display)

@@ -278,12 +278,12 @@ class ResultsStore:
         query = """
             SELECT sc.position, sc.model, sc.layer, sc.sae_label, sc.evaluator, sc.seed,
                    r.metric, r.split, r.value, r.stderr, r.higher_is_better, r.n,
-                   COALESCE(ss.position, 1000000) AS split_position
+                   COALESCE(ss.position, 1000000) AS split_position, r.rowid AS rid
             FROM suite_cells sc
             JOIN records r ON r.cell_id = sc.cell_id
             LEFT JOIN suite_splits ss ON ss.suite_hash = sc.suite_hash AND ss.split = r.split
             WHERE sc.suite_hash = ?
-            ORDER BY sc.position, split_position, r.metric
+            ORDER BY sc.position, split_position, r.rowid
         """
         return pd.read_sql_query(query, self.db, params=(suite_hash,))
 
