@@ -622,5 +622,3 @@ def _suite_json(suite: Suite) -> dict[str, Any]:
         "training": dict(suite.training),
         "evaluators": [{"plugin": e.plugin, "args": dict(e.args)} for e in suite.evaluators],
     }
-
-
