@@ -72,7 +72,16 @@ class TrainingConfig:
     )
     max_samples: int | None = option(None, "use at most this many training activations")
     device: str = option("cpu", "torch device for training: cpu, cuda, auto")
-    checkpoint_every: int = option(0, "steps between resumable checkpoints (0: only at the end)")
+    checkpoint_every: int = option(
+        0,
+        "steps between resumable training-state checkpoints (0: none); the state is removed "
+        "once training completes",
+    )
+    in_memory_limit_gb: float = option(
+        8.0,
+        "read a training set of at most this size into memory (full shuffle per epoch); larger "
+        "sets stream from the memory-mapped cache with a block-wise shuffle",
+    )
 
 
 _SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -87,9 +96,9 @@ def describe_type(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        inner = " or ".join(describe_type(a) for a in args)
-        return f"{inner} or null" if len(args) < len(typing.get_args(tp)) else inner
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = " or ".join(describe_type(a) for a in members)
+        return f"{inner} or null" if len(members) < len(typing.get_args(tp)) else inner
     if origin in (list, tuple, typing.Sequence):
         args = typing.get_args(tp)
         return f"a list of {describe_type(args[0])}" if args else "a list"
@@ -131,7 +140,7 @@ def check_type(value: Any, tp: Any) -> tuple[bool, Any]:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 return False, value
-            pairs = list(zip(value, args))
+            pairs: list[tuple[Any, Any]] = list(zip(value, args))
         else:
             pairs = [(v, args[0] if args else Any) for v in value]
         out = []

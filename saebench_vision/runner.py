@@ -443,7 +443,10 @@ class Runner:
             if planned is not None:
                 sae = saes.get(planned.sae_id)
                 if sae is None:
-                    sae, _ = load_sae(self.store.sae_path(planned.sae_id), resolve)
+                    path = self.store.sae_path(planned.sae_id)
+                    if path is None:
+                        raise SaebenchError(f"SAE {planned.sae_id} is not in {self.store.path}; run again")
+                    sae, _ = load_sae(path, resolve)
                     saes[planned.sae_id] = sae
             cell_ctx = ctx.with_sae(sae, planned.sae_id if planned else "")
             cell_ctx.output_dir = self.suite.output / "artifacts" / cell.cell_id
@@ -462,7 +465,7 @@ class Runner:
             done.add(cell.cell_id)
             self.manager.hook.saebench_cell_finished(cell=cell, records=records)
 
-    def _sae_class(self, name: str) -> type:
+    def _sae_class(self, name: str) -> Any:
         return self.registry.get("sae", name).load()
 
     def _train_group(
