@@ -223,3 +223,20 @@ def test_contact_sheet(tmp_path_factory: pytest.TempPathFactory) -> None:
     sheet = contact_sheet(per_split=4, image_size=64)
     assert sheet.size == (4 * 64, len(SPLITS) * 64)
     sheet.save(tmp_path_factory.mktemp("sheet") / "shapes_sheet.png")
+
+
+def test_shapes_stay_clear_of_the_margin() -> None:
+    """With margin 0.1 a 128-of-160 centre crop never cuts a shape that fits inside it."""
+    from saebench_vision_plugins.datasets.shapes import _shape_mask
+
+    cfg = ShapesConfig(scale=(0.3, 0.8), margin=0.1, image_size=64, supersample=2)
+    edge = round(0.1 * 128) - 1  # one supersampled pixel of slack for rasterisation
+    for i in range(60):
+        rng = np.random.default_rng(i)
+        ops, base, jitter = GEOMETRY[LEAF_CLASSES[i % len(LEAF_CLASSES)]](rng)
+        mask = _shape_mask(ops, rng, cfg, base, jitter)
+        assert mask.any()
+        inner = mask[edge:-edge, edge:-edge]
+        assert inner.sum() == mask.sum(), (
+            f"{LEAF_CLASSES[i % len(LEAF_CLASSES)]} crosses the margin"
+        )

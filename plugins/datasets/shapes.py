@@ -252,18 +252,14 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _shape_mask(
-    ops: list[Op],
-    rng: Rng,
-    size: int,
-    ss: int,
-    scale: tuple[float, float],
-    base: float,
-    jitter: float,
+    ops: list[Op], rng: Rng, cfg: ShapesConfig, base: float, jitter: float
 ) -> np.ndarray:
-    """Place, rotate and rasterise a shape; returns a bool mask at ``ss`` times ``size``."""
-    diameter = rng.uniform(*scale) * size
+    """Place, rotate and rasterise a shape; returns a bool mask at ``supersample`` x the size."""
+    size, ss = cfg.image_size, cfg.supersample
+    diameter = rng.uniform(*cfg.scale) * size
     radius = diameter / 2
-    centre = rng.uniform(radius, size - radius, size=2)
+    lo = radius + min(cfg.margin * size, max(size - diameter, 0.0) / 2)
+    centre = rng.uniform(lo, max(lo, size - lo), size=2)
     angle = np.deg2rad(base + rng.uniform(-jitter, jitter))
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     big = size * ss
@@ -387,7 +383,7 @@ def _render_solid(
     size, ss = cfg.image_size, cfg.supersample
     bg, bg_mean = _background(rng, size)
     fg = _contrasting(rng, bg_mean)
-    alpha = _downsample(_shape_mask(ops, rng, size, ss, cfg.scale, base, jitter), ss)[..., None]
+    alpha = _downsample(_shape_mask(ops, rng, cfg, base, jitter), ss)[..., None]
     return bg * (1 - alpha) + fg * alpha
 
 
@@ -401,8 +397,8 @@ def _render_sketch(
     img = np.broadcast_to(paper, (size, size, 3)) + rng.normal(0, 0.015, (size, size, 1)).astype(
         np.float32
     )
-    mask = _shape_mask(ops, rng, size, ss, cfg.scale, base, jitter)
-    width = max(1, round(rng.uniform(1.0, 2.2) * ss * size / 128))
+    mask = _shape_mask(ops, rng, cfg, base, jitter)
+    width = max(1, round(rng.uniform(1.2, 2.6) * ss * size / 128))
     ink = np.float32(rng.uniform(0.05, 0.35))
     stroke = _downsample(_outline(mask, width), ss)
     if rng.random() < 0.6:  # a second, fainter pass slightly off the first, as a pencil does
@@ -433,7 +429,7 @@ def _render_rendition(
     c1 = _contrasting(rng, bg_mean, 0.45)
     c2 = _contrasting(rng, c1, 0.45)
     fill = c1 * (1 - (p := _pattern(rng, size))) + c2 * p
-    mask = _shape_mask(ops, rng, size, ss, cfg.scale, base, jitter)
+    mask = _shape_mask(ops, rng, cfg, base, jitter)
     alpha = _downsample(mask, ss)[..., None]
     img = bg * (1 - alpha) + fill * alpha
     if rng.random() < 0.5:  # cartoon contour
@@ -518,7 +514,7 @@ class ShapesDataset(Dataset):
     """
 
     name: ClassVar[str] = "shapes"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     Config: ClassVar[type] = ShapesConfig
 
     def __init__(self, config: ShapesConfig) -> None:

@@ -84,6 +84,11 @@ class ShapesConfig:
     scale: tuple[float, float] = option(
         (0.35, 0.85), "range of a shape's diameter as a fraction of the image side"
     )
+    margin: float = option(
+        0.1,
+        "keep this fraction of the side free around a shape when it fits, so a model's centre "
+        "crop (e.g. 128 of 160 px cuts 10% per side) does not cut the shape",
+    )
     severity: int = option(3, "corruption split only: strength of noise, blur and JPEG, 1 to 5")
     supersample: int = option(2, "draw masks at this multiple of image_size, then box-downsample")
 
@@ -95,6 +100,8 @@ class ShapesConfig:
         lo, hi = self.scale
         if not 0.05 <= lo <= hi <= 1.0:
             raise ValueError(f"scale={list(self.scale)} must satisfy 0.05 <= min <= max <= 1")
+        if not 0.0 <= self.margin < 0.5:
+            raise ValueError(f"margin={self.margin} must be in [0, 0.5)")
         if not 1 <= self.severity <= 5:
             raise ValueError(f"severity={self.severity} must be between 1 and 5")
         if not 1 <= self.supersample <= 4:
