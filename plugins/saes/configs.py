@@ -1,0 +1,156 @@
+"""Config dataclasses of the built-in SAE architectures. Light: imports no torch.
+
+Choices the paper leaves open, and why the defaults are what they are:
+
+* **Decoder norm.** The paper trained with SAELens, whose L1 penalty multiplies each latent by
+  its decoder row's norm (``decoder_norm="weighted-l1"``) and whose decoder rows start at norm
+  0.1 with ``W_enc = W_decᵀ``. The paper's λ grid (0.1 ... 100) is calibrated to that loss, so
+  the L1-penalised architectures (``relu``, ``gated``) default to it. The TopK family has no L1
+  term to weight, so it defaults to unit-norm decoder rows (OpenAI, sparsify, saev,
+  dictionary_learning), which keeps latent magnitudes comparable when choosing the top k.
+  Either architecture accepts the other setting.
+* **Encoder input.** ``apply_b_dec_to_input`` subtracts ``b_dec`` before encoding, as SAELens
+  does by default (and Gated SAEs' eq. 5 writes explicitly).
+* **Dead latents.** TopK-family SAEs use the AuxK loss (Gao et al. 2024) with SAELens's default
+  coefficient 1 and ``k_aux = d_in / 2``; a latent is dead after ``dead_after`` training
+  samples without firing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from saebench_vision.config import SAEConfig, option
+
+DecoderNorm = Literal["weighted-l1", "unit", "free"]
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"`{name}` must be positive, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseSAEConfig(SAEConfig):
+    """Fields shared by the built-in architectures."""
+
+    apply_b_dec_to_input: bool = option(
+        True, "subtract b_dec from the input before encoding (SAELens default)"
+    )
+    decoder_init_norm: float = option(
+        0.1, "initial norm of decoder rows when they are not held at unit norm (SAELens: 0.1)"
+    )
+
+    def __post_init__(self) -> None:
+        _check_positive("expansion", self.expansion)
+        _check_positive("decoder_init_norm", self.decoder_init_norm)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLUConfig(BaseSAEConfig):
+    """ReLU SAE with an L1 penalty (paper eqs. 1-3)."""
+
+    l1_coefficient: float = option(1.0, "λ, the weight of the L1 sparsity penalty")
+    decoder_norm: DecoderNorm = option(
+        "weighted-l1",
+        "weighted-l1: free decoder rows, L1 of z weighted by row norms (SAELens, the paper's λ "
+        "scale); unit: rows held at unit norm, plain L1; free: rows unconstrained, plain L1",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.l1_coefficient < 0:
+            raise ValueError(f"`l1_coefficient` must be >= 0, got {self.l1_coefficient!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedConfig(ReLUConfig):
+    """Gated SAE (paper eq. 5; Rajamanoharan et al. 2024) with its auxiliary gate loss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JumpReLUConfig(BaseSAEConfig):
+    """JumpReLU SAE with an L0 penalty trained through straight-through threshold estimates."""
+
+    l0_coefficient: float = option(1.0, "weight of the L0 sparsity penalty (SAELens name)")
+    bandwidth: float = option(
+        0.05, "width of the rectangle kernel of the threshold's pseudo-derivative (SAELens 0.05)"
+    )
+    init_threshold: float = option(0.01, "initial threshold of every latent (SAELens 0.01)")
+    decoder_norm: DecoderNorm = option(
+        "free", "free: decoder rows unconstrained (SAELens); unit: held at unit norm"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_positive("bandwidth", self.bandwidth)
+        if self.l0_coefficient < 0:
+            raise ValueError(f"`l0_coefficient` must be >= 0, got {self.l0_coefficient!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKConfig(BaseSAEConfig):
+    """TopK SAE (paper eq. 4) with the AuxK loss for dead latents."""
+
+    k: int = option(32, "latents kept per sample")
+    aux_k_coefficient: float = option(1.0, "weight of the AuxK loss (0 turns it off)")
+    aux_k: int = option(0, "latents the AuxK loss may use (0: d_in / 2)")
+    dead_after: int = option(
+        200_000, "training samples without firing after which a latent counts as dead for AuxK"
+    )
+    decoder_norm: Literal["unit", "free"] = option(
+        "unit", "unit: decoder rows held at unit norm (OpenAI, sparsify); free: unconstrained"
+    )
+    sparse_backend: Literal["auto", "dense", "sparse"] = option(
+        "auto",
+        "how the decoder and the encoder's weight gradient use sparsity; every backend gives "
+        "the same numbers up to float rounding",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k < 1:
+            raise ValueError(f"`k` must be at least 1, got {self.k!r}")
+        if self.aux_k < 0 or self.aux_k_coefficient < 0 or self.dead_after < 1:
+            raise ValueError("`aux_k` and `aux_k_coefficient` must be >= 0, `dead_after` >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchTopKConfig(TopKConfig):
+    """BatchTopK SAE (Bussmann et al. 2024): k latents per sample on average over a batch.
+
+    At inference a latent fires when its pre-activation exceeds a threshold learnt during
+    training (a running mean of the smallest kept activation), so a sample's code does not
+    depend on the other samples of its batch.
+    """
+
+    threshold_momentum: float = option(
+        0.01, "update rate of the inference threshold's running mean (SAELens topk_threshold_lr)"
+    )
+    inference: Literal["threshold", "batch-topk"] = option(
+        "threshold", "encode with the learnt threshold (per sample) or with BatchTopK itself"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MatryoshkaConfig(BatchTopKConfig):
+    """Matryoshka BatchTopK SAE (Bussmann et al. 2025; Nabeshima 2024).
+
+    Latents are ordered into nested prefixes; each prefix must reconstruct the input by itself,
+    so early latents learn general features and later ones refine them. The loss is the mean
+    of the prefixes' reconstruction errors.
+    """
+
+    prefix_fractions: tuple[float, ...] = option(
+        (0.0625, 0.125, 0.25, 0.5, 1.0),
+        "nested prefix sizes as fractions of d_sae, increasing, the last one 1",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fr = tuple(self.prefix_fractions)
+        if not fr or fr[-1] != 1.0 or any(b <= a for a, b in zip(fr, fr[1:])) or fr[0] <= 0:
+            raise ValueError(
+                f"`prefix_fractions` must increase strictly from above 0 to 1.0, got {list(fr)}"
+            )

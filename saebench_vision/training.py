@@ -1,0 +1,533 @@
+"""The SAE trainer: one loop for every architecture, whole sweeps in one pass over the data.
+
+:func:`train_saes` trains a list of SAEs together: the activations are read, shuffled and
+batched once per step and every SAE takes its optimiser step on the same batch (all SAEs share
+one fused Adam). The recipe is :class:`~saebench_vision.config.TrainingConfig` (the paper's by
+default: Adam 1e-4, 5% linear warm-up, 20% linear decay, 5% sparsity-coefficient warm-up,
+3 epochs, batch 64).
+
+Determinism: the data order is a pure function of ``(seed, epoch)``, and every SAE that has a
+``reset_parameters`` method is re-initialised from a seed derived from ``seed`` and the SAE's
+identity, so an SAE gets the same weights whether it is trained alone or in a sweep, and a run
+resumed from a checkpoint ends with the same weights as an uninterrupted one.
+
+Data: a training set of at most ``in_memory_limit_gb`` is read into memory (onto the training
+device) and shuffled by a full permutation per epoch. A larger one streams from the memory-mapped
+cache: the epoch's order permutes blocks of ``BLOCK_ROWS`` consecutive rows and then rows
+within buffers of ``BUFFER_BLOCKS`` blocks, so reads stay sequential; a background thread reads
+the next buffer while the current one trains.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saebench_vision.config import TrainingConfig, config_as_dict
+from saebench_vision.errors import ConfigError, SaebenchError
+from saebench_vision.interfaces import SAE, resolve_device
+
+BLOCK_ROWS = 1024
+BUFFER_BLOCKS = 64
+NORM_SAMPLE_ROWS = 8192
+"""Rows (of the first epoch's order) used to estimate the input scale and the ``b_dec`` init."""
+DENSE_FIRING_RATE = 0.1
+"""A latent is dense when it fires on more than this fraction of samples (SAEBench's choice)."""
+FINAL_WINDOW_FRACTION = 0.05
+"""``final_loss``/``final_mse``/``final_l0`` average the last 5% of steps."""
+STATE_FILE = "train_state.pt"
+
+
+class TrainingError(SaebenchError):
+    """Training cannot start or resume (bad data, bad checkpoint, divergence)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+class _Rows:
+    """Random access to the training rows (the whole set or a seeded subset of it)."""
+
+    def __init__(self, data: Any, max_samples: int | None, seed: int) -> None:
+        if isinstance(data, torch.Tensor):
+            data = data.detach().cpu().numpy()
+        self.data = data
+        self.n_total = int(data.n if hasattr(data, "n") else data.shape[0])
+        self.d = int(data.d if hasattr(data, "d") else data.shape[1])
+        if self.n_total == 0:
+            raise TrainingError("training data has no rows; check the train split")
+        self.subset: np.ndarray | None = None
+        if max_samples is not None and max_samples < self.n_total:
+            if max_samples < 1:
+                raise ConfigError(f"training.max_samples: {max_samples} must be at least 1")
+            rng = np.random.default_rng([seed, 0x5AE5])
+            self.subset = np.sort(rng.choice(self.n_total, size=max_samples, replace=False))
+        self.n = len(self.subset) if self.subset is not None else self.n_total
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at ``positions`` (indices into the subset), in that order, as float32."""
+        rows = self.subset[positions] if self.subset is not None else positions
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        if hasattr(self.data, "read"):
+            block = self.data.read(sorted_rows)
+        else:
+            block = np.asarray(self.data[sorted_rows], dtype=np.float32)
+        out = np.empty_like(block)
+        out[order] = block
+        return out
+
+
+class _BatchStream:
+    """Batches of the shuffled stream from a given step on, as float32 tensors on ``device``."""
+
+    def __init__(
+        self, rows: _Rows, batch: int, seed: int, device: torch.device, in_memory: bool
+    ) -> None:
+        self.rows, self.batch, self.seed, self.device = rows, batch, seed, device
+        self.in_memory = in_memory
+        self.table: torch.Tensor | None = None
+        if in_memory:
+            self.table = torch.from_numpy(rows.read(np.arange(rows.n))).to(device)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        n = self.rows.n
+        if self.in_memory:
+            return rng.permutation(n)
+        blocks = rng.permutation(math.ceil(n / BLOCK_ROWS))
+        order = np.concatenate(
+            [np.arange(b * BLOCK_ROWS, min(n, (b + 1) * BLOCK_ROWS)) for b in blocks]
+        )
+        span = BLOCK_ROWS * BUFFER_BLOCKS
+        for lo in range(0, n, span):
+            order[lo : lo + span] = rng.permutation(order[lo : lo + span])
+        return order
+
+    def sample(self, rows: int) -> torch.Tensor:
+        """The first ``rows`` rows of epoch 0's order (for statistics before training)."""
+        pos = self.epoch_order(0)[: min(rows, self.rows.n)]
+        return self._take(pos)
+
+    def _take(self, positions: np.ndarray) -> torch.Tensor:
+        if self.table is not None:
+            idx = torch.from_numpy(positions).to(self.device)
+            return self.table.index_select(0, idx)
+        return torch.from_numpy(self.rows.read(positions)).to(self.device)
+
+    def _segments(self, start_sample: int) -> Iterator[np.ndarray]:
+        """Position arrays of the stream from ``start_sample`` on, in buffer-sized pieces."""
+        n = self.rows.n
+        epoch, offset = divmod(start_sample, n)
+        span = self.batch if self.in_memory else BLOCK_ROWS * BUFFER_BLOCKS
+        while True:
+            order = self.epoch_order(epoch)
+            for lo in range(offset, n, span):
+                yield order[lo : min(n, lo + span)]
+            epoch, offset = epoch + 1, 0
+
+    def batches(self, start_step: int) -> Iterator[torch.Tensor]:
+        segments = self._segments(start_step * self.batch)
+        if self.table is not None:
+            # Each segment is a batch except at an epoch's end, where it is shorter.
+            pending: list[np.ndarray] = []
+            have = 0
+            for seg in segments:
+                pending.append(seg)
+                have += len(seg)
+                while have >= self.batch:
+                    pos = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                    yield self._take(pos[: self.batch])
+                    rest = pos[self.batch :]
+                    pending, have = ([rest] if len(rest) else []), len(rest)
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(self._read_cpu, next(segments))
+            buffer = torch.empty(0, self.rows.d)
+            while True:
+                nxt = pool.submit(self._read_cpu, next(segments))
+                buffer = torch.cat([buffer, future.result()]) if len(buffer) else future.result()
+                future = nxt
+                while len(buffer) >= self.batch:
+                    yield buffer[: self.batch].to(self.device, non_blocking=True)
+                    buffer = buffer[self.batch :]
+
+    def _read_cpu(self, positions: np.ndarray) -> torch.Tensor:
+        out = torch.from_numpy(self.rows.read(positions))
+        return out.pin_memory() if self.device.type == "cuda" else out
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules
+
+
+def lr_factor(step: int, total: int, config: TrainingConfig) -> float:
+    """Linear warm-up over the first ``warmup_fraction``, linear decay to 0 over the last
+    ``decay_fraction`` of steps (the paper's schedule)."""
+    warm = round(config.warmup_fraction * total)
+    decay = round(config.decay_fraction * total)
+    factor = 1.0
+    if warm > 0:
+        factor = min(factor, (step + 1) / warm)
+    if decay > 0 and step >= total - decay:
+        factor = min(factor, (total - step) / decay)
+    return factor
+
+
+def sparsity_factor(step: int, total: int, config: TrainingConfig) -> float:
+    warm = round(config.sparsity_warmup_fraction * total)
+    return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+
+
+def total_steps(n_rows: int, config: TrainingConfig) -> int:
+    return max(1, round(config.epochs * n_rows / config.batch_size))
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation
+
+
+def sae_seed(seed: int, sae: SAE) -> int:
+    """A seed for ``sae``'s initialisation that depends on ``seed`` and what the SAE is."""
+    ident = {"seed": seed, "d_in": sae.d_in, "sae": sae.identity()}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _init_saes(
+    saes: Sequence[SAE], sample: torch.Tensor, config: TrainingConfig, seed: int
+) -> float:
+    """Re-initialise, set ``input_scale`` and ``b_dec``; returns the input scale."""
+    scale = 1.0
+    if config.normalize == "sqrt-d":
+        mean_norm = float(sample.double().norm(dim=1).mean())
+        if not math.isfinite(mean_norm) or mean_norm <= 0:
+            raise TrainingError(f"training data has mean norm {mean_norm}; cannot normalise it")
+        scale = math.sqrt(sample.shape[1]) / mean_norm
+    sample_n = sample * scale
+    medians: dict[str, torch.Tensor] = {}
+    for sae in saes:
+        reset = getattr(sae, "reset_parameters", None)
+        if callable(reset):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sae_seed(seed, sae))
+                reset()
+        sae.input_scale.fill_(scale)
+        how = getattr(sae.config, "b_dec_init", "zeros")
+        if how == "zeros":
+            continue
+        if how not in medians:
+            if how == "mean":
+                medians[how] = sample_n.mean(0)
+            else:
+                from saebench_vision_plugins.saes.base import geometric_median
+
+                medians[how] = geometric_median(sample_n)
+        init = getattr(sae, "init_b_dec", None)
+        if callable(init):
+            init(medians[how])
+        elif isinstance(getattr(sae, "b_dec", None), torch.Tensor):
+            with torch.no_grad():
+                sae.b_dec.copy_(medians[how])
+    return scale
+
+
+def _make_optimizer(
+    params: list[torch.nn.Parameter], config: TrainingConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    kwargs: dict[str, Any] = {"lr": config.lr, "betas": tuple(config.adam_betas)}
+    if device.type in ("cpu", "cuda"):
+        try:
+            return torch.optim.Adam(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError):
+            pass
+    return torch.optim.Adam(params, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _fingerprint(saes: Sequence[SAE], rows: _Rows, config: TrainingConfig, seed: int) -> str:
+    key = getattr(rows.data, "key", None)
+    ident = {
+        "seed": seed,
+        "n": rows.n,
+        "n_total": rows.n_total,
+        "d": rows.d,
+        "data": key,
+        "config": {
+            k: v
+            for k, v in config_as_dict(config).items()
+            if k not in ("device", "checkpoint_every")
+        },
+        "saes": [s.identity() for s in saes],
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means "start over"
+        import sys
+
+        print(
+            f"warning: {path}: unreadable training checkpoint ({exc}); starting over",
+            file=sys.stderr,
+        )
+        return None
+    if state.get("fingerprint") != fingerprint:
+        import sys
+
+        print(
+            f"warning: {path}: checkpoint is for other SAEs, data or settings; starting over",
+            file=sys.stderr,
+        )
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Tracker:
+    """Per-SAE running statistics kept on the training device (no sync per step)."""
+
+    def __init__(self, sae: SAE, device: torch.device) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=device)
+        self.samples = 0
+        self.last: dict[str, torch.Tensor] = {}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "sums": {k: v.cpu() for k, v in self.sums.items()},
+            "steps": self.steps,
+            "fired": self.fired.cpu(),
+            "samples": self.samples,
+        }
+
+    def load(self, state: dict[str, Any], device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.steps = int(state["steps"])
+        self.fired = state["fired"].to(device)
+        self.samples = int(state["samples"])
+
+
+def _step_sae(
+    sae: SAE, x: torch.Tensor, xn: torch.Tensor, scale: float
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    terms_fn = getattr(sae, "train_terms", None)
+    if callable(terms_fn):
+        terms = terms_fn(xn, sparsity_scale=scale)
+        terms.loss.backward()
+        return terms.metrics, terms.fired
+    out = sae.loss(x, sparsity_scale=scale)
+    out.loss.backward()
+    metrics = dict(out.metrics)
+    metrics.setdefault("loss", out.loss.detach())
+    return metrics, (out.z.detach() > 0).sum(0)
+
+
+def train_saes(
+    saes: list[SAE],
+    data: Any,
+    config: TrainingConfig,
+    *,
+    seed: int,
+    progress: bool = True,
+    desc: str = "",
+    checkpoint_dir: Path | None = None,
+) -> list[dict[str, float]]:
+    """Train ``saes`` in place, together, in one pass over ``data``; return per-SAE statistics.
+
+    ``data`` is an :class:`~saebench_vision.cache.ActivationSet` (or an (N, d) array). Each
+    SAE's statistics are ``final_loss``, ``final_mse``, ``final_l0`` (means over the last 5% of
+    steps, in normalised space), ``dead_fraction`` and ``dense_fraction`` (latents that never
+    fired, or fired on more than 10% of samples, over the last epoch's worth of steps),
+    ``steps``, ``seconds`` (the whole sweep's wall time) and ``input_scale``.
+
+    With ``checkpoint_dir`` and ``config.checkpoint_every > 0`` the full training state is saved
+    atomically every that many steps and training resumes from it when present; the state file
+    is removed once training completes. SAEs end on the CPU, in eval mode.
+    """
+    if not saes:
+        return []
+    rows = _Rows(data, config.max_samples, seed)
+    for i, sae in enumerate(saes):
+        if sae.d_in != rows.d:
+            raise TrainingError(
+                f"SAE {i} (`{sae.name}`) expects inputs of width {sae.d_in} but the training "
+                f"activations have width {rows.d}"
+            )
+    if config.batch_size < 1:
+        raise ConfigError(f"training.batch_size: {config.batch_size} must be at least 1")
+    device = resolve_device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "training.device: cuda was requested but no CUDA device is available; use cpu or auto"
+        )
+    torch.manual_seed(seed)
+    in_memory = rows.n * rows.d * 4 <= config.in_memory_limit_gb * 2**30
+    stream = _BatchStream(rows, config.batch_size, seed, device, in_memory)
+    steps_total = total_steps(rows.n, config)
+    steps_per_epoch = math.ceil(rows.n / config.batch_size)
+    final_window = max(1, math.ceil(FINAL_WINDOW_FRACTION * steps_total))
+    fire_window = min(steps_total, steps_per_epoch)
+
+    for sae in saes:
+        sae.to(device)
+        sae.train()
+    input_scale = _init_saes(saes, stream.sample(NORM_SAMPLE_ROWS), config, seed)
+    params = [p for sae in saes for p in sae.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(params, config, device)
+    trackers = [_Tracker(sae, device) for sae in saes]
+
+    state_path = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir is not None else None
+    checkpointing = state_path is not None and config.checkpoint_every > 0
+    fingerprint = _fingerprint(saes, rows, config, seed) if checkpointing else ""
+    start, elapsed_before = 0, 0.0
+    if checkpointing and state_path is not None:
+        state = _load_state(state_path, fingerprint)
+        if state is not None:
+            for sae, sd in zip(saes, state["saes"]):
+                sae.load_state_dict(sd)
+            optimizer.load_state_dict(state["optimizer"])
+            for tracker, ts in zip(trackers, state["trackers"]):
+                tracker.load(ts, device)
+            torch.set_rng_state(state["rng"])
+            start, elapsed_before = int(state["step"]), float(state["seconds"])
+
+    pre_step = [getattr(sae, "before_optimizer_step", None) for sae in saes]
+    t0 = time.perf_counter()
+    bar = _progress(steps_total, start, desc, progress)
+    batches = stream.batches(start)
+    for step in range(start, steps_total):
+        x = next(batches)
+        xn = x * input_scale
+        lr = config.lr * lr_factor(step, steps_total, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        s_scale = sparsity_factor(step, steps_total, config)
+        in_final = step >= steps_total - final_window
+        in_fire = step >= steps_total - fire_window
+        for sae, tracker in zip(saes, trackers):
+            metrics, fired = _step_sae(sae, x, xn, s_scale)
+            tracker.last = metrics
+            if in_final:
+                for key, value in metrics.items():
+                    value = value.detach().float()
+                    tracker.sums[key] = tracker.sums[key] + value if key in tracker.sums else value
+                tracker.steps += 1
+            if in_fire:
+                tracker.fired += fired.to(tracker.fired.dtype)
+                tracker.samples += x.shape[0]
+        for fn in pre_step:
+            if callable(fn):
+                fn()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for sae in saes:
+            sae.on_step_end()
+        if bar is not None:
+            bar.update(1)
+            if step % 100 == 0 or step == steps_total - 1:
+                _postfix(bar, trackers)
+        if (
+            checkpointing
+            and state_path is not None
+            and (step + 1) % config.checkpoint_every == 0
+            and step + 1 < steps_total
+        ):
+            _save_state(
+                state_path,
+                {
+                    "fingerprint": fingerprint,
+                    "step": step + 1,
+                    "seconds": elapsed_before + time.perf_counter() - t0,
+                    "saes": [
+                        {k: v.detach().cpu() for k, v in sae.state_dict().items()} for sae in saes
+                    ],
+                    "optimizer": optimizer.state_dict(),
+                    "trackers": [t.state() for t in trackers],
+                    "rng": torch.get_rng_state(),
+                },
+            )
+    if bar is not None:
+        bar.close()
+    seconds = elapsed_before + time.perf_counter() - t0
+
+    stats = []
+    for sae, tracker in zip(saes, trackers):
+        sums = {k: float(v) / max(1, tracker.steps) for k, v in tracker.sums.items()}
+        if not math.isfinite(sums.get("loss", 0.0)):
+            raise TrainingError(
+                f"SAE `{sae.name}` diverged (final loss {sums.get('loss')}); lower training.lr "
+                f"or the sparsity coefficient"
+            )
+        rate = tracker.fired.double() / max(1, tracker.samples)
+        entry = {f"final_{k}": v for k, v in sums.items()}
+        entry.update(
+            dead_fraction=float((tracker.fired == 0).double().mean()),
+            dense_fraction=float((rate > DENSE_FIRING_RATE).double().mean()),
+            steps=float(steps_total),
+            seconds=seconds,
+            input_scale=float(input_scale),
+        )
+        entry.setdefault("final_mse", float("nan"))
+        entry.setdefault("final_l0", float("nan"))
+        stats.append(entry)
+        sae.to("cpu")
+        sae.eval()
+    if checkpointing and state_path is not None and state_path.exists():
+        state_path.unlink()
+    return stats
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc or "training SAEs",
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+def _postfix(bar: Any, trackers: list[_Tracker]) -> None:
+    first = trackers[0].last
+    if "mse" in first and "l0" in first:
+        bar.set_postfix(
+            mse=f"{float(first['mse']):.4g}", l0=f"{float(first['l0']):.1f}", saes=len(trackers)
+        )
