@@ -46,16 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"(run {summary.run_id})",
         file=sys.stderr,
     )
-    _print_board(
-        runner.store,
-        suite.hash,
-        suite.name,
-        args.format,
-        args.layout,
-        args.metric,
-        args.split,
-        None,
-    )
+    _print_board(runner.store, suite.hash, suite.name, args, out=None)
     return 0
 
 
@@ -159,21 +150,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     else:
         store = open_store(target, must_exist=True)
         suite_hash = args.suite_hash or store.latest_suite_hash()
-    _print_board(
-        store, suite_hash, suite_name, args.format, args.layout, args.metric, args.split, args.out
-    )
+    _print_board(store, suite_hash, suite_name, args, out=args.out)
     return 0
 
 
 def _print_board(
-    store: Any,
-    suite_hash: str,
-    suite_name: str | None,
-    fmt: str,
-    layout: str,
-    metrics: list[str] | None,
-    splits: list[str] | None,
-    out: str | None,
+    store: Any, suite_hash: str, suite_name: str | None, args: argparse.Namespace, out: str | None
 ) -> None:
     from saebench_vision.cache import atomic_write_text
     from saebench_vision.leaderboard import render
@@ -183,12 +165,13 @@ def _print_board(
     title = f"{suite_name or 'suite'} ({suite_hash}): {done}/{total} cells"
     text = render(
         frame,
-        fmt=fmt,
-        layout=layout,
-        metrics=metrics or (),
-        splits=splits or (),
+        fmt=args.format,
+        layout=args.layout,
+        metrics=args.metric or (),
+        splits=args.split or (),
         title=title,
         versions=store.versions_for(suite_hash),
+        headline_only=not args.all_metrics,
     )
     if out:
         atomic_write_text(Path(out), text)
@@ -221,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="only metrics matching this glob (metric or evaluator/metric); repeatable",
         )
         p.add_argument("--split", action="append", help="only this split; repeatable")
+        p.add_argument(
+            "--all-metrics",
+            action="store_true",
+            help="every metric, not only the evaluators' headline ones",
+        )
 
     p = sub.add_parser("run", help="run a suite (resumable) and print its leaderboard")
     p.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")

@@ -363,7 +363,7 @@ class EvalContext:
         out = np.empty((acts.n, sae.d_sae), dtype=np.float32)
         with torch.no_grad():
             for start, chunk in acts.iter_chunks(batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
+                x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)
                 z = sae.pre_activations(x) if pre else sae.encode(x)
                 out[start : start + len(chunk)] = z.float().cpu().numpy()
         return out
@@ -378,6 +378,8 @@ class Evaluator(Component):
     """
 
     metrics: ClassVar[dict[str, bool | None]] = {}
+    headline: ClassVar[tuple[str, ...]] = ()
+    """Metrics the default leaderboard shows (empty: all); ``--all-metrics`` shows every one."""
     needs_adapter: ClassVar[bool] = False
     """True for evaluators that drive the model (steering, generation)."""
 

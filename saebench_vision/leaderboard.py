@@ -83,16 +83,23 @@ def _num(v: float) -> str:
 
 
 def pivot(
-    frame: Any, *, layout: str = "wide", metrics: Sequence[str] = (), splits: Sequence[str] = ()
+    frame: Any,
+    *,
+    layout: str = "wide",
+    metrics: Sequence[str] = (),
+    splits: Sequence[str] = (),
+    headline_only: bool = False,
 ) -> tuple[list[str], list[list[Any]], list[list[Any]]]:
     """Turn records into ``(headers, display rows, raw rows)`` in a stable, suite-defined order.
 
-    ``metrics`` are glob patterns on ``metric`` or ``evaluator/metric``; ``splits`` names splits.
-    Raw rows hold floats (means) for CSV; display rows hold formatted strings.
+    ``metrics`` are glob patterns on ``metric`` or ``evaluator/metric``; ``splits`` names splits;
+    ``headline_only`` keeps the evaluators' headline metrics unless ``metrics`` is given. Raw rows hold floats (means) for CSV; display rows hold formatted strings.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     df = frame
+    if headline_only and not metrics and "headline" in df.columns:
+        df = df[df["headline"] == 1]
     if metrics:
         keep = (
             df.apply(
@@ -199,13 +206,16 @@ def render(
     splits: Sequence[str] = (),
     title: str = "",
     versions: dict[str, str] | None = None,
+    headline_only: bool = False,
 ) -> str:
     """The leaderboard as text in ``fmt`` (md, csv, latex, html)."""
     from tabulate import tabulate
 
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    headers, display, raw = pivot(frame, layout=layout, metrics=metrics, splits=splits)
+    headers, display, raw = pivot(
+        frame, layout=layout, metrics=metrics, splits=splits, headline_only=headline_only
+    )
     versions = versions or {}
     plugin_line = ", ".join(f"{k} {v}".strip() for k, v in versions.items())
     if not headers:

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS cells (
     seed INTEGER NOT NULL, seconds REAL NOT NULL, finished_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     cell_id TEXT NOT NULL REFERENCES cells(cell_id), metric TEXT NOT NULL, split TEXT NOT NULL,
-    value REAL, stderr REAL, higher_is_better INTEGER, n INTEGER, extra_json TEXT NOT NULL);
+    value REAL, stderr REAL, higher_is_better INTEGER, n INTEGER, extra_json TEXT NOT NULL,
+    headline INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS records_cell ON records(cell_id);
 CREATE TABLE IF NOT EXISTS suite_cells (
     suite_hash TEXT NOT NULL, cell_id TEXT NOT NULL, position INTEGER NOT NULL,
@@ -231,8 +232,15 @@ class ResultsStore:
             done.update(r[0] for r in rows)
         return done
 
-    def add_cell(self, run_id: str, cell: CellKey, records: list[Any], seconds: float) -> None:
-        """Store a finished cell and its records atomically."""
+    def add_cell(
+        self,
+        run_id: str,
+        cell: CellKey,
+        records: list[Any],
+        seconds: float,
+        headline: tuple[str, ...] = (),
+    ) -> None:
+        """Store a finished cell and its records atomically; ``headline`` metrics show by default."""
         with self.transaction() as db:
             db.execute("DELETE FROM records WHERE cell_id=?", (cell.cell_id,))
             db.execute(
@@ -255,7 +263,7 @@ class ResultsStore:
                 ),
             )
             db.executemany(
-                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         cell.cell_id,
@@ -266,6 +274,7 @@ class ResultsStore:
                         None if r.higher_is_better is None else int(bool(r.higher_is_better)),
                         r.n,
                         json.dumps(r.extra, default=str),
+                        int(r.metric in headline if headline else True),
                     )
                     for r in records
                 ],
@@ -277,7 +286,7 @@ class ResultsStore:
 
         query = """
             SELECT sc.position, sc.model, sc.layer, sc.sae_label, sc.evaluator, sc.seed,
-                   r.metric, r.split, r.value, r.stderr, r.higher_is_better, r.n,
+                   r.metric, r.split, r.value, r.stderr, r.higher_is_better, r.n, r.headline,
                    COALESCE(ss.position, 1000000) AS split_position, r.rowid AS rid
             FROM suite_cells sc
             JOIN records r ON r.cell_id = sc.cell_id

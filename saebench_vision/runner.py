@@ -445,7 +445,9 @@ class Runner:
                 if sae is None:
                     path = self.store.sae_path(planned.sae_id)
                     if path is None:
-                        raise SaebenchError(f"SAE {planned.sae_id} is not in {self.store.path}; run again")
+                        raise SaebenchError(
+                            f"SAE {planned.sae_id} is not in {self.store.path}; run again"
+                        )
                     sae, _ = load_sae(path, resolve)
                     saes[planned.sae_id] = sae
             cell_ctx = ctx.with_sae(sae, planned.sae_id if planned else "")
@@ -461,7 +463,9 @@ class Runner:
             for r in records:
                 if r.higher_is_better is None:
                     r.higher_is_better = evaluator.metrics.get(r.metric)
-            self.store.add_cell(run_id, cell, records, time.time() - started)
+            self.store.add_cell(
+                run_id, cell, records, time.time() - started, tuple(evaluator.headline)
+            )
             done.add(cell.cell_id)
             self.manager.hook.saebench_cell_finished(cell=cell, records=records)
 
