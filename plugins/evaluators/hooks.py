@@ -15,4 +15,7 @@ def register_evaluators() -> dict[str, ComponentRef]:
             f"{_P}.reconstruction:ReconstructionEvaluator",
             config=f"{_P}.configs:ReconstructionConfig",
         ),
+        "ontology": ComponentRef(
+            f"{_P}.ontology:OntologyEvaluator", config=f"{_P}.configs:OntologyConfig"
+        ),
     }

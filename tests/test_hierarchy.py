@@ -1,0 +1,144 @@
+"""Hierarchy index: leaf sets (eq. 9), LCH (eq. 10), height (eq. 11), coverage (eq. 12) by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from saebench_vision_plugins.datasets.hierarchy import (
+    DATA_DIR,
+    VIRTUAL_ROOT,
+    HierarchyIndex,
+    pack_bits,
+    read_hierarchy_file,
+    unpack_bits,
+    wordnet_hierarchy_for,
+)
+from saebench_vision_plugins.evaluators.ontology import score_class_sets
+
+from saebench_vision.errors import DatasetError
+
+#        root
+#      /   |    \
+#     a    b     c
+#    / \  /|\    |
+#  a1 a2 b1 b2 b3 c1
+TREE = {
+    "a": ["root"],
+    "b": ["root"],
+    "c": ["root"],
+    "a1": ["a"],
+    "a2": ["a"],
+    "b1": ["b"],
+    "b2": ["b"],
+    "b3": ["b"],
+    "c1": ["c"],
+}
+LEAVES = ["a1", "a2", "b1", "b2", "b3", "c1"]
+
+
+def _score(index: HierarchyIndex, members: list[list[str]]):
+    sets = np.zeros((len(members), index.n_classes), dtype=bool)
+    for k, names in enumerate(members):
+        sets[k, [index.leaves.index(n) for n in names]] = True
+    pivot = np.array([index.leaves.index(names[0]) if names else -1 for names in members])
+    scores = score_class_sets(sets, pivot, index)
+    lch = [index.nodes[i] if i >= 0 else None for i in scores.lch]
+    return lch, scores.height, scores.coverage
+
+
+def test_hand_checked_tree():
+    index = HierarchyIndex.build(TREE, LEAVES)
+    assert index.nodes[index.top] == "root"
+    # eq. 9: L(b) = {b1, b2, b3}; a leaf's L is itself.
+    assert [index.leaves[i] for i in index.leaf_set(index.nodes.index("b"))] == ["b1", "b2", "b3"]
+    assert index.leaf_count[index.nodes.index("a1")] == 1
+    lch, height, coverage = _score(
+        index, [["a1", "a2"], ["b1", "b2"], ["a1", "b1"], ["a2"], ["b3", "b1", "b2"], []]
+    )
+    assert lch == ["a", "b", "root", "a2", "b", None]
+    np.testing.assert_allclose(height[:5], [1, 1, 2, 0, 1])
+    np.testing.assert_allclose(coverage[:5], [1, 2 / 3, 2 / 6, 1, 1])
+    assert np.isnan(height[5]) and np.isnan(coverage[5])
+
+
+def test_tie_break_on_single_child_chain():
+    low = HierarchyIndex.build(TREE, LEAVES, tie_break="lowest")
+    high = HierarchyIndex.build(TREE, LEAVES, tie_break="highest")
+    assert _score(low, [["c1"]])[0] == ["c1"]
+    lch, height, coverage = _score(high, [["c1"]])
+    assert lch == ["c"] and height[0] == 1 and coverage[0] == 1
+
+
+def test_dag_distances_and_forest():
+    # x has two hypernym paths to the top: x -> p -> top (2) and x -> q -> r -> top (3).
+    dag = {"x": ["p", "q"], "y": ["p"], "p": ["top"], "q": ["r"], "r": ["top"], "z": ["r"]}
+    short = HierarchyIndex.build(dag, ["x", "y", "z"], distance="shortest")
+    long = HierarchyIndex.build(dag, ["x", "y", "z"], distance="longest")
+    lch, h_short, cov = _score(short, [["x", "z"]])
+    # L(r) = {x, z}: r is the LCH (2 leaves) though x reaches r by the longer path.
+    assert lch == ["r"] and cov[0] == 1.0 and h_short[0] == pytest.approx((2 + 1) / 2)
+    assert _score(long, [["x", "y"]])[1][0] == pytest.approx((1 + 1) / 2)
+    assert _score(long, [["x", "y", "z"]])[1][0] == pytest.approx((3 + 2 + 2) / 3)
+    forest = HierarchyIndex.build({"a1": ["a"], "b1": ["b"]}, ["a1", "b1"])
+    lch, height, cov = _score(forest, [["a1", "b1"]])
+    assert lch == [VIRTUAL_ROOT] and height[0] == 2 and cov[0] == 1
+
+
+def test_bad_hierarchies_are_refused():
+    with pytest.raises(DatasetError, match="cycle"):
+        HierarchyIndex.build({"a": ["b"], "b": ["a"]}, ["a"])
+    with pytest.raises(DatasetError, match="twice"):
+        HierarchyIndex.build(TREE, ["a1", "a1"])
+
+
+def test_bit_packing_round_trip():
+    rows = np.random.default_rng(0).random((5, 130)) > 0.7
+    bits = pack_bits(rows)
+    assert bits.shape == (5, 3) and bits.dtype == np.uint64
+    np.testing.assert_array_equal(unpack_bits(bits, 130), rows)
+
+
+def _imagenet_ids() -> list[str]:
+    import timm
+
+    return (
+        (Path(timm.__file__).parent / "data" / "_info" / "imagenet_synsets.txt").read_text().split()
+    )
+
+
+def test_shipped_imagenet_hierarchy_planted_subtree():
+    ids = _imagenet_ids()
+    parents, names = wordnet_hierarchy_for(ids)
+    assert len(parents) == 1860 and names["n02084071"] == "dog"
+    index = HierarchyIndex.build(parents, ids, names=names)
+    dog = index.nodes.index("n02084071")
+    leaves = index.leaf_set(dog)
+    assert len(leaves) == 118
+    sets = np.zeros((3, 1000), dtype=bool)
+    sets[0, leaves] = True  # every dog class
+    sets[1, leaves[:-1]] = True  # all dogs but one: still LCH dog, coverage 117/118
+    sets[2, np.random.default_rng(0).choice(1000, 30, replace=False)] = True  # random classes
+    scores = score_class_sets(sets, sets.argmax(1), index)
+    assert index.nodes[scores.lch[0]] == "n02084071" and scores.coverage[0] == 1.0
+    assert index.nodes[scores.lch[1]] == "n02084071"
+    assert scores.coverage[1] == pytest.approx(117 / 118)
+    expected_height = index.dist[leaves, dog].mean()
+    assert scores.height[0] == pytest.approx(expected_height) and expected_height > 2
+    assert scores.coverage[2] < 0.1
+
+
+def test_shipped_file_matches_wordnet(tmp_path):
+    from saebench_vision_plugins.datasets.hierarchy import wordnet_parents
+    from saebench_vision_plugins.datasets.wordnet import wordnet_reader
+
+    try:
+        wn = wordnet_reader()
+    except DatasetError as exc:
+        pytest.skip(f"WordNet unavailable here: {exc}")
+    doc = read_hierarchy_file(DATA_DIR / "imagenet1k_hierarchy.json.gz")
+    ids = _imagenet_ids()
+    assert doc["leaves"] == ids
+    parents, names = wordnet_parents(ids, wn)
+    assert parents == doc["parents"] and names == doc["names"]
