@@ -15,6 +15,9 @@ def register_evaluators() -> dict[str, ComponentRef]:
             f"{_P}.reconstruction:ReconstructionEvaluator",
             config=f"{_P}.configs:ReconstructionConfig",
         ),
+        "ood-accuracy": ComponentRef(
+            f"{_P}.ood_accuracy:OODAccuracyEvaluator", config=f"{_P}.configs:OODAccuracyConfig"
+        ),
         "ontology": ComponentRef(
             f"{_P}.ontology:OntologyEvaluator", config=f"{_P}.configs:OntologyConfig"
         ),

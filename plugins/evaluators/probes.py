@@ -1,0 +1,181 @@
+"""Linear (softmax-regression) probes on features computed on the fly from cached activations.
+
+One recipe for every feature kind (the paper fits raw embeddings and SAE features "with
+identical training hyper-parameters"): features are a function of the raw activation rows
+(identity, SAE latents, SAE pre-activations), so SAE features of 1.28M rows x 12,288 latents are
+never materialised; each minibatch is encoded on the device when it is needed.
+
+* Features are standardised with the train split's mean and standard deviation (streamed in
+  float64), because SAE latents and raw embeddings differ in scale by orders of magnitude and one
+  learning rate and penalty must suit both; constant features (dead latents) get unit scale.
+* The objective is mean cross-entropy + (l2/2)||W||^2 (bias unpenalised): scikit-learn's
+  ``LogisticRegression(C=1/(l2*n))`` objective up to a constant factor.
+* ``lbfgs`` solves it full-batch to convergence (exact on small data); ``minibatch`` runs Adam
+  over shuffled minibatches with cosine learning-rate decay (ImageNet scale on one GPU: the raw
+  rows are moved to the device once when they fit in ``device_rows_bytes``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from saebench_vision_plugins.evaluators.configs import ProbeConfig
+
+from saebench_vision.cache import ActivationSet
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+DEVICE_ROWS_BYTES = 16 * 2**30
+"""Raw training rows up to this size are moved to the device once instead of streamed."""
+
+
+@dataclass
+class Probe:
+    """A fitted probe: ``logits = ((f(x) - mean) / std) @ weight.T + bias``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    feature_fn: FeatureFn
+    solver: str
+    train_loss: float
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return ((self.feature_fn(x) - self.mean) / self.std) @ self.weight.T + self.bias
+
+    def predict_logits(
+        self, acts: ActivationSet, device: torch.device, batch_size: int = 8192
+    ) -> np.ndarray:
+        """Logits of every row of ``acts`` (N, n_classes) as float32."""
+        out = np.empty((acts.n, self.weight.shape[0]), dtype=np.float32)
+        with torch.no_grad():
+            for start, chunk in acts.iter_chunks(batch_size):
+                x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)
+                out[start : start + len(chunk)] = self.logits(x).float().cpu().numpy()
+        return out
+
+
+def _feature_moments(
+    acts: ActivationSet, fn: FeatureFn, device: torch.device, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    total = total_sq = None
+    with torch.no_grad():
+        for _, chunk in acts.iter_chunks(batch_size):
+            f = fn(torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)).double()
+            s, sq = f.sum(0), f.pow(2).sum(0)
+            total = s if total is None else total + s
+            total_sq = sq if total_sq is None else total_sq + sq
+    assert total is not None and total_sq is not None
+    mean = total / acts.n
+    var = (total_sq / acts.n - mean.pow(2)).clamp_min(0)
+    std = var.sqrt()
+    std = torch.where(std > 1e-8 * (1 + mean.abs()), std, torch.ones_like(std))
+    return mean.float(), std.float(), int(mean.numel())
+
+
+def fit_probe(
+    acts: ActivationSet,
+    labels: np.ndarray,
+    n_classes: int,
+    cfg: ProbeConfig,
+    *,
+    feature_fn: FeatureFn | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> Probe:
+    """Fit a softmax-regression probe on ``feature_fn(rows of acts)`` to ``labels`` (int, one per row)."""
+    device = torch.device(device)
+    fn: FeatureFn = feature_fn if feature_fn is not None else (lambda x: x)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != acts.n:
+        raise ValueError(f"{len(labels)} labels for {acts.n} activation rows")
+    if cfg.standardize:
+        mean, std, p = _feature_moments(acts, fn, device, cfg.batch_size)
+    else:
+        with torch.no_grad():
+            p = int(fn(torch.from_numpy(acts.read(np.arange(1))).to(device)).shape[1])
+        mean, std = torch.zeros(p, device=device), torch.ones(p, device=device)
+    weight = torch.zeros(n_classes, p, device=device, requires_grad=True)
+    bias = torch.zeros(n_classes, device=device, requires_grad=True)
+    solver = cfg.solver
+    if solver == "auto":
+        solver = "lbfgs" if acts.n * p <= cfg.full_batch_limit else "minibatch"
+    y_all = torch.from_numpy(labels).to(device)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (fn(x) - mean) / std
+
+    def objective(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(f @ weight.T + bias, y) + 0.5 * cfg.l2 * weight.pow(2).sum()
+
+    if solver == "lbfgs":
+        feats = features(torch.from_numpy(acts.to_numpy()).to(device))
+        opt = torch.optim.LBFGS(
+            [weight, bias],
+            lr=1.0,
+            max_iter=cfg.lbfgs_max_iter,
+            tolerance_grad=cfg.lbfgs_tol,
+            tolerance_change=1e-12,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = objective(feats, y_all)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            final = float(objective(feats, y_all))
+    else:
+        final = _minibatch(acts, y_all, features, objective, [weight, bias], cfg, device, seed)
+    return Probe(weight.detach(), bias.detach(), mean, std, fn, solver, final)
+
+
+def _minibatch(
+    acts: ActivationSet,
+    y_all: torch.Tensor,
+    features: FeatureFn,
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    params: list[torch.Tensor],
+    cfg: ProbeConfig,
+    device: torch.device,
+    seed: int,
+) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    n = acts.n
+    on_device = n * acts.d * 4 <= DEVICE_ROWS_BYTES
+    rows = torch.from_numpy(acts.to_numpy()).to(device) if on_device else None
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    running = float("nan")
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        for lo in range(0, n, cfg.batch_size):
+            idx = order[lo : lo + cfg.batch_size]
+            if rows is not None:
+                x = rows[idx.to(device)]
+            else:
+                # Sorted reads keep memory-mapped access mostly sequential.
+                idx, _ = idx.sort()
+                x = torch.from_numpy(acts.read(idx.numpy())).to(device)
+            loss = objective(features(x), y_all[idx.to(device)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            value = float(loss.detach())
+            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+    return running

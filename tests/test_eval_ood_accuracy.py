@@ -1,0 +1,111 @@
+"""Linear probes and OOD accuracy: exactness against scikit-learn, separable data, class subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from saebench_vision_plugins.evaluators.configs import OODAccuracyConfig, ProbeConfig
+from saebench_vision_plugins.evaluators.ood_accuracy import (
+    OODAccuracyEvaluator,
+    class_mapping,
+    restricted_accuracy,
+)
+from saebench_vision_plugins.evaluators.probes import fit_probe
+from test_eval_support import LinearReluSAE, by_key, make_ctx, write_acts
+
+from saebench_vision.errors import DatasetError
+from saebench_vision.interfaces import ClassInfo
+
+
+def _blobs(rng, n_per: int, centers: np.ndarray, scale: float):
+    labels = np.repeat(np.arange(len(centers)), n_per)
+    x = centers[labels] + scale * rng.normal(size=(len(labels), centers.shape[1]))
+    return x.astype(np.float32), labels
+
+
+def test_lbfgs_matches_scikit_learn(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x, y = _blobs(rng, 40, rng.normal(size=(3, 5)), 1.0)
+    acts = write_acts(tmp_path, "a" * 64, x, y)
+    cfg = ProbeConfig(solver="lbfgs", l2=1e-2)
+    probe = fit_probe(acts, y, 3, cfg)
+    xs = (x - x.mean(0)) / x.std(0)
+    ref = LogisticRegression(C=1 / (cfg.l2 * len(x)), tol=1e-10, max_iter=5000).fit(xs, y)
+    np.testing.assert_allclose(
+        probe.weight.numpy() - probe.weight.numpy().mean(0),
+        ref.coef_ - ref.coef_.mean(0),
+        atol=2e-3,
+    )
+    logits = probe.predict_logits(acts, torch.device("cpu"))
+    np.testing.assert_array_equal(logits.argmax(1), ref.predict(xs))
+
+
+def test_minibatch_probe_separable_data(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = _blobs(rng, 100, 4 * np.eye(8)[:6], 0.3)
+    acts = write_acts(tmp_path, "b" * 64, x, y, chunk=64)
+    probe = fit_probe(
+        acts, y, 6, ProbeConfig(solver="minibatch", epochs=20, batch_size=64, lr=1e-2), seed=3
+    )
+    assert probe.solver == "minibatch"
+    acc = (probe.predict_logits(acts, torch.device("cpu")).argmax(1) == y).mean()
+    assert acc > 0.99
+
+
+def test_restricted_class_evaluation_by_hand():
+    # Four training classes; the shifted split covers classes "c" and "a" (in that order).
+    mapping = class_mapping(["a", "b", "c", "d"], ["c", "a"], "shifted")
+    np.testing.assert_array_equal(mapping, [2, 0])
+    logits = np.array(
+        [
+            [0.0, 9.0, 1.0, 0.0],  # best overall is b; among {c, a} it is c
+            [3.0, 9.0, 1.0, 8.0],  # among {c, a}: a
+            [0.0, 0.0, 0.0, 5.0],
+        ]
+    )  # tie between c and a: the first listed (c)
+    labels = np.array([0, 1, 1])  # indices into the split's classes: c, a, a
+    np.testing.assert_array_equal(restricted_accuracy(logits, labels, mapping), [True, True, False])
+    np.testing.assert_array_equal(
+        restricted_accuracy(logits, np.array([1, 1, 3]), None), [True, True, True]
+    )
+    with pytest.raises(DatasetError, match="'z' is not among"):
+        class_mapping(["a", "b"], ["z"], "shifted")
+
+
+def test_evaluator_records_for_raw_latents_and_pre_activations(tmp_path):
+    rng = np.random.default_rng(2)
+    centers = 3 * np.eye(4)
+    x_tr, y_tr = _blobs(rng, 50, centers, 0.3)
+    x_val, y_val = _blobs(rng, 20, centers, 0.3)
+    # The shifted split holds only classes 3 and 1, shifted a little, labelled 0 and 1.
+    x_sh, y_sh = _blobs(rng, 20, centers[[3, 1]] + 0.5, 0.3)
+    classes = [ClassInfo(f"c{i}", f"class {i}") for i in range(4)]
+    sae = LinearReluSAE(
+        np.vstack([np.eye(4), -np.eye(4)]),
+        np.zeros(8),
+        np.hstack([np.eye(4), -np.eye(4)]),
+        np.zeros(4),
+    )
+    ctx = make_ctx(
+        tmp_path,
+        {
+            "train": ("train", x_tr, y_tr),
+            "val": ("eval", x_val, y_val),
+            "shift": ("shifted", x_sh, y_sh),
+        },
+        sae=sae,
+        classes={"train": classes, "val": classes, "shift": [classes[3], classes[1]]},
+    )
+    ev = OODAccuracyEvaluator(OODAccuracyConfig(device="cpu"))
+    base = by_key(ev.baseline(ctx.with_sae(None, "")))
+    got = by_key(ev.evaluate(ctx))
+    for records in (base, got):
+        assert records[("acc", "val")].value > 0.95
+        assert records[("acc", "shift")].value > 0.95
+        assert records[("acc", "shift")].extra["classes"] == 2
+        assert records[("acc", "shift")].n == 40
+    assert got[("acc_pre", "val")].value > 0.95 and ("acc_pre", "val") not in base
+    assert got[("train_acc", "train")].value > 0.95
