@@ -21,4 +21,7 @@ def register_evaluators() -> dict[str, ComponentRef]:
         "ontology": ComponentRef(
             f"{_P}.ontology:OntologyEvaluator", config=f"{_P}.configs:OntologyConfig"
         ),
+        "layer-sweep": ComponentRef(
+            f"{_P}.layer_sweep:LayerSweepEvaluator", config=f"{_P}.configs:LayerSweepConfig"
+        ),
     }

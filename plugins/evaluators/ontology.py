@@ -363,6 +363,14 @@ class OntologyEvaluator(Evaluator):
         "random_mean_classes": None,
     }
 
+    headline: ClassVar[tuple[str, ...]] = (
+        "coverage_gt_0.99",
+        "coverage_gt_0.75",
+        "n_features",
+        "random_coverage_gt_0.99",
+        "random_coverage_gt_0.75",
+    )
+
     def _splits(self, ctx: EvalContext) -> list[str]:
         cfg: OntologyConfig = self.config
         splits = ctx.split_names(cfg.split_role)

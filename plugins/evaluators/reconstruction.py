@@ -124,6 +124,7 @@ class ReconstructionEvaluator(Evaluator):
         "dense_fraction": False,
         "mean_active_value": None,
     }
+    headline: ClassVar[tuple[str, ...]] = ("mse", "l0", "explained_variance", "dead_fraction")
 
     def evaluate(self, ctx: EvalContext) -> list[Record]:
         cfg: ReconstructionConfig = self.config
