@@ -117,7 +117,7 @@ def _ring(rng: Rng) -> tuple[list[Op], float, float]:
 
 
 def _crescent(rng: Rng) -> tuple[list[Op], float, float]:
-    cut = _CIRCLE * rng.uniform(0.85, 1.0) + [rng.uniform(0.35, 0.6), 0.0]
+    cut = _CIRCLE * rng.uniform(0.8, 0.95) + [rng.uniform(0.4, 0.6), 0.0]
     return [_poly(_CIRCLE), _poly(cut, 0)], 0.0, 180.0
 
 
@@ -277,10 +277,12 @@ def _shape_mask(
 
 def _downsample(mask: np.ndarray, ss: int) -> np.ndarray:
     """Box-filter a supersampled bool mask to coverage in [0, 1] (anti-aliasing)."""
-    if ss == 1:
-        return mask.astype(np.float32)
-    n = mask.shape[0] // ss
-    return mask.reshape(n, ss, n, ss).mean(axis=(1, 3), dtype=np.float32)
+    out = mask[::ss, ::ss].astype(np.float32)
+    for dy in range(ss):
+        for dx in range(ss):
+            if dy or dx:  # strided sums: several times faster than a reshaped mean
+                out += mask[dy::ss, dx::ss]
+    return out / (ss * ss) if ss > 1 else out
 
 
 def _erode(mask: np.ndarray, width: int) -> np.ndarray:
@@ -298,6 +300,10 @@ def _erode(mask: np.ndarray, width: int) -> np.ndarray:
 
 def _outline(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~_erode(mask, width)
+
+
+def _gauss(rng: Rng, sigma: float, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
 
 
 def _colour(rng: Rng) -> np.ndarray:
@@ -343,7 +349,7 @@ def _background(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
         amp = rng.uniform(0.15, 0.35)
         field = _lowfreq(rng, size, int(rng.integers(3, 9)))
         bg = np.clip(base + amp * (field - 0.5), 0, 1)
-        bg = bg + rng.normal(0, rng.uniform(0.01, 0.05), (size, size, 1)).astype(np.float32)
+        bg = bg + _gauss(rng, rng.uniform(0.01, 0.05), (size, size, 1))
     return bg, base
 
 
@@ -394,9 +400,7 @@ def _render_sketch(
     paper = (
         np.float32(rng.uniform(0.86, 1.0)) - np.array([0, 0.01, 0.03], np.float32) * rng.random()
     )
-    img = np.broadcast_to(paper, (size, size, 3)) + rng.normal(0, 0.015, (size, size, 1)).astype(
-        np.float32
-    )
+    img = np.broadcast_to(paper, (size, size, 3)) + _gauss(rng, 0.015, (size, size, 1))
     mask = _shape_mask(ops, rng, cfg, base, jitter)
     width = max(1, round(rng.uniform(1.2, 2.6) * ss * size / 128))
     ink = np.float32(rng.uniform(0.05, 0.35))
@@ -451,9 +455,8 @@ def _corrupt(rng: Rng, img: np.ndarray, cfg: ShapesConfig) -> Image.Image:
     pil = _to_pil(img).filter(
         ImageFilter.GaussianBlur(float(_BLUR[level] * jitter[0] * cfg.image_size / 128))
     )
-    noisy = np.asarray(pil, np.float32) / 255 + rng.normal(
-        0, _NOISE[level] * jitter[1], (cfg.image_size, cfg.image_size, 3)
-    ).astype(np.float32)
+    sigma = _NOISE[level] * jitter[1]
+    noisy = np.asarray(pil, np.float32) / 255 + _gauss(rng, sigma, (cfg.image_size,) * 2 + (3,))
     buf = io.BytesIO()
     _to_pil(noisy).save(buf, format="JPEG", quality=max(2, round(_JPEG[level] * jitter[2])))
     buf.seek(0)
@@ -477,7 +480,7 @@ def _render_texture(rng: Rng, cfg: ShapesConfig) -> np.ndarray:
     elif kind == 2:  # gradient with grain
         c1, c2 = _colour(rng), _colour(rng)
         t = _gradient(rng, size)
-        img = c1 * (1 - t) + c2 * t + rng.normal(0, 0.08, (size, size, 1)).astype(np.float32)
+        img = c1 * (1 - t) + c2 * t + _gauss(rng, 0.08, (size, size, 1))
     elif kind == 3:  # coloured white noise around a tint
         img = _colour(rng) * 0.5 + 0.5 * rng.random((size, size, 3), dtype=np.float32)
     else:  # full-frame pattern
@@ -514,7 +517,7 @@ class ShapesDataset(Dataset):
     """
 
     name: ClassVar[str] = "shapes"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     Config: ClassVar[type] = ShapesConfig
 
     def __init__(self, config: ShapesConfig) -> None:
