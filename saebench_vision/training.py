@@ -6,10 +6,12 @@ one fused Adam). The recipe is :class:`~saebench_vision.config.TrainingConfig` (
 default: Adam 1e-4, 5% linear warm-up, 20% linear decay, 5% sparsity-coefficient warm-up,
 3 epochs, batch 64).
 
-Determinism: the data order is a pure function of ``(seed, epoch)``, and every SAE that has a
-``reset_parameters`` method is re-initialised from a seed derived from ``seed`` and the SAE's
-identity, so an SAE gets the same weights whether it is trained alone or in a sweep, and a run
-resumed from a checkpoint ends with the same weights as an uninterrupted one.
+Determinism: SAEs start from the weights they were constructed with (construct them under a
+seeded torch RNG; the built-ins initialise from it), the data order is a pure function of
+``(seed, epoch)`` and nothing else draws random numbers, so an SAE ends with the same weights
+whether it is trained alone or in a sweep, and a run resumed from a checkpoint ends with the
+same weights as an uninterrupted one (on the CPU; CUDA's scatter-adds are not bitwise
+reproducible).
 
 Data: a training set of at most ``in_memory_limit_gb`` is read into memory (onto the training
 device) and shuffled by a full permutation per epoch. A larger one streams from the memory-mapped
@@ -199,17 +201,8 @@ def total_steps(n_rows: int, config: TrainingConfig) -> int:
 # Initialisation
 
 
-def sae_seed(seed: int, sae: SAE) -> int:
-    """A seed for ``sae``'s initialisation that depends on ``seed`` and what the SAE is."""
-    ident = {"seed": seed, "d_in": sae.d_in, "sae": sae.identity()}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def _init_saes(
-    saes: Sequence[SAE], sample: torch.Tensor, config: TrainingConfig, seed: int
-) -> float:
-    """Re-initialise, set ``input_scale`` and ``b_dec``; returns the input scale."""
+def _init_saes(saes: Sequence[SAE], sample: torch.Tensor, config: TrainingConfig) -> float:
+    """Set every SAE's ``input_scale`` and ``b_dec`` from a data sample; returns the scale."""
     scale = 1.0
     if config.normalize == "sqrt-d":
         mean_norm = float(sample.double().norm(dim=1).mean())
@@ -219,11 +212,6 @@ def _init_saes(
     sample_n = sample * scale
     medians: dict[str, torch.Tensor] = {}
     for sae in saes:
-        reset = getattr(sae, "reset_parameters", None)
-        if callable(reset):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sae_seed(seed, sae))
-                reset()
         sae.input_scale.fill_(scale)
         how = getattr(sae.config, "b_dec_init", "zeros")
         if how == "zeros":
@@ -404,7 +392,7 @@ def train_saes(
     for sae in saes:
         sae.to(device)
         sae.train()
-    input_scale = _init_saes(saes, stream.sample(NORM_SAMPLE_ROWS), config, seed)
+    input_scale = _init_saes(saes, stream.sample(NORM_SAMPLE_ROWS), config)
     params = [p for sae in saes for p in sae.parameters() if p.requires_grad]
     optimizer = _make_optimizer(params, config, device)
     trackers = [_Tracker(sae, device) for sae in saes]

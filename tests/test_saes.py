@@ -1,0 +1,302 @@
+"""Built-in SAE architectures: planted dictionaries, hand-computed losses, sparse = dense paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from saebench_vision_plugins.saes.base import geometric_median
+from saebench_vision_plugins.saes.configs import (
+    BatchTopKConfig,
+    GatedConfig,
+    JumpReLUConfig,
+    MatryoshkaConfig,
+    ReLUConfig,
+    TopKConfig,
+)
+from saebench_vision_plugins.saes.gated import GatedSAE
+from saebench_vision_plugins.saes.jumprelu import JumpReLUSAE
+from saebench_vision_plugins.saes.relu import ReLUSAE
+from saebench_vision_plugins.saes.sparse import SparseCode, SparseDecode, sampled_dot
+from saebench_vision_plugins.saes.topk import BatchTopKSAE, MatryoshkaSAE, TopKSAE
+
+from saebench_vision.config import TrainingConfig, build_config
+from saebench_vision.errors import ConfigError
+from saebench_vision.training import train_saes
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors run fastest (and least disturbed by other processes) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def planted(seed: int = 0, d: int = 32, atoms: int = 48, n: int = 8192):
+    """Activations that are sparse non-negative combinations of known unit atoms."""
+    g = np.random.default_rng(seed)
+    dictionary = g.standard_normal((atoms, d))
+    dictionary /= np.linalg.norm(dictionary, axis=1, keepdims=True)
+    codes = (g.random((n, atoms)) < 3 / atoms) * g.uniform(1, 2, (n, atoms))
+    x = codes @ dictionary + 0.01 * g.standard_normal((n, d))
+    return x.astype(np.float32), dictionary
+
+
+def recovered(sae, dictionary: np.ndarray) -> float:
+    directions = sae.decoder_directions().numpy()
+    return float((np.abs(dictionary @ directions.T).max(1) >= 0.9).mean())
+
+
+def test_every_architecture_learns_a_planted_dictionary():
+    x, dictionary = planted()
+    d = x.shape[1]
+    torch.manual_seed(0)
+    saes = [
+        ReLUSAE(d, ReLUConfig(expansion=2, l1_coefficient=3.0)),
+        TopKSAE(d, TopKConfig(expansion=2, k=3, dead_after=4096)),
+        GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=6.0)),
+        BatchTopKSAE(d, BatchTopKConfig(expansion=2, k=3, dead_after=4096)),
+        JumpReLUSAE(d, JumpReLUConfig(expansion=2, l0_coefficient=1.0)),
+        MatryoshkaSAE(
+            d, MatryoshkaConfig(expansion=2, k=3, dead_after=4096, prefix_fractions=(0.75, 1.0))
+        ),
+    ]
+    config = TrainingConfig(epochs=8, batch_size=64, lr=5e-3)
+    stats = train_saes(saes, x, config, seed=0, progress=False)
+    mean_sq_norm = float((x**2).sum(1).mean()) * stats[0]["input_scale"] ** 2
+    for sae, st in zip(saes, stats):
+        assert recovered(sae, dictionary) >= 0.75, (sae.name, recovered(sae, dictionary), st)
+        # Reconstruction explains most of the signal, at a sparsity near the planted 3 atoms.
+        assert st["final_mse"] < 0.25 * mean_sq_norm, (sae.name, st)
+        assert 1.0 <= st["final_l0"] <= 8.0, (sae.name, st)
+    topk = saes[1]
+    xt = torch.from_numpy(x[:512])
+    z = topk.encode(xt)
+    positive = (topk.pre_activations(xt) > 0).sum(1)
+    assert torch.equal((z != 0).sum(1), positive.clamp(max=3))
+    assert (z >= 0).all()
+    assert stats[1]["final_l0"] <= 3.0
+
+
+def _tiny(cls, config, d=3):
+    torch.manual_seed(0)
+    sae = cls(d, config)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return sae
+
+
+def test_relu_loss_matches_hand_computation():
+    sae = _tiny(ReLUSAE, ReLUConfig(expansion=2, l1_coefficient=0.7))
+    with torch.no_grad():
+        sae.input_scale.fill_(2.0)
+    x = torch.randn(5, 3)
+    out = sae.loss(x, sparsity_scale=0.5)
+    xn = 2.0 * x
+    z = torch.relu((xn - sae.b_dec) @ sae.W_enc.T + sae.b_enc)
+    x_hat = z @ sae.W_dec + sae.b_dec
+    norms = sae.W_dec.norm(dim=1)
+    expected = ((xn - x_hat) ** 2).sum(1).mean() + 0.7 * 0.5 * (z * norms).sum(1).mean()
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.x_hat, x_hat / 2.0)
+    torch.testing.assert_close(out.z, z)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), x_hat / 2.0)
+    torch.testing.assert_close(out.metrics["l0"], (z > 0).sum(1).float().mean())
+
+    plain = _tiny(ReLUSAE, ReLUConfig(expansion=2, l1_coefficient=0.7, decoder_norm="free"))
+    out = plain.loss(x)
+    z = torch.relu((x - plain.b_dec) @ plain.W_enc.T + plain.b_enc)
+    x_hat = z @ plain.W_dec + plain.b_dec
+    torch.testing.assert_close(out.loss, ((x - x_hat) ** 2).sum(1).mean() + 0.7 * z.sum(1).mean())
+
+
+def test_gated_loss_matches_hand_computation():
+    sae = _tiny(GatedSAE, GatedConfig(expansion=2, l1_coefficient=0.3))
+    x = torch.randn(6, 3)
+    out = sae.loss(x)
+    xc = x - sae.b_dec
+    gate = xc @ sae.W_enc.T + sae.b_gate
+    mag = (xc @ sae.W_enc.T) * sae.r_mag.exp() + sae.b_mag
+    z = (gate > 0).float() * torch.relu(mag)
+    x_hat = z @ sae.W_dec + sae.b_dec
+    l1 = (torch.relu(gate) * sae.W_dec.norm(dim=1)).sum(1).mean()
+    aux = ((torch.relu(gate) @ sae.W_dec + sae.b_dec - x) ** 2).sum(1).mean()
+    expected = ((x - x_hat) ** 2).sum(1).mean() + 0.3 * l1 + aux
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.z, z)
+    torch.testing.assert_close(sae.encode(x), z)
+    # The auxiliary loss reaches the gate but not the decoder.
+    (total,) = torch.autograd.grad(out.loss, [sae.W_dec])
+    (without_aux,) = torch.autograd.grad(((x - x_hat) ** 2).sum(1).mean() + 0.3 * l1, [sae.W_dec])
+    torch.testing.assert_close(total, without_aux)
+
+
+def test_jumprelu_loss_and_threshold_gradient():
+    sae = _tiny(JumpReLUSAE, JumpReLUConfig(expansion=2, l0_coefficient=0.2, bandwidth=0.5))
+    x = torch.randn(7, 3)
+    out = sae.loss(x)
+    pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+    theta = torch.relu(sae.threshold)
+    z = pre * (pre > theta)
+    x_hat = z @ sae.W_dec + sae.b_dec
+    expected = ((x - x_hat) ** 2).sum(1).mean() + 0.2 * (pre > theta).float().sum(1).mean()
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    # Straight-through estimate: dL0/dθ = -(1/ε) Σ rect((pre-θ)/ε) / B per latent (θ > 0 here).
+    inside = (((pre - theta) / 0.5).abs() < 0.5).float()
+    d_l0 = -(1 / 0.5) * inside.sum(0) / 7 * 0.2
+    err = 2 * (x_hat - x) / 7
+    d_mse = -(theta / 0.5) * (inside * (err @ sae.W_dec.T)).sum(0)
+    expected_grad = (d_l0 + d_mse) * (sae.threshold > 0)
+    torch.testing.assert_close(sae.threshold.grad, expected_grad.detach())
+
+
+def test_topk_loss_matches_hand_computation():
+    sae = _tiny(TopKSAE, TopKConfig(expansion=3, k=2, aux_k_coefficient=0.0))
+    x = torch.randn(4, 3)
+    out = sae.loss(x)
+    pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+    top = pre.topk(2, dim=1)
+    z = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+    x_hat = z @ sae.W_dec + sae.b_dec
+    torch.testing.assert_close(out.loss, ((x - x_hat) ** 2).sum(1).mean())
+    torch.testing.assert_close(out.z, z)
+
+
+def _grads(sae, x):
+    sae.zero_grad(set_to_none=True)
+    terms = sae.train_terms(x)
+    terms.loss.backward()
+    return terms, {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "cls,config",
+    [
+        (TopKSAE, TopKConfig(expansion=4, k=3)),
+        (TopKSAE, TopKConfig(expansion=4, k=3, apply_b_dec_to_input=False)),
+        (BatchTopKSAE, BatchTopKConfig(expansion=4, k=3)),
+        (MatryoshkaSAE, MatryoshkaConfig(expansion=4, k=3, prefix_fractions=(0.25, 0.5, 1.0))),
+    ],
+)
+def test_sparse_path_gives_the_dense_gradients(cls, config):
+    d = 6
+    torch.manual_seed(1)
+    sparse = cls(d, type(config)(**{**config.__dict__, "sparse_backend": "sparse", "aux_k": 4}))
+    dense = cls(d, type(config)(**{**config.__dict__, "sparse_backend": "dense", "aux_k": 4}))
+    dense.load_state_dict(sparse.state_dict())
+    with torch.no_grad():
+        for p in sparse.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        dense.load_state_dict(sparse.state_dict())
+        # Half the latents dead, so AuxK takes part too.
+        for m in (sparse, dense):
+            m.samples_since_fired[::2] = 10**9
+    x = torch.randn(9, d)
+    t_sparse, g_sparse = _grads(sparse, x)
+    t_dense, g_dense = _grads(dense, x)
+    assert "auxk" in t_sparse.metrics and "auxk" in t_dense.metrics
+    torch.testing.assert_close(t_sparse.loss, t_dense.loss)
+    torch.testing.assert_close(t_sparse.x_hat, t_dense.x_hat)
+    assert g_sparse.keys() == g_dense.keys() == {"W_enc", "b_enc", "W_dec", "b_dec"}
+    for name in g_dense:
+        torch.testing.assert_close(g_sparse[name], g_dense[name], msg=name)
+    torch.testing.assert_close(t_sparse.fired, t_dense.fired)
+
+
+def test_sparse_decode_handles_empty_rows_and_matches_dense():
+    torch.manual_seed(0)
+    w = torch.randn(7, 5, requires_grad=True)
+    flat = torch.tensor([3 * 7 + 1, 0 * 7 + 6, 3 * 7 + 2, 0 * 7 + 0])  # rows 1, 2 and 4 empty
+    code, order = SparseCode.from_flat(flat, 5, 7)
+    values = torch.tensor([0.5, -1.0, 2.0, 1.5])[order].requires_grad_()
+    out = SparseDecode.apply(values, w, code)
+    grad = torch.randn(5, 5)
+    (out * grad).sum().backward()
+    dense_values = values.detach().clone().requires_grad_()
+    w2 = w.detach().clone().requires_grad_()
+    ref = code.dense(dense_values) @ w2
+    (ref * grad).sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(values.grad, dense_values.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+    torch.testing.assert_close(
+        sampled_dot(grad, w.detach(), code), (grad[code.rows] * w[code.cols]).sum(1).detach()
+    )
+
+
+def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(8, BatchTopKConfig(expansion=4, k=2))
+    x = torch.randn(16, 8)
+    terms = sae.train_terms(x)
+    assert float(terms.metrics["l0"]) <= 2.0
+    assert int((terms.dense_z() > 0).sum()) == int(terms.fired.sum())
+    assert float(sae.threshold) > 0
+    sae.eval()
+    pre = sae.pre_activations(x)
+    torch.testing.assert_close(sae.encode(x), pre * (pre > sae.threshold))
+
+
+def test_unit_norm_decoder_is_kept_and_gradient_projected():
+    torch.manual_seed(0)
+    sae = TopKSAE(4, TopKConfig(expansion=2, k=2))
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(8))
+    sae.train_terms(torch.randn(5, 4)).loss.backward()
+    sae.before_optimizer_step()
+    assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-6
+    relu = ReLUSAE(4, ReLUConfig(expansion=2))
+    torch.testing.assert_close(relu.W_dec.norm(dim=1), torch.full((8,), 0.1))
+    torch.testing.assert_close(relu.W_enc, relu.W_dec)
+
+
+def test_geometric_median_resists_outliers():
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [100.0, 100.0]])
+    med = geometric_median(pts)
+    assert float(med.norm()) < 2.0
+    assert float(pts.mean(0).norm()) > 20
+
+
+def test_configs_validate_with_one_line_messages():
+    with pytest.raises(ConfigError, match="prefix_fractions"):
+        build_config(
+            MatryoshkaConfig, {"prefix_fractions": [0.5, 0.25, 1.0]}, where="s.yaml: saes[0].args"
+        )
+    with pytest.raises(ConfigError, match="k"):
+        build_config(TopKConfig, {"k": 0}, where="s.yaml")
+    with pytest.raises(ConfigError, match="unknown key `kk`"):
+        build_config(TopKConfig, {"kk": 3}, where="s.yaml")
+    cfg = build_config(MatryoshkaConfig, {"prefix_fractions": [0.5, 1]}, where="s.yaml")
+    assert cfg.prefix_fractions == (0.5, 1.0)
+
+
+def test_registered_names_and_light_hooks(manager):
+    registry = manager.registry()
+    assert set(registry.names("sae")) >= {
+        "relu",
+        "topk",
+        "gated",
+        "batch-topk",
+        "jumprelu",
+        "matryoshka",
+    }
+    for entry in registry.entries("sae"):
+        if entry.plugin == "saes" or entry.ref.target.startswith("saebench_vision_plugins.saes"):
+            cls = entry.load()
+            assert cls.name == entry.name
+            assert entry.config_class() is cls.Config
+    code = (
+        "import sys; import saebench_vision_plugins.saes.hooks as h, "
+        "saebench_vision_plugins.saes.configs; h.register_saes(); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,196 @@
+"""The trainer: schedules, determinism, sweeps = separate runs, resume, streaming from the cache."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from saebench_vision_plugins.saes.configs import GatedConfig, ReLUConfig, TopKConfig
+from saebench_vision_plugins.saes.gated import GatedSAE
+from saebench_vision_plugins.saes.relu import ReLUSAE
+from saebench_vision_plugins.saes.topk import TopKSAE
+
+from saebench_vision import training
+from saebench_vision.cache import ActivationCache
+from saebench_vision.config import TrainingConfig
+from saebench_vision.errors import SaebenchError
+from saebench_vision.training import _BatchStream, _Rows, lr_factor, sparsity_factor, train_saes
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def data(n: int = 640, d: int = 8, seed: int = 0) -> np.ndarray:
+    g = np.random.default_rng(seed)
+    return (g.standard_normal((n, d)) * 3 + 1).astype(np.float32)
+
+
+def make_saes(d: int = 8, seed: int = 0) -> list:
+    torch.manual_seed(seed)
+    return [
+        ReLUSAE(d, ReLUConfig(expansion=2, l1_coefficient=0.5, b_dec_init="mean")),
+        TopKSAE(d, TopKConfig(expansion=4, k=2, dead_after=64, b_dec_init="geometric-median")),
+        GatedSAE(d, GatedConfig(expansion=2)),
+    ]
+
+
+def state(sae) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in sae.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_paper_schedule():
+    cfg = TrainingConfig()
+    assert (cfg.lr, cfg.epochs, cfg.batch_size) == (1e-4, 3, 64)
+    total = 100
+    assert lr_factor(0, total, cfg) == pytest.approx(1 / 5)
+    assert lr_factor(4, total, cfg) == 1.0
+    assert lr_factor(50, total, cfg) == 1.0
+    assert lr_factor(80, total, cfg) == pytest.approx(20 / 20)
+    assert lr_factor(90, total, cfg) == pytest.approx(10 / 20)
+    assert lr_factor(99, total, cfg) == pytest.approx(1 / 20)
+    assert sparsity_factor(0, total, cfg) == pytest.approx(1 / 5)
+    assert sparsity_factor(4, total, cfg) == 1.0
+    assert training.total_steps(640, TrainingConfig(epochs=1.5, batch_size=64)) == 15
+
+
+def test_training_reduces_loss_and_reports_stats():
+    x = data()
+    saes = make_saes()
+    before = [float(s.loss(torch.from_numpy(x)).metrics["mse"]) for s in saes]
+    stats = train_saes(saes, x, TrainingConfig(epochs=3, lr=3e-3), seed=0, progress=False)
+    for sae, st, b in zip(saes, stats, before):
+        for key in (
+            "final_loss",
+            "final_mse",
+            "final_l0",
+            "dead_fraction",
+            "dense_fraction",
+            "steps",
+            "seconds",
+        ):
+            assert math.isfinite(st[key]), (sae.name, key)
+        assert st["steps"] == 30
+        assert 0 <= st["dead_fraction"] <= 1 and 0 <= st["dense_fraction"] <= 1
+        assert float(sae.loss(torch.from_numpy(x)).metrics["mse"]) < b
+        assert sae.W_enc.device.type == "cpu" and not sae.training
+    # Inputs are scaled to mean norm sqrt(d); the SAEs undo it on output.
+    scale = stats[0]["input_scale"]
+    assert float(np.linalg.norm(x[:8192], axis=1).mean()) * scale == pytest.approx(
+        math.sqrt(8), rel=1e-4
+    )
+    assert float(saes[0].input_scale) == pytest.approx(scale)
+    assert stats[1]["final_l0"] <= 2.0
+
+
+def test_deterministic_for_a_seed_and_sweep_equals_separate_runs():
+    x = data()
+    cfg = TrainingConfig(epochs=2, lr=3e-3)
+    a, b = make_saes(), make_saes()
+    train_saes(a, x, cfg, seed=3, progress=False)
+    train_saes(b, x, cfg, seed=3, progress=False)
+    for sa, sb in zip(a, b):
+        assert_same(state(sa), state(sb))
+    alone = make_saes()
+    for sae in alone:
+        train_saes([sae], x, cfg, seed=3, progress=False)
+    for sa, sb in zip(a, alone):
+        assert_same(state(sa), state(sb))
+    other = make_saes()
+    train_saes(other, x, cfg, seed=4, progress=False)
+    assert not torch.equal(other[0].W_enc, a[0].W_enc)
+
+
+def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
+    x = data()
+    cfg = TrainingConfig(epochs=3, lr=3e-3, checkpoint_every=7)
+    reference = make_saes()
+    ref_stats = train_saes(reference, x, cfg, seed=1, progress=False)
+
+    real = training.lr_factor
+
+    def crash_at_17(step, total, config):
+        if step == 17:
+            raise KeyboardInterrupt
+        return real(step, total, config)
+
+    monkeypatch.setattr(training, "lr_factor", crash_at_17)
+    with pytest.raises(KeyboardInterrupt):
+        train_saes(make_saes(), x, cfg, seed=1, progress=False, checkpoint_dir=tmp_path)
+    assert (tmp_path / training.STATE_FILE).exists()
+    saved = torch.load(tmp_path / training.STATE_FILE, weights_only=True)
+    assert saved["step"] == 14
+    monkeypatch.setattr(training, "lr_factor", real)
+
+    resumed = make_saes(seed=99)  # different starting weights: the checkpoint must win
+    stats = train_saes(resumed, x, cfg, seed=1, progress=False, checkpoint_dir=tmp_path)
+    for sa, sb in zip(reference, resumed):
+        assert_same(state(sa), state(sb))
+    for a, b in zip(ref_stats, stats):
+        for key in ("final_loss", "final_mse", "final_l0", "dead_fraction", "dense_fraction"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    assert not (tmp_path / training.STATE_FILE).exists()
+
+
+def test_checkpoint_for_other_settings_is_ignored(tmp_path, capsys):
+    x = data()
+    cfg = TrainingConfig(epochs=1, lr=3e-3, checkpoint_every=3)
+    training._save_state(tmp_path / training.STATE_FILE, {"fingerprint": "other", "step": 5})
+    fresh = make_saes()
+    train_saes(fresh, x, cfg, seed=0, progress=False, checkpoint_dir=tmp_path)
+    reference = make_saes()
+    train_saes(reference, x, cfg, seed=0, progress=False)
+    assert_same(state(fresh[0]), state(reference[0]))
+    assert "starting over" in capsys.readouterr().err
+
+
+def test_streams_from_the_memory_mapped_cache(tmp_path):
+    x = data(n=3000, d=8)
+    cache = ActivationCache(tmp_path / "cache")
+    writer = cache.writer("k" * 64, 8, {})
+    writer.append(x, np.arange(len(x)), None)
+    acts = writer.commit()
+    rows = _Rows(acts, None, seed=0)
+    stream = _BatchStream(rows, 64, seed=0, device=torch.device("cpu"), in_memory=False)
+    order = stream.epoch_order(0)
+    assert sorted(order.tolist()) == list(range(3000))
+    assert not np.array_equal(order, np.arange(3000))
+    # Batches continue seamlessly across buffers and epochs, and match the epoch orders.
+    got = torch.cat([b for _, b in zip(range(100), stream.batches(0))])
+    want = np.concatenate(
+        [x[stream.epoch_order(0)], x[stream.epoch_order(1)], x[stream.epoch_order(2)]]
+    )
+    np.testing.assert_array_equal(got.numpy(), want[: len(got)])
+    later = next(stream.batches(60))
+    np.testing.assert_array_equal(later.numpy(), want[60 * 64 : 61 * 64])
+
+    cfg = TrainingConfig(epochs=1, lr=3e-3, in_memory_limit_gb=0.0, max_samples=2000)
+    streamed = make_saes()
+    st = train_saes(streamed, acts, cfg, seed=0, progress=False)
+    assert st[0]["steps"] == round(2000 / 64)
+    again = make_saes()
+    train_saes(again, acts, cfg, seed=0, progress=False)
+    assert_same(state(streamed[1]), state(again[1]))
+
+
+def test_bad_inputs_raise_one_line_errors():
+    with pytest.raises(SaebenchError, match="width 8"):
+        train_saes([ReLUSAE(4, ReLUConfig())], data(), TrainingConfig(), seed=0, progress=False)
+    with pytest.raises(SaebenchError, match="cuda"):
+        if torch.cuda.is_available():
+            raise SaebenchError("cuda present; nothing to check")
+        train_saes(make_saes(), data(), TrainingConfig(device="cuda"), seed=0, progress=False)
