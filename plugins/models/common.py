@@ -200,10 +200,18 @@ class ImageAdapter(ModelAdapter):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.model: nn.Module | None = None
-        self.transform = self.make_transform()
+        self._transform: ImageTransform | None = None
+        self._layers: list[str] | None = None
 
     def make_transform(self) -> ImageTransform:
+        """The preprocessing, resolved from the config (and the model's defaults)."""
         raise NotImplementedError
+
+    @property
+    def transform(self) -> ImageTransform:
+        if self._transform is None:
+            self._transform = self.make_transform()
+        return self._transform
 
     def preprocess(self, items: Sequence[Any]) -> torch.Tensor:
         return self.transform(items)
@@ -222,4 +230,12 @@ class ImageAdapter(ModelAdapter):
         return state
 
     def _check(self, layers: Sequence[str]) -> None:
-        self.check_layers(layers)
+        if self.model is None:
+            raise RuntimeError(f"model `{self.name}`: call ensure_loaded() before forward()")
+        if not set(layers) <= set(self._layer_cache()):
+            self.check_layers(layers)
+
+    def _layer_cache(self) -> list[str]:
+        if self._layers is None:
+            self._layers = self.layer_names()
+        return self._layers

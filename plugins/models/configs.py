@@ -88,7 +88,9 @@ class ResNetConfig(ImageModelConfig):
         "resnet50", "torchvision architecture"
     )
     weights: str | None = option(
-        "IMAGENET1K_V2", "torchvision weights tag (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT)"
+        "DEFAULT",
+        "torchvision weights tag (DEFAULT: the best ImageNet-1k weights of the arch, e.g. "
+        "IMAGENET1K_V2 for resnet50; IMAGENET1K_V1 for the original recipe)",
     )
     weights_path: str | None = option(
         None, "a local .pth state dict to load instead of downloading the weights tag"

@@ -110,7 +110,6 @@ class EfficientNetLiteAdapter(ImageAdapter):
 
     def forward(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, LayerOutput]:
         self._check(layers)
-        assert self.model is not None, "call ensure_loaded() first"
         model = self.model
         modules = {f"blocks.{i}": block for i, block in enumerate(model._blocks)}
         modules["final"] = model._bn1

@@ -8,11 +8,17 @@ from saebench_vision.registry import ComponentRef
 _P = "saebench_vision_plugins.models"
 
 
+def _ref(module_class: str, config: str) -> ComponentRef:
+    return ComponentRef(f"{_P}.{module_class}", config=f"{_P}.configs:{config}")
+
+
 @hookimpl
 def register_models() -> dict[str, ComponentRef]:
     return {
-        "efficientnet-lite": ComponentRef(
-            f"{_P}.efficientnet:EfficientNetLiteAdapter",
-            config=f"{_P}.configs:EfficientNetLiteConfig",
-        ),
+        "efficientnet-lite": _ref("efficientnet:EfficientNetLiteAdapter", "EfficientNetLiteConfig"),
+        "dinov2": _ref("dinov2:DINOv2Adapter", "DINOv2Config"),
+        "open-clip": _ref("clip:OpenCLIPAdapter", "OpenCLIPConfig"),
+        "hf-clip": _ref("clip:HFCLIPAdapter", "HFCLIPConfig"),
+        "resnet": _ref("resnet:ResNetAdapter", "ResNetConfig"),
+        "hf-resnet": _ref("resnet:HFResNetAdapter", "HFResNetConfig"),
     }

@@ -1,0 +1,197 @@
+"""ResNet through torchvision (weights tag) and through transformers ``ResNetModel``.
+
+Both expose the same layers: ``stem`` (after the stem's max-pool), ``stages.0`` ...
+``stages.3`` (each residual stage's output) and ``final`` (the pre-logit features). Every layer
+is a feature map: its CLS token is the global average pool and its patch tokens are the
+spatial positions. In a ResNet the classifier reads the pooled last stage, so ``final`` holds
+the same map as ``stages.3``; its CLS token is exactly the classifier's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from saebench_vision_plugins.models.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageAdapter,
+    ImageTransform,
+    capture,
+    feature_map_tokens,
+    hf_load,
+    run_until,
+)
+from saebench_vision_plugins.models.configs import HFResNetConfig, ResNetConfig
+from torch import nn
+
+from saebench_vision.errors import ConfigError, WeightsNotFoundError
+from saebench_vision.interfaces import LayerOutput
+
+LAYERS = ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "final"]
+
+
+def _module_key(layer: str) -> str:
+    return "stages.3" if layer == "final" else layer
+
+
+class _ResNetBase(ImageAdapter):
+    def layer_names(self) -> list[str]:
+        return list(LAYERS)
+
+    def layer_modules(self) -> dict[str, nn.Module]:
+        """``stem`` and ``stages.i`` -> modules whose output is that layer."""
+        raise NotImplementedError
+
+    def run(self, pixels: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def forward(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, LayerOutput]:
+        self._check(layers)
+        modules = self.layer_modules()
+        # final and stages.3 share a module: capture each module once.
+        by_module = {key: modules[key] for key in {_module_key(name) for name in layers}}
+        deepest = max(by_module, key=LAYERS.index)
+        x = self.pixels(batch)
+        with capture(by_module, stop_after=deepest) as captured:
+            run_until(lambda: self.run(x))
+        maps = {name: feature_map_tokens(t) for name, t in captured.items()}
+        return {name: maps[_module_key(name)] for name in layers}
+
+
+class ResNetAdapter(_ResNetBase):
+    """A torchvision ResNet (``arch`` + ``weights`` tag, e.g. resnet50 / IMAGENET1K_V2).
+
+    Preprocessing is the weights tag's own evaluation transform (resnet50 IMAGENET1K_V2:
+    shorter side to 232 bilinear, centre-crop 224, ImageNet mean/std; V1: 256 -> 224); with
+    ``weights: null`` (random init or ``weights_path`` only), 256 -> 224 bilinear.
+    """
+
+    name = "resnet"
+    version = "1"
+    Config = ResNetConfig
+
+    def weights_enum(self) -> Any:
+        from torchvision.models import get_model_weights
+
+        if not self.config.weights:
+            return None
+        options = get_model_weights(self.config.arch)
+        try:
+            return options[self.config.weights]
+        except KeyError:
+            known = ", ".join(w.name for w in options)
+            raise WeightsNotFoundError(
+                f"model `{self.name}`: {self.config.arch} has no torchvision weights tag "
+                f"{self.config.weights!r} (known: {known}, DEFAULT)"
+            ) from None
+
+    def identity(self) -> dict[str, Any]:
+        weights = self.weights_enum()
+        # DEFAULT may name other weights in a later torchvision: key on the resolved tag.
+        return {**super().identity(), "weights": None if weights is None else weights.name}
+
+    def make_transform(self) -> ImageTransform:
+        weights = self.weights_enum()
+        crop, resize, interp = 224, 256, "bilinear"
+        if weights is not None:
+            t = weights.transforms()
+            crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+            interp = str(t.interpolation.value)
+        size = self.config.image_size or crop
+        return ImageTransform(
+            image_size=size,
+            resize_size=self.config.resize_size or round(resize * size / crop),
+            interpolation=self.config.interpolation or interp,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        if self.config.weights_path:
+            path = Path(self.config.weights_path).expanduser()
+            if not path.is_file():
+                raise WeightsNotFoundError(
+                    f"model `{self.name}`: weights_path {str(path)!r} does not exist; point it to "
+                    f"a .pth state dict, or unset it to download the weights tag"
+                )
+            return torch.load(path, map_location="cpu", weights_only=True)
+        weights = self.weights_enum()
+        if weights is None:
+            return None
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except (OSError, RuntimeError) as exc:
+            raise WeightsNotFoundError(
+                f"model `{self.name}`: cannot download {self.config.arch} {weights.name} from "
+                f"{weights.url} ({' '.join(str(exc).split())[:100]}); run once with network "
+                f"access (cached in ~/.cache/torch/hub/checkpoints), or download that file and "
+                f"set weights_path to it"
+            ) from exc
+
+    def load(self) -> None:
+        from torchvision.models import get_model
+
+        model = get_model(self.config.arch, weights=None)
+        state = self.state_dict()
+        if state is not None:
+            model.load_state_dict(state)
+        self.model = model.to(self.device, self.torch_dtype).eval()
+
+    def layer_modules(self) -> dict[str, nn.Module]:
+        m: Any = self.model
+        return {"stem": m.maxpool, **{f"stages.{i}": getattr(m, f"layer{i + 1}") for i in range(4)}}
+
+    def run(self, pixels: torch.Tensor) -> None:
+        self.model(pixels)
+
+
+class HFResNetAdapter(_ResNetBase):
+    """A transformers ``ResNetModel`` (e.g. microsoft/resnet-50).
+
+    ``stem`` is the embedder's output and ``stages.i`` the encoder's stage outputs
+    (``hidden_states[0]`` ... ``hidden_states[4]``). Preprocessing matches the model's image
+    processor: shorter side to 256 (224 / crop_pct 0.875, bicubic), centre-crop 224,
+    ImageNet mean/std.
+    """
+
+    name = "hf-resnet"
+    version = "1"
+    Config = HFResNetConfig
+
+    def make_transform(self) -> ImageTransform:
+        size = self.config.image_size or 224
+        return ImageTransform(
+            image_size=size,
+            resize_size=self.config.resize_size or round(size / 0.875),
+            interpolation=self.config.interpolation or "bicubic",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
+
+    def load(self) -> None:
+        from transformers import ResNetModel
+
+        model = hf_load(
+            self.name,
+            ResNetModel.from_pretrained,
+            self.config.model_id,
+            revision=self.config.revision,
+            dtype=self.torch_dtype,
+        )
+        stages = len(model.encoder.stages)
+        if stages != 4:
+            raise ConfigError(
+                f"model `{self.name}`: {self.config.model_id} has {stages} stages, expected a "
+                f"4-stage ResNet; point model_id to a ResNet checkpoint"
+            )
+        self.model = model.to(self.device).eval()
+
+    def layer_modules(self) -> dict[str, nn.Module]:
+        m: Any = self.model
+        return {"stem": m.embedder, **{f"stages.{i}": s for i, s in enumerate(m.encoder.stages)}}
+
+    def run(self, pixels: torch.Tensor) -> None:
+        self.model(pixel_values=pixels)
