@@ -14,4 +14,13 @@ def register_datasets() -> dict[str, ComponentRef]:
         "shapes": ComponentRef(
             f"{_P}.shapes:ShapesDataset", config=f"{_P}.shapes_config:ShapesConfig"
         ),
+        "imagenet-folder": ComponentRef(
+            f"{_P}.imagenet:ImageNetFolderDataset", config=f"{_P}.configs:ImageNetFolderConfig"
+        ),
+        "image-folder": ComponentRef(
+            f"{_P}.folders:ImageFolderDataset", config=f"{_P}.configs:ImageFolderConfig"
+        ),
+        "quickdraw-emoji": ComponentRef(
+            f"{_P}.quickdraw:QuickDrawEmojiDataset", config=f"{_P}.configs:QuickDrawEmojiConfig"
+        ),
     }
