@@ -1,0 +1,89 @@
+"""The saebench command: help, validate, errors as one line, leaderboard from a folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import REPO
+
+from saebench_vision.cli import main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "validate", "plugins", "layers", "leaderboard"):
+        assert command in out
+    for command in ("run", "validate", "plugins", "layers", "leaderboard"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "usage: saebench " + command in capsys.readouterr().out
+
+
+def test_validate_quickstart_imports_no_torch():
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from saebench_vision.cli import main
+        code = main(["validate", {str(REPO / "suites" / "quickstart.yaml")!r}])
+        print("EXIT", code, "TORCH", "torch" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "EXIT 0 TORCH False" in out.stdout, out.stdout + out.stderr
+    assert "quickstart.yaml: ok - 1 model(s), 2 layer(s), 5 SAE(s)" in out.stdout
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "models: [{plugin: efficientnet-lite, args: {variant: lite9}}]\ndatasets: {}\nsaes: []\nevaluators: []\n"
+    )
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(
+        f"error: {bad}: models[0].args.variant: 'lite9' is not one of lite0, lite1, lite2"
+    )
+    assert main(["leaderboard", str(tmp_path / "nowhere")]) == 2
+    assert "no results database here" in capsys.readouterr().err
+
+
+def test_layers_lists_adapter_layers(capsys):
+    assert main(["layers", "efficientnet-lite", "--arg", "variant=lite0"]) == 0
+    layers = capsys.readouterr().out.split()
+    assert layers[0] == "blocks.0" and layers[-1] == "final"
+    assert main(["layers", "efficientnet-lite", "--arg", "variant"]) == 2
+    assert "write KEY=VALUE" in capsys.readouterr().err
+
+
+def test_plugins_verbose_lists_options(capsys):
+    assert main(["plugins", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "sae `topk`" in out and "k: an integer" in out
+
+
+def test_leaderboard_from_folder_writes_file(tmp_path, capsys):
+    from saebench_vision.interfaces import Record
+    from saebench_vision.results import CellKey, ResultsStore
+
+    store = ResultsStore(tmp_path)
+    cell = CellKey(
+        "c1", "m", "final", "cls", "s1", "relu[k=1]", "relu", {}, "reconstruction", "1", 0
+    )
+    store.register_suite("abc", [cell], [("val", "eval")])
+    run = store.start_run(
+        suite_name="s", suite_path="s.yaml", suite_hash="abc", suite_json={}, versions={}, argv=[]
+    )
+    store.add_cell(run, cell, [Record("mse", 0.25, "val", higher_is_better=False)], 0.0)
+    out = tmp_path / "board.html"
+    assert main(["leaderboard", str(tmp_path), "--format", "html", "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "<th>mse ↓</th>" in html and "<td>0.25</td>" in html
+    assert main(["leaderboard", str(tmp_path), "--format", "md", "--layout", "wide"]) == 0
+    assert "| relu[k=1] " in capsys.readouterr().out
