@@ -21,4 +21,5 @@ def register_models() -> dict[str, ComponentRef]:
         "hf-clip": _ref("clip:HFCLIPAdapter", "HFCLIPConfig"),
         "resnet": _ref("resnet:ResNetAdapter", "ResNetConfig"),
         "hf-resnet": _ref("resnet:HFResNetAdapter", "HFResNetConfig"),
+        "llava": _ref("llava:LlavaAdapter", "LlavaConfig"),
     }
