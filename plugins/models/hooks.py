@@ -22,4 +22,5 @@ def register_models() -> dict[str, ComponentRef]:
         "resnet": _ref("resnet:ResNetAdapter", "ResNetConfig"),
         "hf-resnet": _ref("resnet:HFResNetAdapter", "HFResNetConfig"),
         "llava": _ref("llava:LlavaAdapter", "LlavaConfig"),
+        "sd-text-encoder": _ref("sd_text:SDTextEncoderAdapter", "SDTextEncoderConfig"),
     }
