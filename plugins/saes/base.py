@@ -1,34 +1,42 @@
-"""Shared machinery of the built-in SAEs: parameters, normalisation, decoder-norm handling.
+"""Shared machinery of the built-in SAEs: parameters, normalisation, decoder norms, fused groups.
 
 Every built-in SAE keeps its weights in latent-major layout: ``W_enc`` and ``W_dec`` are both
 ``(d_sae, d_in)``, one row per latent, so that sparse steps touch contiguous rows. (SAELens
 stores ``W_enc`` as ``(d_in, d_sae)``; :mod:`saebench_vision.checkpoint` transposes on export.)
 
 Training runs in normalised space: the trainer sets the ``input_scale`` buffer (inputs are
-multiplied by it) and calls :meth:`BuiltinSAE.train_terms` on normalised batches; the public
-``encode``/``decode``/``loss`` take and return raw activations.
+multiplied by it) and works on normalised batches; the public ``encode``/``decode``/``loss``
+take and return raw activations.
+
+Fused groups: an architecture's training step is written once, for a *group* of S SAEs of the
+same architecture and shape whose parameters are stacked along a leading dimension
+(:meth:`BuiltinSAE.group_terms`); a lone SAE is a group of one. The trainer stacks the
+parameters of same-shape SAEs of a sweep (their sparsity coefficients may differ) so that their
+products run as a few large batched matmuls instead of many small ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from saebench_vision.config import config_as_dict
 from saebench_vision.interfaces import SAE, SAEOutput
 
 
 @dataclass
 class TrainTerms:
-    """One training forward pass in normalised space.
+    """One SAE's share of a training forward pass, in normalised space.
 
     ``fired`` counts, per latent, the samples of the batch it was active on (for dead and
     dense latent tracking); ``dense_z`` builds the (B, d_sae) code on demand, since the sparse
-    paths never materialise it.
+    paths never materialise it. ``loss`` is this SAE's loss (for the group's backward pass use
+    :attr:`GroupTerms.loss`).
     """
 
     loss: torch.Tensor
@@ -38,21 +46,45 @@ class TrainTerms:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class GroupTerms:
+    """A group's step: ``loss`` (the sum of the members' losses, to call backward on once)."""
+
+    loss: torch.Tensor
+    items: list[TrainTerms]
+
+
+Params = dict[str, torch.Tensor]
+"""A group's parameters by name, each with a leading dimension of size S (one per SAE)."""
+
+
 def random_rows(n: int, d: int, norm: float, *, device: Any = None) -> torch.Tensor:
     """``n`` random directions of length ``norm`` drawn from the global torch RNG."""
     rows = torch.randn(n, d, device=device)
     return rows * (norm / rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
+@torch.no_grad()
+def project_out_parallel(w: torch.Tensor, grad: torch.Tensor) -> None:
+    """Remove from ``grad`` its component along each row of ``w`` (unit-norm rows), in place."""
+    grad.sub_((grad * w).sum(-1, keepdim=True) * w)
+
+
+@torch.no_grad()
+def normalise_rows(w: torch.Tensor) -> None:
+    w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 class BuiltinSAE(SAE):
     """Base of the built-in architectures: tied initialisation, ``b_dec`` handling, unit norms.
 
-    Subclasses implement :meth:`train_terms` and :meth:`_activate` and may add parameters in
-    :meth:`_init_extra`.
+    Subclasses implement :meth:`group_terms` and :meth:`_activate` and may add parameters in
+    :meth:`_init_extra`. ``per_sae_fields`` lists the Config fields that may differ between
+    members of a fused group (sparsity knobs); every other field must match.
     """
 
     version: ClassVar[str] = "1"
-    unit_norm_default: ClassVar[bool] = False
+    per_sae_fields: ClassVar[frozenset[str]] = frozenset({"b_dec_init"})
 
     def __init__(self, d_in: int, config: Any) -> None:
         super().__init__(d_in, config)
@@ -107,32 +139,82 @@ class BuiltinSAE(SAE):
         """Set the decoder bias (normalised space) from the trainer's data sample."""
         self.b_dec.copy_(value.to(self.b_dec))
 
-    # -- shared pieces ---------------------------------------------------------------------
+    # -- fused groups --------------------------------------------------------------------------
 
-    def _enc_bias(self, b: torch.Tensor) -> torch.Tensor:
-        """Effective encoder bias: ``(x - b_dec) W_encᵀ + b = x W_encᵀ + (b - W_enc b_dec)``.
+    def fusion_key(self) -> str:
+        """SAEs with equal keys can train as one fused group."""
+        cfg = {k: v for k, v in config_as_dict(self.config).items() if k not in self.per_sae_fields}
+        return json.dumps(
+            [type(self).__module__, type(self).__qualname__, self.d_in, self.d_sae, cfg],
+            sort_keys=True,
+            default=str,
+        )
+
+    @classmethod
+    def group_terms(
+        cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
+    ) -> GroupTerms:
+        """The training step of ``saes`` (one class, one shape) on a normalised batch ``xn``."""
+        raise NotImplementedError
+
+    def stacked_params(self) -> Params:
+        """This SAE's parameters as a group of one (differentiable views)."""
+        return {name: p.unsqueeze(0) for name, p in self.named_parameters()}
+
+    def train_terms(self, xn: torch.Tensor, *, sparsity_scale: float = 1.0) -> TrainTerms:
+        """Loss and statistics of a normalised batch ``xn`` (B, d_in)."""
+        group = type(self).group_terms([self], self.stacked_params(), xn, sparsity_scale)
+        return group.items[0]
+
+    # -- shared pieces of a group step -----------------------------------------------------
+
+    @staticmethod
+    def group_bias(saes: Sequence[BuiltinSAE], P: Params, bias: torch.Tensor) -> torch.Tensor:
+        """Effective encoder bias (S, n): ``(x - b_dec) Wᵀ + b = x Wᵀ + (b - W b_dec)``.
 
         Folding ``b_dec`` into the bias keeps the gradient of the dense input product to the
         weight alone (no (B, d_in) input gradient, one GEMM fewer per step).
         """
-        if self.config.apply_b_dec_to_input:
-            return b - self.W_enc @ self.b_dec
-        return b
+        if saes[0].config.apply_b_dec_to_input:
+            return bias - torch.bmm(P["W_enc"], P["b_dec"].unsqueeze(-1)).squeeze(-1)
+        return bias
+
+    @staticmethod
+    def group_linear(xn: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``xn Wₛᵀ + biasₛ`` for every member: (S, B, n)."""
+        S = W.shape[0]
+        x = xn.unsqueeze(0).expand(S, *xn.shape)
+        if bias is None:
+            return torch.bmm(x, W.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), x, W.transpose(1, 2))
+
+    @staticmethod
+    def group_decode(z: torch.Tensor, P: Params) -> torch.Tensor:
+        return torch.baddbmm(P["b_dec"].unsqueeze(1), z, P["W_dec"])
+
+    @staticmethod
+    def coefficients(saes: Sequence[BuiltinSAE], name: str, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(
+            [float(getattr(s.config, name)) for s in saes], dtype=like.dtype, device=like.device
+        )
+
+    @staticmethod
+    def l1_weights(saes: Sequence[BuiltinSAE], P: Params) -> torch.Tensor | None:
+        """Per-latent L1 weights (S, n): decoder row norms in ``weighted-l1`` mode, else None."""
+        if getattr(saes[0].config, "decoder_norm", "") == "weighted-l1":
+            return P["W_dec"].norm(dim=-1)
+        return None
+
+    # -- public API (raw activations) -------------------------------------------------------
 
     def _pre(self, xn: torch.Tensor) -> torch.Tensor:
-        return F.linear(xn, self.W_enc, self._enc_bias(self.b_enc))
-
-    def _decode_n(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.b_dec, z, self.W_dec)
+        bias = (
+            self.b_enc - self.W_enc @ self.b_dec if self.config.apply_b_dec_to_input else self.b_enc
+        )
+        return torch.addmm(bias, xn, self.W_enc.T)
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-    def train_terms(self, xn: torch.Tensor, *, sparsity_scale: float = 1.0) -> TrainTerms:
-        """Loss and statistics of a normalised batch ``xn`` (B, d_in)."""
-        raise NotImplementedError
-
-    # -- public API (raw activations) -------------------------------------------------------
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         return self._pre(x * self.input_scale)
@@ -141,7 +223,7 @@ class BuiltinSAE(SAE):
         return self._activate(self.pre_activations(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._decode_n(z) / self.input_scale
+        return torch.addmm(self.b_dec, z, self.W_dec) / self.input_scale
 
     def loss(self, x: torch.Tensor, *, sparsity_scale: float = 1.0) -> SAEOutput:
         terms = self.train_terms(x * self.input_scale, sparsity_scale=sparsity_scale)
@@ -162,33 +244,39 @@ class BuiltinSAE(SAE):
     def before_optimizer_step(self) -> None:
         """With unit-norm rows, drop the gradient's component along each row (sparsify, saev)."""
         if self.unit_norm and self.W_dec.grad is not None:
-            g, w = self.W_dec.grad, self.W_dec
-            g.sub_((g * w).sum(1, keepdim=True) * w)
+            project_out_parallel(self.W_dec, self.W_dec.grad)
 
     @torch.no_grad()
     def on_step_end(self) -> None:
         if self.unit_norm:
-            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _l1_weights(self) -> torch.Tensor | None:
-        """Per-latent L1 weights: decoder row norms in ``weighted-l1`` mode, else None."""
-        if getattr(self.config, "decoder_norm", "") == "weighted-l1":
-            return self.W_dec.norm(dim=1)
-        return None
+            normalise_rows(self.W_dec)
 
 
-def mse_sum(x_hat: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over features, averaged over the batch (SAELens's ``mse_loss``)."""
-    return (x_hat - xn).pow(2).sum(-1).mean()
+def group_mse(x_hat: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
+    """Per member (S,): squared error summed over features, averaged over the batch (SAELens's
+    ``mse_loss``). ``x_hat`` is (S, B, d), ``xn`` (B, d)."""
+    return (x_hat - xn).pow(2).sum(-1).mean(-1)
 
 
-def dense_fired(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fired counts per latent, mean L0)`` of a dense code."""
-    active = z > 0
-    fired = active.sum(0)
-    return fired, fired.sum() / max(1, z.shape[0])
+def dense_items(
+    saes: Sequence[BuiltinSAE],
+    losses: torch.Tensor,
+    mse: torch.Tensor,
+    x_hat: torch.Tensor,
+    z: torch.Tensor,
+    extra: dict[str, torch.Tensor],
+) -> list[TrainTerms]:
+    """Per-member terms of a dense group step (``z`` is (S, B, n))."""
+    batch = z.shape[1]
+    zd = z.detach()
+    fired = torch.count_nonzero(zd, dim=1)
+    l0 = fired.sum(-1) / max(1, batch)
+    items = []
+    for i in range(len(saes)):
+        metrics = {"loss": losses[i].detach(), "mse": mse[i].detach(), "l0": l0[i]}
+        metrics.update({k: v[i].detach() for k, v in extra.items()})
+        items.append(TrainTerms(losses[i], x_hat[i], fired[i], lambda i=i: zd[i], metrics))
+    return items
 
 
 def geometric_median(x: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:

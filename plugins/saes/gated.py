@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
-from saebench_vision_plugins.saes.base import BuiltinSAE, TrainTerms, dense_fired, mse_sum
+from saebench_vision_plugins.saes.base import (
+    BuiltinSAE,
+    GroupTerms,
+    Params,
+    dense_items,
+    group_mse,
+)
 from saebench_vision_plugins.saes.configs import GatedConfig
 from torch import nn
 
@@ -24,6 +30,7 @@ class GatedSAE(BuiltinSAE):
     name: ClassVar[str] = "gated"
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = GatedConfig
+    per_sae_fields: ClassVar[frozenset[str]] = frozenset({"b_dec_init", "l1_coefficient"})
 
     def _init_extra(self) -> None:
         n = self.d_sae
@@ -38,43 +45,45 @@ class GatedSAE(BuiltinSAE):
         self.r_mag.zero_()
         self.b_mag.zero_()
 
-    def _paths(self, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.linear(xn, self.W_enc)
-        shift = self.W_enc @ self.b_dec if self.config.apply_b_dec_to_input else None
-        gate_bias = self.b_gate - shift if shift is not None else self.b_gate
-        scale = self.r_mag.exp()
-        mag_bias = self.b_mag - scale * shift if shift is not None else self.b_mag
-        return h + gate_bias, torch.addcmul(mag_bias, h, scale)
+    @classmethod
+    def _paths(
+        cls, saes: Sequence[BuiltinSAE], P: Params, xn: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = cls.group_linear(xn, P["W_enc"], None)
+        scale = P["r_mag"].exp()
+        gate_bias, mag_bias = P["b_gate"], P["b_mag"]
+        if saes[0].config.apply_b_dec_to_input:
+            shift = torch.bmm(P["W_enc"], P["b_dec"].unsqueeze(-1)).squeeze(-1)
+            gate_bias, mag_bias = gate_bias - shift, mag_bias - scale * shift
+        return h + gate_bias.unsqueeze(1), torch.addcmul(
+            mag_bias.unsqueeze(1), h, scale.unsqueeze(1)
+        )
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """The magnitude path's pre-activation (SAELens's ``hidden_pre``)."""
-        return self._paths(x * self.input_scale)[1]
+        return self._paths([self], self.stacked_params(), x * self.input_scale)[1][0]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        gate, mag = self._paths(x * self.input_scale)
-        return (gate > 0) * torch.relu(mag)
+        gate, mag = self._paths([self], self.stacked_params(), x * self.input_scale)
+        return ((gate > 0) * torch.relu(mag))[0]
 
-    def _activate(self, pre: torch.Tensor) -> torch.Tensor:  # pragma: no cover - unused
-        raise NotImplementedError("GatedSAE encodes through two paths; use encode()")
-
-    def train_terms(self, xn: torch.Tensor, *, sparsity_scale: float = 1.0) -> TrainTerms:
-        gate, mag = self._paths(xn)
-        z = (gate > 0) * torch.relu(mag)
-        x_hat = self._decode_n(z)
-        mse = mse_sum(x_hat, xn)
-        gate_act = torch.relu(gate)
-        weights = self._l1_weights()
+    @classmethod
+    def group_terms(
+        cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
+    ) -> GroupTerms:
+        P = params
         batch = xn.shape[0]
-        l1 = (gate_act.sum(0) @ weights if weights is not None else gate_act.sum()) / batch
-        via_gate = torch.addmm(self.b_dec.detach(), gate_act, self.W_dec.detach())
-        aux = mse_sum(via_gate, xn)
-        loss = mse + (self.config.l1_coefficient * sparsity_scale) * l1 + aux
-        fired, l0 = dense_fired(z.detach())
-        metrics = {
-            "loss": loss.detach(),
-            "mse": mse.detach(),
-            "l0": l0,
-            "l1": l1.detach(),
-            "aux_reconstruction": aux.detach(),
-        }
-        return TrainTerms(loss, x_hat, fired, lambda: z.detach(), metrics)
+        gate, mag = cls._paths(saes, P, xn)
+        z = (gate > 0) * torch.relu(mag)
+        x_hat = cls.group_decode(z, P)
+        mse = group_mse(x_hat, xn)
+        gate_act = torch.relu(gate)
+        weights = cls.l1_weights(saes, P)
+        g_sum = gate_act.sum(1)
+        l1 = (g_sum * weights if weights is not None else g_sum).sum(-1) / batch
+        frozen = {"W_dec": P["W_dec"].detach(), "b_dec": P["b_dec"].detach()}
+        aux = group_mse(cls.group_decode(gate_act, frozen), xn)
+        lam = cls.coefficients(saes, "l1_coefficient", mse) * sparsity_scale
+        losses = mse + lam * l1 + aux
+        extra = {"l1": l1, "aux_reconstruction": aux}
+        return GroupTerms(losses.sum(), dense_items(saes, losses, mse, x_hat, z, extra))

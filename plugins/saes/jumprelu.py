@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from saebench_vision_plugins.saes.base import BuiltinSAE, TrainTerms, dense_fired, mse_sum
+from saebench_vision_plugins.saes.base import (
+    BuiltinSAE,
+    GroupTerms,
+    Params,
+    dense_items,
+    group_mse,
+)
 from saebench_vision_plugins.saes.configs import JumpReLUConfig
 from torch import nn
 
@@ -28,7 +35,7 @@ class _JumpReLU(torch.autograd.Function):
         pre, theta = ctx.saved_tensors
         eps = ctx.eps
         g_pre = (pre > theta) * grad
-        g_theta = (-(theta / eps) * _rectangle((pre - theta) / eps) * grad).sum(0)
+        g_theta = (-(theta / eps) * _rectangle((pre - theta) / eps) * grad).sum(-2, keepdim=True)
         return g_pre, g_theta, None
 
 
@@ -45,7 +52,7 @@ class _Step(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         pre, theta = ctx.saved_tensors
         eps = ctx.eps
-        g_theta = (-(1.0 / eps) * _rectangle((pre - theta) / eps) * grad).sum(0)
+        g_theta = (-(1.0 / eps) * _rectangle((pre - theta) / eps) * grad).sum(-2, keepdim=True)
         return None, g_theta, None
 
 
@@ -60,6 +67,7 @@ class JumpReLUSAE(BuiltinSAE):
     name: ClassVar[str] = "jumprelu"
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = JumpReLUConfig
+    per_sae_fields: ClassVar[frozenset[str]] = frozenset({"b_dec_init", "l0_coefficient"})
 
     def _init_extra(self) -> None:
         self.threshold = nn.Parameter(torch.full((self.d_sae,), float(self.config.init_threshold)))
@@ -71,15 +79,18 @@ class JumpReLUSAE(BuiltinSAE):
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre) * (pre > torch.relu(self.threshold))
 
-    def train_terms(self, xn: torch.Tensor, *, sparsity_scale: float = 1.0) -> TrainTerms:
-        pre = self._pre(xn)
-        theta = torch.relu(self.threshold)
-        eps = float(self.config.bandwidth)
+    @classmethod
+    def group_terms(
+        cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
+    ) -> GroupTerms:
+        P = params
+        pre = cls.group_linear(xn, P["W_enc"], cls.group_bias(saes, P, P["b_enc"]))
+        theta = torch.relu(P["threshold"]).unsqueeze(1)
+        eps = float(saes[0].config.bandwidth)
         z = _JumpReLU.apply(pre, theta, eps)
-        x_hat = self._decode_n(z)
-        mse = mse_sum(x_hat, xn)
-        l0_soft = _Step.apply(pre, theta, eps).sum(-1).mean()
-        loss = mse + (self.config.l0_coefficient * sparsity_scale) * l0_soft
-        fired, l0 = dense_fired(z.detach())
-        metrics = {"loss": loss.detach(), "mse": mse.detach(), "l0": l0}
-        return TrainTerms(loss, x_hat, fired, lambda: z.detach(), metrics)
+        x_hat = cls.group_decode(z, P)
+        mse = group_mse(x_hat, xn)
+        l0_soft = _Step.apply(pre, theta, eps).sum(-1).mean(-1)
+        lam = cls.coefficients(saes, "l0_coefficient", mse) * sparsity_scale
+        losses = mse + lam * l0_soft
+        return GroupTerms(losses.sum(), dense_items(saes, losses, mse, x_hat, z, {}))

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-from saebench_vision_plugins.saes.base import BuiltinSAE, TrainTerms, dense_fired, mse_sum
+from saebench_vision_plugins.saes.base import (
+    BuiltinSAE,
+    GroupTerms,
+    Params,
+    dense_items,
+    group_mse,
+)
 from saebench_vision_plugins.saes.configs import ReLUConfig
 
 
@@ -19,17 +26,23 @@ class ReLUSAE(BuiltinSAE):
     name: ClassVar[str] = "relu"
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = ReLUConfig
+    per_sae_fields: ClassVar[frozenset[str]] = frozenset({"b_dec_init", "l1_coefficient"})
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
 
-    def train_terms(self, xn: torch.Tensor, *, sparsity_scale: float = 1.0) -> TrainTerms:
-        z = torch.relu(self._pre(xn))
-        x_hat = self._decode_n(z)
-        mse = mse_sum(x_hat, xn)
-        weights = self._l1_weights()
-        l1 = (z.sum(0) @ weights if weights is not None else z.sum()) / xn.shape[0]
-        loss = mse + (self.config.l1_coefficient * sparsity_scale) * l1
-        fired, l0 = dense_fired(z.detach())
-        metrics = {"loss": loss.detach(), "mse": mse.detach(), "l0": l0, "l1": l1.detach()}
-        return TrainTerms(loss, x_hat, fired, lambda: z.detach(), metrics)
+    @classmethod
+    def group_terms(
+        cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
+    ) -> GroupTerms:
+        P = params
+        batch = xn.shape[0]
+        z = torch.relu(cls.group_linear(xn, P["W_enc"], cls.group_bias(saes, P, P["b_enc"])))
+        x_hat = cls.group_decode(z, P)
+        mse = group_mse(x_hat, xn)
+        weights = cls.l1_weights(saes, P)
+        z_sum = z.sum(1)
+        l1 = (z_sum * weights if weights is not None else z_sum).sum(-1) / batch
+        lam = cls.coefficients(saes, "l1_coefficient", mse) * sparsity_scale
+        losses = mse + lam * l1
+        return GroupTerms(losses.sum(), dense_items(saes, losses, mse, x_hat, z, {"l1": l1}))

@@ -10,13 +10,15 @@ choose the top k) plus O(nnz · d_in) work, against five dense products for a de
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-_CHUNK_ELEMENTS = 1 << 21
+_CHUNK_ELEMENTS = 1 << 18
 
 
 @dataclass
@@ -24,7 +26,9 @@ class SparseCode:
     """Positions of the active entries of a (n_rows, n_cols) code, grouped by row.
 
     ``offsets[r]`` is where row ``r``'s entries start (embedding_bag's offsets). The by-latent
-    grouping (``col_order``, ``col_offsets``) is built on first use, for the backward pass.
+    grouping is built on first use, for the backward pass. ``x_rows`` maps each entry to the
+    input row it was computed from when that differs from its output row (several SAEs
+    stacked into one code: output row ``s * B + b`` reads input row ``b``).
     """
 
     rows: torch.Tensor
@@ -34,6 +38,7 @@ class SparseCode:
     n_cols: int
     per_row: int = 0
     """Entries per row when every row has the same number (TopK), else 0."""
+    x_rows: torch.Tensor | None = None
     _by_col: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -61,6 +66,34 @@ class SparseCode:
         counts = torch.bincount(rows, minlength=n_rows)
         offsets = torch.cumsum(counts, 0) - counts
         return cls(rows, cols, offsets, n_rows, n_cols), order
+
+    @classmethod
+    def stack(
+        cls, codes: Sequence[tuple[int, SparseCode]], slots: int, rows_each: int, cols_each: int
+    ) -> SparseCode:
+        """Codes of several same-shape SAEs as one: ``(slot, code)`` pairs in increasing slot
+        order become rows ``slot * rows_each + r`` and latents ``slot * cols_each + c``."""
+        device = codes[0][1].cols.device
+        rows = torch.cat([c.rows + s * rows_each for s, c in codes])
+        cols = torch.cat([c.cols + s * cols_each for s, c in codes])
+        x_rows = torch.cat([c.x_rows if c.x_rows is not None else c.rows for _, c in codes])
+        counts = torch.bincount(rows, minlength=slots * rows_each)
+        offsets = torch.cumsum(counts, 0) - counts
+        ks = {c.per_row for _, c in codes}
+        per_row = ks.pop() if len(ks) == 1 and len(codes) == slots else 0
+        return cls(
+            rows.to(device),
+            cols,
+            offsets,
+            slots * rows_each,
+            slots * cols_each,
+            per_row=per_row,
+            x_rows=x_rows,
+        )
+
+    def crow(self) -> torch.Tensor:
+        """CSR row pointers (``offsets`` followed by ``nnz``)."""
+        return torch.cat([self.offsets, self.offsets.new_tensor([self.nnz])])
 
     def by_col(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(order, rows in that order, offsets per latent)``: entries grouped by latent."""
@@ -91,24 +124,31 @@ def bag_sum(
 
 
 def sampled_dot(a: torch.Tensor, b: torch.Tensor, code: SparseCode) -> torch.Tensor:
-    """``out[e] = <a[rows[e]], b[cols[e]]>`` for every entry, in bounded chunks."""
+    """``out[e] = <a[rows[e]], b[cols[e]]>`` for every entry (a sampled dense-dense product).
+
+    On the CPU this is ``torch.sparse.sampled_addmm`` (no gather at all); elsewhere the rows of
+    ``b`` are gathered in bounded chunks.
+    """
     nnz, d = code.nnz, a.shape[1]
-    out = a.new_empty(nnz)
     if nnz == 0:
-        return out
-    if code.per_row:
-        k = code.per_row
-        step = max(1, _CHUNK_ELEMENTS // (k * d))
-        for lo in range(0, code.n_rows, step):
-            hi = min(code.n_rows, lo + step)
-            gathered = b.index_select(0, code.cols[lo * k : hi * k]).view(hi - lo, k, d)
-            out[lo * k : hi * k] = torch.bmm(gathered, a[lo:hi].unsqueeze(-1)).view(-1)
-        return out
+        return a.new_empty(0)
+    if a.device.type == "cpu" and code.n_rows == a.shape[0]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            mask = torch.sparse_csr_tensor(
+                code.crow(),
+                code.cols,
+                a.new_zeros(nnz),
+                (code.n_rows, code.n_cols),
+                check_invariants=False,
+            )
+            return torch.sparse.sampled_addmm(mask, a, b.T, beta=0.0).values()
+    out = a.new_empty(nnz)
     step = max(1, _CHUNK_ELEMENTS // d)
     for lo in range(0, nnz, step):
         hi = min(nnz, lo + step)
-        ga = a.index_select(0, code.rows[lo:hi])
         gb = b.index_select(0, code.cols[lo:hi])
+        ga = a.index_select(0, code.rows[lo:hi])
         out[lo:hi] = (ga * gb).sum(-1)
     return out
 
@@ -167,7 +207,8 @@ class SampledLinear(torch.autograd.Function):
         g_weight = g_bias = None
         if ctx.needs_input_grad[2]:
             order, rows_by_col, col_offsets = code.by_col()
-            g_weight = bag_sum(x, rows_by_col, col_offsets, grad[order])
+            x_rows = code.x_rows[order] if code.x_rows is not None else rows_by_col
+            g_weight = bag_sum(x, x_rows, col_offsets, grad[order])
         if ctx.needs_input_grad[3]:
             g_bias = grad.new_zeros(ctx.n_cols).index_add_(0, code.cols, grad)
         return None, None, g_weight, g_bias, None

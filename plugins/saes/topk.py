@@ -3,15 +3,24 @@
 Training steps exploit sparsity: the encoder's forward product is dense (it chooses the top
 k), everything after it touches only the kept entries (see :mod:`.sparse`). The ``dense``
 backend computes the same step with dense matrices; tests check both give the same gradients.
+In a fused group the members' codes are stacked into one code over the stacked weights (member
+``s`` owns rows ``s·B ...`` and latents ``s·n ...``), so each sparse operation runs once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
-from saebench_vision_plugins.saes.base import BuiltinSAE, TrainTerms, default_aux_k, mse_sum
+from saebench_vision_plugins.saes.base import (
+    BuiltinSAE,
+    GroupTerms,
+    Params,
+    TrainTerms,
+    default_aux_k,
+    group_mse,
+)
 from saebench_vision_plugins.saes.configs import BatchTopKConfig, MatryoshkaConfig, TopKConfig
 from saebench_vision_plugins.saes.sparse import SampledLinear, SparseCode, SparseDecode
 
@@ -27,6 +36,18 @@ class TopKSAE(BuiltinSAE):
     name: ClassVar[str] = "topk"
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = TopKConfig
+    per_sae_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "b_dec_init",
+            "k",
+            "aux_k_coefficient",
+            "aux_k",
+            "dead_after",
+            "threshold_momentum",
+            "inference",
+            "sparse_backend",
+        }
+    )
 
     def _init_extra(self) -> None:
         self.register_buffer("samples_since_fired", torch.zeros(self.d_sae, dtype=torch.int64))
@@ -38,7 +59,7 @@ class TopKSAE(BuiltinSAE):
     # -- selection -----------------------------------------------------------------------------
 
     def _select(self, pre: torch.Tensor) -> tuple[SparseCode, torch.Tensor]:
-        """Kept entries of a (detached) pre-activation matrix and their pre-activation values."""
+        """Kept entries of a (detached) (B, n) pre-activation matrix and their values."""
         top, idx = pre.topk(min(self.config.k, self.d_sae), dim=1)
         return SparseCode.from_topk(idx, self.d_sae), top.reshape(-1)
 
@@ -46,92 +67,150 @@ class TopKSAE(BuiltinSAE):
         code, top = self._select(pre)
         return code.dense(torch.relu(top))
 
+    def entries_per_row(self) -> float:
+        return float(self.config.k)
+
     def use_sparse(self, entries_per_row: float) -> bool:
         backend = self.config.sparse_backend
         if backend != "auto":
             return backend == "sparse"
         return entries_per_row * 8 <= self.d_sae
 
-    # -- training ------------------------------------------------------------------------------
+    def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
+        """Hook for BatchTopK's threshold estimate."""
 
+    # -- group step ----------------------------------------------------------------------------
+
+    @staticmethod
     def _values(
-        self,
         sparse: bool,
         pre: torch.Tensor,
         code: SparseCode,
         top: torch.Tensor,
         xn: torch.Tensor,
+        P: Params,
         bias: torch.Tensor,
     ) -> torch.Tensor:
-        """Pre-activations of the kept entries, differentiable w.r.t. the encoder."""
+        """Pre-activations of a stacked code's entries, differentiable w.r.t. the encoder."""
+        S, _, n = pre.shape
         if sparse:
-            return SampledLinear.apply(top, xn, self.W_enc, bias, code)
-        return pre.reshape(-1)[code.rows * self.d_sae + code.cols]
+            W = P["W_enc"].reshape(S * n, -1)
+            return SampledLinear.apply(top, xn, W, bias.reshape(-1), code)
+        return pre.reshape(-1)[code.rows * n + code.cols % n]
 
-    def _decode_entries(self, sparse: bool, values: torch.Tensor, code: SparseCode) -> torch.Tensor:
-        """``Z W_dec`` (no bias) for the code's entries."""
+    @staticmethod
+    def _decode(
+        sparse: bool, values: torch.Tensor, code: SparseCode, P: Params, shape: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """``Z W_dec`` (no bias) per member, (S, B, d), for a stacked code."""
+        S, B, n = shape
         if sparse:
-            return SparseDecode.apply(values, self.W_dec, code)
-        return code.dense(values) @ self.W_dec
+            out = SparseDecode.apply(values, P["W_dec"].reshape(S * n, -1), code)
+            return out.view(S, B, -1)
+        z = values.new_zeros(S * B * n).index_put((code.rows * n + code.cols % n,), values)
+        return torch.bmm(z.view(S, B, n), P["W_dec"])
 
+    @classmethod
     def _reconstruct(
-        self, sparse: bool, values: torch.Tensor, code: SparseCode, xn: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x̂, reconstruction loss)``; Matryoshka overrides this with nested prefixes."""
-        x_hat = self._decode_entries(sparse, values, code) + self.b_dec
-        mse = mse_sum(x_hat, xn)
-        return x_hat, mse
+        cls,
+        saes: Sequence[BuiltinSAE],
+        sparse: bool,
+        values: torch.Tensor,
+        code: SparseCode,
+        xn: torch.Tensor,
+        P: Params,
+        shape: tuple[int, int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x̂ (S, B, d), reconstruction loss (S,), mse of x̂ (S,))``; Matryoshka's
+        reconstruction loss averages nested prefixes."""
+        x_hat = cls._decode(sparse, values, code, P, shape) + P["b_dec"].unsqueeze(1)
+        mse = group_mse(x_hat, xn)
+        return x_hat, mse, mse
 
-    def train_terms(self, xn: torch.Tensor, *, sparsity_scale: float = 1.0) -> TrainTerms:
-        batch = xn.shape[0]
-        bias = self._enc_bias(self.b_enc)
-        sparse = self.use_sparse(float(self.config.k))
-        if sparse:
-            with torch.no_grad():
-                pre = F.linear(xn, self.W_enc, bias)
-        else:
-            pre = F.linear(xn, self.W_enc, bias)
-        code, top = self._select(pre.detach())
-        values = torch.relu(self._values(sparse, pre, code, top, xn, bias))
-        x_hat, recon = self._reconstruct(sparse, values, code, xn)
-        mse = recon if not isinstance(self, MatryoshkaSAE) else mse_sum(x_hat, xn).detach()
-        loss = recon
-        metrics: dict[str, torch.Tensor] = {}
-        training = self.training and torch.is_grad_enabled()
-        if training and self.config.aux_k_coefficient > 0:
-            aux = self._auxk(pre, xn, x_hat, bias)
-            if aux is not None:
-                loss = loss + self.config.aux_k_coefficient * aux
-                metrics["auxk"] = aux.detach()
+    @classmethod
+    def group_terms(
+        cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
+    ) -> GroupTerms:
+        P = params
+        members: list[TopKSAE] = list(saes)  # type: ignore[arg-type]
+        S, B, n = len(members), xn.shape[0], members[0].d_sae
+        shape = (S, B, n)
+        bias = cls.group_bias(members, P, P["b_enc"])
+        sparse = members[0].use_sparse(max(m.entries_per_row() for m in members))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse):
+            pre = cls.group_linear(xn, P["W_enc"], bias)
+        picks = [m._select(pre[i].detach()) for i, m in enumerate(members)]
+        code = SparseCode.stack([(i, c) for i, (c, _) in enumerate(picks)], S, B, n)
+        top = torch.cat([t for _, t in picks])
+        values = torch.relu(cls._values(sparse, pre, code, top, xn, P, bias))
+        x_hat, recon, full_mse = cls._reconstruct(members, sparse, values, code, xn, P, shape)
+        losses = recon
+        training = torch.is_grad_enabled() and members[0].training
+        aux = cls._auxk(members, sparse, pre, xn, x_hat, P, bias) if training else None
+        if aux is not None:
+            losses = losses + aux
+        items = []
+        start = 0
+        loss_items, x_hat_items = losses.unbind(0), x_hat.unbind(0)
         with torch.no_grad():
-            fired = code.fired(values)
-            if training:
-                self.samples_since_fired.add_(batch).masked_fill_(fired > 0, 0)
-                self._after_select(code, values)
-        metrics.update(loss=loss.detach(), mse=mse.detach(), l0=(fired.sum() / batch).float())
-        return TrainTerms(loss, x_hat, fired, lambda: code.dense(values.detach()), metrics)
+            for i, (m, (c, _)) in enumerate(zip(members, picks)):
+                v = values[start : start + c.nnz].detach()
+                start += c.nnz
+                fired = c.fired(v)
+                if training:
+                    m.samples_since_fired.add_(B).masked_fill_(fired > 0, 0)
+                    m._after_select(c, v)
+                metrics = {
+                    "loss": losses[i].detach(),
+                    "mse": full_mse[i].detach(),
+                    "l0": (fired.sum() / B).float(),
+                }
+                if aux is not None:
+                    metrics["auxk"] = aux[i].detach()
+                items.append(
+                    TrainTerms(
+                        loss_items[i], x_hat_items[i], fired, lambda c=c, v=v: c.dense(v), metrics
+                    )
+                )
+        return GroupTerms(losses.sum(), items)
 
-    def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
-        """Hook for BatchTopK's threshold estimate."""
-
+    @classmethod
     def _auxk(
-        self, pre: torch.Tensor, xn: torch.Tensor, x_hat: torch.Tensor, bias: torch.Tensor
+        cls,
+        members: Sequence[TopKSAE],
+        sparse: bool,
+        pre: torch.Tensor,
+        xn: torch.Tensor,
+        x_hat: torch.Tensor,
+        P: Params,
+        bias: torch.Tensor,
     ) -> torch.Tensor | None:
-        dead = self.samples_since_fired >= self.config.dead_after
-        n_dead = int(dead.sum())
-        if n_dead == 0:
+        """Per-member AuxK losses (S,), zero for members without dead latents; None if none."""
+        S, B, n = pre.shape
+        codes, tops, weights = [], [], []
+        for i, m in enumerate(members):
+            coef = float(m.config.aux_k_coefficient)
+            dead = m.samples_since_fired >= m.config.dead_after
+            n_dead = int(dead.sum()) if coef > 0 else 0
+            if n_dead == 0:
+                weights.append(0.0)
+                continue
+            k_aux = default_aux_k(m.d_in, m.config.aux_k)
+            dead_idx = dead.nonzero().squeeze(1)
+            top, pos = pre[i].detach().index_select(1, dead_idx).topk(min(k_aux, n_dead), dim=1)
+            codes.append((i, SparseCode.from_topk(dead_idx[pos], n)))
+            tops.append(top.reshape(-1))
+            weights.append(coef * min(1.0, n_dead / k_aux))
+        if not codes:
             return None
-        k_aux = default_aux_k(self.d_in, self.config.aux_k)
-        kk = min(k_aux, n_dead)
-        dead_idx = dead.nonzero().squeeze(1)
-        sub = pre.detach().index_select(1, dead_idx)
-        top, pos = sub.topk(kk, dim=1)
-        code = SparseCode.from_topk(dead_idx[pos], self.d_sae)
-        sparse = self.use_sparse(float(kk))
-        values = torch.relu(self._values(sparse, pre, code, top.reshape(-1), xn, bias))
-        e_hat = self._decode_entries(sparse, values, code)
+        code = SparseCode.stack(codes, S, B, n)
+        entries = max(c.nnz for _, c in codes) / B
+        aux_sparse = sparse or members[0].use_sparse(entries)
+        values = torch.relu(cls._values(aux_sparse, pre, code, torch.cat(tops), xn, P, bias))
+        e_hat = cls._decode(aux_sparse, values, code, P, (S, B, n))
         residual = (xn - x_hat).detach()
-        return mse_sum(e_hat, residual) * min(1.0, n_dead / k_aux)
+        w = torch.tensor(weights, dtype=xn.dtype, device=xn.device)
+        return group_mse(e_hat, residual) * w
 
 
 class BatchTopKSAE(TopKSAE):
@@ -190,25 +269,38 @@ class MatryoshkaSAE(BatchTopKSAE):
         ends[-1] = self.d_sae
         return ends
 
+    @classmethod
     def _reconstruct(
-        self, sparse: bool, values: torch.Tensor, code: SparseCode, xn: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        ends = self.prefix_ends()
+        cls,
+        saes: Sequence[BuiltinSAE],
+        sparse: bool,
+        values: torch.Tensor,
+        code: SparseCode,
+        xn: torch.Tensor,
+        P: Params,
+        shape: tuple[int, int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        S, B, n = shape
+        ends = saes[0].prefix_ends()  # type: ignore[attr-defined]
         groups = len(ends)
-        batch = xn.shape[0]
         if sparse:
             bounds = torch.tensor(ends, device=code.cols.device)
-            group = torch.searchsorted(bounds, code.cols, right=True)
+            group = torch.searchsorted(bounds, code.cols % n, right=True)
             vrows = code.rows * groups + group
-            counts = torch.bincount(vrows, minlength=batch * groups)
+            counts = torch.bincount(vrows, minlength=S * B * groups)
             grouped = SparseCode(
-                vrows, code.cols, torch.cumsum(counts, 0) - counts, batch * groups, self.d_sae
+                vrows, code.cols, torch.cumsum(counts, 0) - counts, S * B * groups, S * n
             )
-            parts = SparseDecode.apply(values, self.W_dec, grouped).view(batch, groups, -1)
+            W = P["W_dec"].reshape(S * n, -1)
+            parts = SparseDecode.apply(values, W, grouped).view(S, B, groups, -1)
         else:
-            z = code.dense(values)
+            z = values.new_zeros(S * B * n).index_put((code.rows * n + code.cols % n,), values)
+            z = z.view(S, B, n)
             starts = [0, *ends[:-1]]
-            parts = torch.stack([z[:, a:b] @ self.W_dec[a:b] for a, b in zip(starts, ends)], dim=1)
-        recons = parts.cumsum(1) + self.b_dec
-        losses = (recons - xn.unsqueeze(1)).pow(2).sum(-1).mean(0)
-        return recons[:, -1], losses.mean()
+            parts = torch.stack(
+                [torch.bmm(z[:, :, a:b], P["W_dec"][:, a:b]) for a, b in zip(starts, ends)], dim=2
+            )
+        recons = parts.cumsum(2) + P["b_dec"][:, None, None, :]
+        losses = (recons - xn[None, :, None, :]).pow(2).sum(-1).mean(1)
+        x_hat = recons[:, :, -1]
+        return x_hat, losses.mean(-1), group_mse(x_hat, xn)
