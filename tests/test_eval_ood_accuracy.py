@@ -109,3 +109,22 @@ def test_evaluator_records_for_raw_latents_and_pre_activations(tmp_path):
         assert records[("acc", "shift")].n == 40
     assert got[("acc_pre", "val")].value > 0.95 and ("acc_pre", "val") not in base
     assert got[("train_acc", "train")].value > 0.95
+
+
+def test_solvers_reach_the_same_objective(tmp_path):
+    # Held-in-memory L-BFGS, streamed L-BFGS (features over full_batch_limit) and minibatch Adam
+    # minimise one objective; the first two agree exactly, Adam comes close.
+    rng = np.random.default_rng(4)
+    centers = 0.4 * rng.normal(size=(10, 32))
+    y = rng.integers(0, 10, 2000)
+    x = (centers[y] + rng.normal(size=(2000, 32))).astype(np.float32)
+    acts = write_acts(tmp_path, "d" * 64, x, y, chunk=500)
+    held = fit_probe(acts, y, 10, ProbeConfig(solver="lbfgs", l2=1e-3))
+    streamed = fit_probe(
+        acts, y, 10, ProbeConfig(solver="lbfgs", l2=1e-3, full_batch_limit=100, batch_size=300)
+    )
+    adam = fit_probe(
+        acts, y, 10, ProbeConfig(solver="minibatch", l2=1e-3, batch_size=128, epochs=20, lr=5e-2)
+    )
+    assert streamed.train_loss == pytest.approx(held.train_loss, rel=1e-5)
+    assert held.train_loss <= adam.train_loss < held.train_loss * 1.03

@@ -54,12 +54,13 @@ class ProbeConfig:
 
     solver: Literal["auto", "lbfgs", "minibatch"] = option(
         "auto",
-        "lbfgs: full-batch L-BFGS to convergence (exact; small data); minibatch: Adam over "
-        "shuffled minibatches streamed from the activations (ImageNet scale); auto: lbfgs when "
-        "rows x features <= full_batch_limit",
+        "lbfgs: full-batch L-BFGS to convergence (exact; streams the rows each evaluation when "
+        "they exceed full_batch_limit); minibatch: Adam over shuffled minibatches (ImageNet "
+        "scale); auto: lbfgs when rows x features <= full_batch_limit, else minibatch",
     )
     full_batch_limit: int = option(
-        50_000_000, "largest rows x features that auto solves full-batch with L-BFGS"
+        50_000_000,
+        "largest rows x features held in memory for L-BFGS (and solved by it under auto)",
     )
     l2: float = option(
         1e-4,
@@ -73,7 +74,11 @@ class ProbeConfig:
     )
     epochs: int = option(10, "minibatch solver: passes over the train split")
     batch_size: int = option(4096, "minibatch solver: rows per optimiser step")
-    lr: float = option(1e-3, "minibatch solver: Adam learning rate (cosine-decayed to zero)")
+    lr: float = option(
+        1e-2,
+        "minibatch solver: Adam learning rate, cosine-decayed to zero (features are standardised, "
+        "so the convex problem tolerates a large rate; 1e-3 stops short of the optimum)",
+    )
     lbfgs_max_iter: int = option(500, "lbfgs solver: iteration limit")
     lbfgs_tol: float = option(1e-7, "lbfgs solver: gradient tolerance")
 

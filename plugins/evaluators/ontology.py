@@ -82,8 +82,12 @@ def class_sets(
             raise ValueError(f"unknown class_rule {rule!r} (expected: relative-mean, firing-rate)")
         chosen &= alive[:, None]
         sets[lo : lo + chunk] = chosen
-        # The pivot must be a member: the top class by mean among the chosen ones.
-        pivot[lo : lo + chunk] = np.where(alive, np.where(chosen, m, -np.inf).argmax(1), -1)
+        # The pivot must be a member: the top class by mean among the chosen ones (under
+        # relative-mean that is simply the top class).
+        top_class = (
+            centred.argmax(1) if rule == "relative-mean" else np.where(chosen, m, -np.inf).argmax(1)
+        )
+        pivot[lo : lo + chunk] = np.where(alive, top_class, -1)
     return sets, pivot
 
 

@@ -10,9 +10,11 @@ never materialised; each minibatch is encoded on the device when it is needed.
   learning rate and penalty must suit both; constant features (dead latents) get unit scale.
 * The objective is mean cross-entropy + (l2/2)||W||^2 (bias unpenalised): scikit-learn's
   ``LogisticRegression(C=1/(l2*n))`` objective up to a constant factor.
-* ``lbfgs`` solves it full-batch to convergence (exact on small data); ``minibatch`` runs Adam
-  over shuffled minibatches with cosine learning-rate decay (ImageNet scale on one GPU: the raw
-  rows are moved to the device once when they fit in ``device_rows_bytes``).
+* ``lbfgs`` solves it full-batch to convergence (exact; beyond ``full_batch_limit`` each
+  objective evaluation streams the rows, so it stays exact at any size, one pass per
+  evaluation); ``minibatch`` runs Adam over shuffled minibatches with cosine learning-rate decay
+  (ImageNet scale on one GPU in minutes: the raw rows are moved to the device once when they fit
+  in ``DEVICE_ROWS_BYTES`` and SAE features are computed per minibatch).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Probe:
     feature_fn: FeatureFn
     solver: str
     train_loss: float
+    """The final full-batch objective (mean cross-entropy + L2 term) on the train split."""
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return ((self.feature_fn(x) - self.mean) / self.std) @ self.weight.T + self.bias
@@ -115,29 +118,86 @@ def fit_probe(
         return F.cross_entropy(f @ weight.T + bias, y) + 0.5 * cfg.l2 * weight.pow(2).sum()
 
     if solver == "lbfgs":
-        feats = features(torch.from_numpy(acts.to_numpy()).to(device))
-        opt = torch.optim.LBFGS(
-            [weight, bias],
-            lr=1.0,
-            max_iter=cfg.lbfgs_max_iter,
-            tolerance_grad=cfg.lbfgs_tol,
-            tolerance_change=1e-12,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = objective(feats, y_all)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            final = float(objective(feats, y_all))
+        final = _lbfgs(acts, y_all, features, objective, [weight, bias], cfg, device, p)
     else:
-        final = _minibatch(acts, y_all, features, objective, [weight, bias], cfg, device, seed)
+        _minibatch(acts, y_all, features, objective, [weight, bias], cfg, device, seed)
+        # The exact full-batch objective, so both solvers report the same quantity.
+        with torch.no_grad():
+            final = 0.5 * cfg.l2 * float(weight.pow(2).sum())
+            for start, chunk in acts.iter_chunks(cfg.batch_size):
+                f = features(torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device))
+                y = y_all[start : start + len(chunk)]
+                final += float(F.cross_entropy(f @ weight.T + bias, y, reduction="sum")) / acts.n
     return Probe(weight.detach(), bias.detach(), mean, std, fn, solver, final)
+
+
+def _lbfgs(
+    acts: ActivationSet,
+    y_all: torch.Tensor,
+    features: FeatureFn,
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    params: list[torch.Tensor],
+    cfg: ProbeConfig,
+    device: torch.device,
+    p: int,
+) -> float:
+    """Full-batch L-BFGS. Features are held in memory when rows x features fit
+    ``full_batch_limit``; otherwise every objective evaluation streams the rows in chunks and
+    accumulates the exact full-batch gradient (slow, one pass per evaluation, but exact)."""
+    weight = params[0]
+    n = acts.n
+    held = (
+        features(torch.from_numpy(acts.to_numpy()).to(device))
+        if n * p <= cfg.full_batch_limit
+        else None
+    )
+    on_device = held is None and n * acts.d * 4 <= DEVICE_ROWS_BYTES
+    rows = torch.from_numpy(acts.to_numpy()).to(device) if on_device else None
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=cfg.lbfgs_max_iter,
+        tolerance_grad=cfg.lbfgs_tol,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def full_objective(backward: bool) -> torch.Tensor:
+        if held is not None:
+            loss = objective(held, y_all)
+            if backward:
+                loss.backward()
+            return loss.detach()
+        total = torch.zeros((), device=device)
+        for start, chunk in acts.iter_chunks(cfg.batch_size):
+            x = (
+                rows[start : start + len(chunk)]
+                if rows is not None
+                else torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)
+            )
+            f = features(x)
+            part = (
+                F.cross_entropy(
+                    f @ weight.T + params[1], y_all[start : start + len(chunk)], reduction="sum"
+                )
+                / n
+            )
+            if backward:
+                part.backward()
+            total += part.detach()
+        penalty = 0.5 * cfg.l2 * weight.pow(2).sum()
+        if backward:
+            penalty.backward()
+        return total + penalty.detach()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        return full_objective(backward=True)
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(full_objective(backward=False))
 
 
 def _minibatch(
