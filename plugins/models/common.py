@@ -32,7 +32,8 @@ _RESAMPLE = {
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """Resize the shorter side, centre-crop a square, and stack as uint8 (B, 3, H, W).
+    """Resize the shorter side to ``resize_size``, centre-crop ``image_size``, stack as uint8
+    (B, 3, H, W).
 
     Normalisation (mean/std) is applied by :meth:`normalize` on the model's device: uint8
     batches are 4x cheaper to move between worker processes and to the GPU.
@@ -54,12 +55,15 @@ class ImageTransform:
         w, h = img.size
         scale = self.resize_size / min(w, h)
         size = (max(self.resize_size, round(w * scale)), max(self.resize_size, round(h * scale)))
-        if size != (w, h):
-            img = img.resize(size, _RESAMPLE[self.interpolation])
         left = (size[0] - self.image_size) // 2
         top = (size[1] - self.image_size) // 2
-        if (left, top) != (0, 0) or size != (self.image_size, self.image_size):
-            img = img.crop((left, top, left + self.image_size, top + self.image_size))
+        # Resample only the source region that the centre crop keeps: the same pixels as
+        # resize-then-crop (up to rounding) for a fraction of the work.
+        sx, sy = size[0] / w, size[1] / h
+        box = (left / sx, top / sy, (left + self.image_size) / sx, (top + self.image_size) / sy)
+        out = (self.image_size, self.image_size)
+        if box != (0, 0, w, h) or out != (w, h):
+            img = img.resize(out, _RESAMPLE[self.interpolation], box=box)
         return np.asarray(img, dtype=np.uint8)
 
     def __call__(self, images: Sequence[Any]) -> torch.Tensor:
