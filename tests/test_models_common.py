@@ -35,7 +35,7 @@ def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
 
 @pytest.mark.parametrize("size", [(120, 90), (90, 120), (40, 40), (300, 41), (20, 16)])
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
-def test_crop_equals_resize_then_crop(size: tuple[int, int], interpolation: str) -> None:
+def test_crop_matches_resize_then_crop(size: tuple[int, int], interpolation: str) -> None:
     t = _transform(interpolation=interpolation)
     img = _photo(*size)
     w, h = img.size
@@ -48,7 +48,7 @@ def test_crop_equals_resize_then_crop(size: tuple[int, int], interpolation: str)
     expected = np.asarray(resized.crop((left, top, left + 32, top + 32)), dtype=np.int16)
     got = t.image(img).astype(np.int16)
     assert got.shape == (32, 32, 3)
-    assert np.abs(got - expected).max() <= 1 and (got != expected).mean() < 0.05
+    assert np.abs(got - expected).max() <= 2 and (got != expected).mean() < 0.05
 
 
 def test_batch_modes_and_normalisation() -> None:
