@@ -128,3 +128,21 @@ def test_solvers_reach_the_same_objective(tmp_path):
     )
     assert streamed.train_loss == pytest.approx(held.train_loss, rel=1e-5)
     assert held.train_loss <= adam.train_loss < held.train_loss * 1.03
+
+
+def test_streamed_prediction_matches_restricted_accuracy(tmp_path):
+    rng = np.random.default_rng(5)
+    x, y = _blobs(rng, 30, 2 * np.eye(6), 1.0)
+    acts = write_acts(tmp_path, "e" * 64, x, y, chunk=40)
+    probe = fit_probe(acts, y, 6, ProbeConfig(solver="lbfgs"))
+    mapping = np.array([4, 1, 5])
+    logits = probe.predict_logits(acts, torch.device("cpu"))
+    np.testing.assert_array_equal(
+        probe.predict(acts, torch.device("cpu"), mapping, batch_size=7),
+        logits[:, mapping].argmax(1),
+    )
+    labels = rng.integers(0, 3, len(y))
+    expected = restricted_accuracy(logits, labels, mapping)
+    np.testing.assert_array_equal(
+        probe.predict(acts, torch.device("cpu"), mapping) == labels, expected
+    )

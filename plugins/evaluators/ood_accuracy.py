@@ -97,7 +97,7 @@ class OODAccuracyEvaluator(Evaluator):
         )
         metric = FEATURE_METRIC[kind]
         extra = {"features": kind, "solver": probe.solver, "train_loss": probe.train_loss}
-        correct = restricted_accuracy(probe.predict_logits(acts, device), labels, None)
+        correct = probe.predict(acts, device) == labels
         records = [
             Record(
                 "train_acc" if kind != "pre-activations" else "train_acc_pre",
@@ -132,7 +132,7 @@ class OODAccuracyEvaluator(Evaluator):
                 f"split {split!r} (role {role}) has no labels; give it a labelled dataset"
             )
         mapping = class_mapping(train_ids, self._classes(ctx, split), split)
-        correct = restricted_accuracy(probe.predict_logits(acts, device), acts.labels, mapping)
+        correct = probe.predict(acts, device, mapping) == acts.labels
         acc = float(correct.mean())
         n_allowed = len(mapping) if mapping is not None else probe.weight.shape[0]
         return Record(

@@ -51,6 +51,25 @@ class Probe:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return ((self.feature_fn(x) - self.mean) / self.std) @ self.weight.T + self.bias
 
+    def predict(
+        self,
+        acts: ActivationSet,
+        device: torch.device,
+        columns: np.ndarray | None = None,
+        batch_size: int = 8192,
+    ) -> np.ndarray:
+        """Arg-max class of every row, over ``columns`` of the logits only when given (then the
+        result indexes ``columns``). Streams, so no (N, classes) array is held."""
+        cols = None if columns is None else torch.from_numpy(np.asarray(columns)).to(device)
+        out = np.empty(acts.n, dtype=np.int64)
+        with torch.no_grad():
+            for start, chunk in acts.iter_chunks(batch_size):
+                logits = self.logits(torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device))
+                if cols is not None:
+                    logits = logits[:, cols]
+                out[start : start + len(chunk)] = logits.argmax(1).cpu().numpy()
+        return out
+
     def predict_logits(
         self, acts: ActivationSet, device: torch.device, batch_size: int = 8192
     ) -> np.ndarray:
