@@ -77,6 +77,11 @@ class TrainingConfig:
         "steps between resumable training-state checkpoints (0: none); the state is removed "
         "once training completes",
     )
+    fuse: bool = option(
+        True,
+        "train same-shape SAEs of one architecture as a stacked group (batched matmuls); the "
+        "numbers equal separate training up to float rounding",
+    )
     in_memory_limit_gb: float = option(
         8.0,
         "read a training set of at most this size into memory (full shuffle per epoch); larger "

@@ -49,6 +49,8 @@ DENSE_FIRING_RATE = 0.1
 FINAL_WINDOW_FRACTION = 0.05
 """``final_loss``/``final_mse``/``final_l0`` average the last 5% of steps."""
 STATE_FILE = "train_state.pt"
+FUSE_ELEMENTS = 1 << 27
+"""Largest (S x batch x d_sae) a fused group's activations may have (512 MiB in float32)."""
 
 
 class TrainingError(SaebenchError):
@@ -328,19 +330,156 @@ class _Tracker:
         self.samples = int(state["samples"])
 
 
-def _step_sae(
-    sae: SAE, x: torch.Tensor, xn: torch.Tensor, scale: float
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    terms_fn = getattr(sae, "train_terms", None)
-    if callable(terms_fn):
-        terms = terms_fn(xn, sparsity_scale=scale)
-        terms.loss.backward()
-        return terms.metrics, terms.fired
-    out = sae.loss(x, sparsity_scale=scale)
-    out.loss.backward()
-    metrics = dict(out.metrics)
-    metrics.setdefault("loss", out.loss.detach())
-    return metrics, (out.z.detach() > 0).sum(0)
+class _Group:
+    """SAEs that take their step together.
+
+    A fused group (same architecture and shape, ``group_terms`` available) keeps its members'
+    parameters stacked in one tensor per name; each member's parameters are views into it, so
+    the optimiser updates the stack and the members see the new values. A lone SAE, or any
+    SAE without ``group_terms``, is a group of one with its own parameters.
+    """
+
+    def __init__(self, saes: list[SAE], stack: bool) -> None:
+        self.saes = saes
+        self.stacked: dict[str, torch.nn.Parameter] = {}
+        self.fused = callable(getattr(type(saes[0]), "group_terms", None))
+        if stack and len(saes) > 1:
+            for name, first in saes[0].named_parameters():
+                members = [dict(s.named_parameters())[name] for s in saes]
+                stacked = torch.nn.Parameter(
+                    torch.stack([m.detach() for m in members]), requires_grad=first.requires_grad
+                )
+                for i, member in enumerate(members):
+                    member.data = stacked.data[i]
+                self.stacked[name] = stacked
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        if self.stacked:
+            return [p for p in self.stacked.values() if p.requires_grad]
+        return [p for sae in self.saes for p in sae.parameters() if p.requires_grad]
+
+    def step(
+        self, x: torch.Tensor, xn: torch.Tensor, scale: float
+    ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Forward and backward; returns each member's (metrics, fired counts)."""
+        if self.fused:
+            cls: Any = type(self.saes[0])
+            params = dict(self.stacked) if self.stacked else self.saes[0].stacked_params()  # type: ignore[operator]
+            terms = cls.group_terms(self.saes, params, xn, scale)
+            terms.loss.backward()
+            return [(t.metrics, t.fired) for t in terms.items]
+        out = []
+        for sae in self.saes:
+            terms_fn = getattr(sae, "train_terms", None)
+            if callable(terms_fn):
+                t = terms_fn(xn, sparsity_scale=scale)
+                t.loss.backward()
+                out.append((t.metrics, t.fired))
+                continue
+            res = sae.loss(x, sparsity_scale=scale)
+            res.loss.backward()
+            metrics = dict(res.metrics)
+            metrics.setdefault("loss", res.loss.detach())
+            out.append((metrics, (res.z.detach() > 0).sum(0)))
+        return out
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        if self.stacked:
+            w = self.stacked.get("W_dec")
+            if w is not None and w.grad is not None and getattr(self.saes[0], "unit_norm", False):
+                w.grad.sub_((w.grad * w).sum(-1, keepdim=True) * w)
+            return
+        for sae in self.saes:
+            fn = getattr(sae, "before_optimizer_step", None)
+            if callable(fn):
+                fn()
+
+    def unstack(self) -> None:
+        """Give every member its own storage again."""
+        if self.stacked:
+            for sae in self.saes:
+                for p in sae.parameters():
+                    p.data = p.data.clone()
+            self.stacked = {}
+
+
+def _groups(saes: list[SAE], config: TrainingConfig) -> list[_Group]:
+    """Fuse same-shape SAEs of one architecture, in chunks that bound the (S, B, n) tensors."""
+    if not config.fuse:
+        return [_Group([s], stack=False) for s in saes]
+    by_key: dict[str, list[SAE]] = {}
+    order: list[str | int] = []
+    for i, sae in enumerate(saes):
+        key_fn = getattr(sae, "fusion_key", None)
+        if not callable(key_fn):
+            order.append(i)
+            continue
+        key = key_fn()
+        if key not in by_key:
+            by_key[key] = []
+            order.append(key)
+        by_key[key].append(sae)
+    groups = []
+    for item in order:
+        if isinstance(item, int):
+            groups.append(_Group([saes[item]], stack=False))
+            continue
+        members = by_key[item]
+        size = max(1, FUSE_ELEMENTS // max(1, config.batch_size * members[0].d_sae))
+        for lo in range(0, len(members), size):
+            groups.append(_Group(members[lo : lo + size], stack=True))
+    return groups
+
+
+class SweepTrainer:
+    """One optimiser step for every SAE of a sweep on a shared batch (the trainer's core).
+
+    ``step(x, i)`` takes a raw batch and the step's index (for the learning-rate and sparsity
+    schedules). :func:`train_saes` drives it over the data; the throughput benchmark drives it
+    directly.
+    """
+
+    def __init__(
+        self,
+        saes: list[SAE],
+        config: TrainingConfig,
+        *,
+        total_steps: int,
+        input_scale: float,
+        device: torch.device,
+    ) -> None:
+        self.saes, self.config, self.total = saes, config, total_steps
+        self.input_scale = float(input_scale)
+        self.groups = _groups(saes, config)
+        params = [p for g in self.groups for p in g.parameters()]
+        self.optimizer = _make_optimizer(params, config, device)
+
+    def step(
+        self, x: torch.Tensor, step: int
+    ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Train on raw batch ``x``; returns (metrics, fired counts) per SAE, in ``saes`` order."""
+        xn = x * self.input_scale
+        lr = self.config.lr * lr_factor(step, self.total, self.config)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
+        scale = sparsity_factor(step, self.total, self.config)
+        results: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
+        for group in self.groups:
+            for sae, res in zip(group.saes, group.step(x, xn, scale)):
+                results[id(sae)] = res
+        for group in self.groups:
+            group.before_optimizer_step()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for sae in self.saes:
+            sae.on_step_end()
+        return [results[id(sae)] for sae in self.saes]
+
+    def finish(self) -> None:
+        """End of training: members of fused groups get their own storage back."""
+        for group in self.groups:
+            group.unstack()
 
 
 def train_saes(
@@ -393,8 +532,10 @@ def train_saes(
         sae.to(device)
         sae.train()
     input_scale = _init_saes(saes, stream.sample(NORM_SAMPLE_ROWS), config)
-    params = [p for sae in saes for p in sae.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, config, device)
+    trainer = SweepTrainer(
+        saes, config, total_steps=steps_total, input_scale=input_scale, device=device
+    )
+    optimizer = trainer.optimizer
     trackers = [_Tracker(sae, device) for sae in saes]
 
     state_path = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir is not None else None
@@ -412,21 +553,15 @@ def train_saes(
             torch.set_rng_state(state["rng"])
             start, elapsed_before = int(state["step"]), float(state["seconds"])
 
-    pre_step = [getattr(sae, "before_optimizer_step", None) for sae in saes]
     t0 = time.perf_counter()
     bar = _progress(steps_total, start, desc, progress)
     batches = stream.batches(start)
     for step in range(start, steps_total):
         x = next(batches)
-        xn = x * input_scale
-        lr = config.lr * lr_factor(step, steps_total, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        s_scale = sparsity_factor(step, steps_total, config)
+        results = trainer.step(x, step)
         in_final = step >= steps_total - final_window
         in_fire = step >= steps_total - fire_window
-        for sae, tracker in zip(saes, trackers):
-            metrics, fired = _step_sae(sae, x, xn, s_scale)
+        for tracker, (metrics, fired) in zip(trackers, results):
             tracker.last = metrics
             if in_final:
                 for key, value in metrics.items():
@@ -436,13 +571,6 @@ def train_saes(
             if in_fire:
                 tracker.fired += fired.to(tracker.fired.dtype)
                 tracker.samples += x.shape[0]
-        for fn in pre_step:
-            if callable(fn):
-                fn()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        for sae in saes:
-            sae.on_step_end()
         if bar is not None:
             bar.update(1)
             if step % 100 == 0 or step == steps_total - 1:
@@ -460,13 +588,15 @@ def train_saes(
                     "step": step + 1,
                     "seconds": elapsed_before + time.perf_counter() - t0,
                     "saes": [
-                        {k: v.detach().cpu() for k, v in sae.state_dict().items()} for sae in saes
+                        {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
+                        for sae in saes
                     ],
                     "optimizer": optimizer.state_dict(),
                     "trackers": [t.state() for t in trackers],
                     "rng": torch.get_rng_state(),
                 },
             )
+    trainer.finish()
     if bar is not None:
         bar.close()
     seconds = elapsed_before + time.perf_counter() - t0

@@ -194,3 +194,50 @@ def test_bad_inputs_raise_one_line_errors():
         if torch.cuda.is_available():
             raise SaebenchError("cuda present; nothing to check")
         train_saes(make_saes(), data(), TrainingConfig(device="cuda"), seed=0, progress=False)
+
+
+def sweep(d: int = 8) -> list:
+    torch.manual_seed(5)
+    return (
+        [ReLUSAE(d, ReLUConfig(expansion=2, l1_coefficient=c)) for c in (0.1, 0.5, 2.0)]
+        + [TopKSAE(d, TopKConfig(expansion=4, k=k, dead_after=64)) for k in (1, 2, 4)]
+        + [GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=c)) for c in (0.3, 1.0)]
+    )
+
+
+def test_fused_groups_match_separate_training_and_resume(tmp_path, monkeypatch):
+    x = data()
+    fused, plain = sweep(), sweep()
+    trainer = training.SweepTrainer(
+        fused, TrainingConfig(lr=3e-3), total_steps=10, input_scale=1.0, device=torch.device("cpu")
+    )
+    assert sorted(len(g.saes) for g in trainer.groups) == [2, 3, 3]
+    trainer.finish()
+    cfg = TrainingConfig(epochs=1, lr=3e-3)
+    train_saes(fused, x, cfg, seed=2, progress=False)
+    train_saes(plain, x, TrainingConfig(epochs=1, lr=3e-3, fuse=False), seed=2, progress=False)
+    for a, b in zip(fused, plain):
+        for key, value in state(a).items():
+            torch.testing.assert_close(value, state(b)[key], rtol=1e-4, atol=1e-5, msg=key)
+    # Members own their storage again after training.
+    ptrs = {s.W_enc.untyped_storage().data_ptr() for s in fused}
+    assert len(ptrs) == len(fused)
+
+    ckpt = TrainingConfig(epochs=2, lr=3e-3, checkpoint_every=4)
+    reference = sweep()
+    train_saes(reference, x, ckpt, seed=2, progress=False)
+    real = training.lr_factor
+
+    def crash(step, total, config):
+        if step == 13:
+            raise KeyboardInterrupt
+        return real(step, total, config)
+
+    monkeypatch.setattr(training, "lr_factor", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_saes(sweep(), x, ckpt, seed=2, progress=False, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(training, "lr_factor", real)
+    resumed = sweep()
+    train_saes(resumed, x, ckpt, seed=2, progress=False, checkpoint_dir=tmp_path)
+    for a, b in zip(reference, resumed):
+        assert_same(state(a), state(b))
