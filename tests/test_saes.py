@@ -94,6 +94,17 @@ def _tiny(cls, config, d=3):
     return sae
 
 
+def assert_same_gradients(sae, loss, reference):
+    """The SAE's (hand-written) backward pass equals autograd on the reference formula."""
+    params = [p for p in sae.parameters() if p.requires_grad]
+    got = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad(reference, params, retain_graph=True, allow_unused=True)
+    for p, g, w in zip(params, got, want):
+        g = torch.zeros_like(p) if g is None else g
+        w = torch.zeros_like(p) if w is None else w
+        torch.testing.assert_close(g, w)
+
+
 def test_relu_loss_matches_hand_computation():
     sae = _tiny(ReLUSAE, ReLUConfig(expansion=2, l1_coefficient=0.7))
     with torch.no_grad():
@@ -106,6 +117,7 @@ def test_relu_loss_matches_hand_computation():
     norms = sae.W_dec.norm(dim=1)
     expected = ((xn - x_hat) ** 2).sum(1).mean() + 0.7 * 0.5 * (z * norms).sum(1).mean()
     torch.testing.assert_close(out.loss, expected)
+    assert_same_gradients(sae, out.loss, expected)
     torch.testing.assert_close(out.x_hat, x_hat / 2.0)
     torch.testing.assert_close(out.z, z)
     torch.testing.assert_close(sae.decode(sae.encode(x)), x_hat / 2.0)
@@ -115,7 +127,9 @@ def test_relu_loss_matches_hand_computation():
     out = plain.loss(x)
     z = torch.relu((x - plain.b_dec) @ plain.W_enc.T + plain.b_enc)
     x_hat = z @ plain.W_dec + plain.b_dec
-    torch.testing.assert_close(out.loss, ((x - x_hat) ** 2).sum(1).mean() + 0.7 * z.sum(1).mean())
+    expected = ((x - x_hat) ** 2).sum(1).mean() + 0.7 * z.sum(1).mean()
+    torch.testing.assert_close(out.loss, expected)
+    assert_same_gradients(plain, out.loss, expected)
 
 
 def test_gated_loss_matches_hand_computation():
@@ -131,6 +145,13 @@ def test_gated_loss_matches_hand_computation():
     aux = ((torch.relu(gate) @ sae.W_dec + sae.b_dec - x) ** 2).sum(1).mean()
     expected = ((x - x_hat) ** 2).sum(1).mean() + 0.3 * l1 + aux
     torch.testing.assert_close(out.loss, expected)
+    # The reference detaches the decoder in the auxiliary term, as the Gated SAE paper does.
+    reference = (
+        expected
+        - aux
+        + ((torch.relu(gate) @ sae.W_dec.detach() + sae.b_dec.detach() - x) ** 2).sum(1).mean()
+    )
+    assert_same_gradients(sae, out.loss, reference)
     torch.testing.assert_close(out.z, z)
     torch.testing.assert_close(sae.encode(x), z)
     # The auxiliary loss reaches the gate but not the decoder.
@@ -169,6 +190,11 @@ def test_topk_loss_matches_hand_computation():
     x_hat = z @ sae.W_dec + sae.b_dec
     torch.testing.assert_close(out.loss, ((x - x_hat) ** 2).sum(1).mean())
     torch.testing.assert_close(out.z, z)
+    assert_same_gradients(sae, out.loss, ((x - x_hat) ** 2).sum(1).mean())
+    dense = _tiny(
+        TopKSAE, TopKConfig(expansion=3, k=2, aux_k_coefficient=0.0, sparse_backend="dense")
+    )
+    assert_same_gradients(dense, dense.loss(x).loss, ((x - x_hat) ** 2).sum(1).mean())
 
 
 def _grads(sae, x):
@@ -300,3 +326,57 @@ def test_registered_names_and_light_hooks(manager):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "cls,configs",
+    [
+        (ReLUSAE, [ReLUConfig(expansion=2, l1_coefficient=c) for c in (0.1, 1.0, 3.0)]),
+        (
+            ReLUSAE,
+            [ReLUConfig(expansion=2, l1_coefficient=c, decoder_norm="unit") for c in (0.1, 1.0)],
+        ),
+        (GatedSAE, [GatedConfig(expansion=2, l1_coefficient=c) for c in (0.1, 1.0, 3.0)]),
+        (
+            JumpReLUSAE,
+            [JumpReLUConfig(expansion=2, l0_coefficient=c, bandwidth=1.0) for c in (0.1, 2.0)],
+        ),
+        (TopKSAE, [TopKConfig(expansion=4, k=k, aux_k=3) for k in (1, 2, 4)]),
+        (TopKSAE, [TopKConfig(expansion=4, k=k, sparse_backend="dense") for k in (1, 3)]),
+        (BatchTopKSAE, [BatchTopKConfig(expansion=4, k=k, aux_k=3) for k in (1, 2)]),
+        (
+            MatryoshkaSAE,
+            [MatryoshkaConfig(expansion=4, k=k, prefix_fractions=(0.5, 1.0)) for k in (1, 2)],
+        ),
+    ],
+)
+def test_a_fused_group_gives_each_member_its_own_gradients(cls, configs):
+    d = 6
+    torch.manual_seed(3)
+    members = [cls(d, c) for c in configs]
+    with torch.no_grad():
+        for i, m in enumerate(members):
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+            if hasattr(m, "samples_since_fired"):
+                m.samples_since_fired[i :: 2 + i] = 10**9
+    alone = []
+    for m in members:
+        twin = cls(d, m.config)
+        twin.load_state_dict(m.state_dict())
+        alone.append(twin)
+    x = torch.randn(10, d)
+    names = [n for n, _ in members[0].named_parameters()]
+    stacked = {
+        n: torch.stack([dict(m.named_parameters())[n].detach() for m in members]).requires_grad_()
+        for n in names
+    }
+    group = cls.group_terms(members, stacked, x, 0.7)
+    group.loss.backward()
+    for i, twin in enumerate(alone):
+        terms = twin.train_terms(x, sparsity_scale=0.7)
+        terms.loss.backward()
+        torch.testing.assert_close(group.items[i].loss, terms.loss)
+        for n, p in twin.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(stacked[n].grad[i], p.grad, msg=f"{n} of member {i}")

@@ -200,7 +200,10 @@ def sweep(d: int = 8) -> list:
     torch.manual_seed(5)
     return (
         [ReLUSAE(d, ReLUConfig(expansion=2, l1_coefficient=c)) for c in (0.1, 0.5, 2.0)]
-        + [TopKSAE(d, TopKConfig(expansion=4, k=k, dead_after=64)) for k in (1, 2, 4)]
+        + [
+            TopKSAE(d, TopKConfig(expansion=4, k=k, dead_after=64, sparse_backend="sparse"))
+            for k in (1, 2, 4)
+        ]
         + [GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=c)) for c in (0.3, 1.0)]
     )
 

@@ -75,6 +75,102 @@ def normalise_rows(w: torch.Tensor) -> None:
     w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
+class CenteredLinear(torch.autograd.Function):
+    """``(x - b_dec,ₛ) Wₛᵀ + bₛ`` for every member s: (S, B, n) from x (B, d).
+
+    Written out so that the backward pass costs one product per member (``∂W = gᵀ (x - b_dec)``,
+    contiguous in W's layout) plus matrix-vector products for the biases: no input gradient and
+    no separate rank-one update for ``b_dec``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        b_dec: torch.Tensor | None,
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+    ) -> torch.Tensor:
+        S = W.shape[0]
+        if b_dec is not None:
+            xc = x.unsqueeze(0) - b_dec.unsqueeze(1)
+        else:
+            xc = x.unsqueeze(0).expand(S, *x.shape)
+        wt = W.transpose(1, 2)
+        out = torch.baddbmm(b.unsqueeze(1), xc, wt) if b is not None else torch.bmm(xc, wt)
+        ctx.save_for_backward(xc, W)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        xc, W = ctx.saved_tensors
+        g_w = torch.bmm(grad.transpose(1, 2), xc) if ctx.needs_input_grad[2] else None
+        g_b = g_bdec = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            g_sum = grad.sum(1)
+            g_b = g_sum if ctx.needs_input_grad[3] else None
+            if ctx.needs_input_grad[1]:
+                g_bdec = -torch.bmm(g_sum.unsqueeze(1), W).squeeze(1)
+        return None, g_bdec, g_w, g_b
+
+
+class DecodeWithL1(torch.autograd.Function):
+    """``x̂ₛ = zₛ Wₛ + b_dec,ₛ`` and the L1 penalty ``Σᵢ (Σ_b a_bi) wᵢ / B`` of activations ``a``.
+
+    ``wᵢ`` is decoder row i's norm (``weighted=True``, SAELens's penalty) or 1. Computing both
+    in one function lets the backward pass add the penalty's decoder gradient into the decoder's
+    weight gradient in place, instead of materialising it and summing. Pass ``a = z`` for a
+    penalty on the code itself.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        z: torch.Tensor,
+        a: torch.Tensor,
+        W: torch.Tensor,
+        b_dec: torch.Tensor,
+        weighted: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = z.shape[1]
+        x_hat = torch.baddbmm(b_dec.unsqueeze(1), z, W)
+        a_sum = a.sum(1)
+        norms = W.norm(dim=-1) if weighted else None
+        penalty = ((a_sum * norms) if norms is not None else a_sum).sum(-1) / batch
+        ctx.save_for_backward(z, W, a_sum, *([norms] if norms is not None else []))
+        ctx.same = a is z
+        ctx.weighted = weighted
+        return x_hat, penalty
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor | None, g_pen: torch.Tensor | None) -> tuple[Any, ...]:
+        z, W, a_sum, *rest = ctx.saved_tensors
+        S, batch, n = z.shape
+        g_z = g_w = g_bdec = g_a = None
+        if g is not None:
+            g = g.contiguous()
+            g_z = torch.bmm(g, W.transpose(1, 2))
+            g_w = torch.bmm(z.transpose(1, 2), g)
+            g_bdec = g.sum(1)
+        if g_pen is not None:
+            per_latent = (g_pen / batch).unsqueeze(-1).expand(S, n)
+            if ctx.weighted:
+                norms = rest[0]
+                per_latent = per_latent * norms
+                scale = (g_pen / batch).unsqueeze(-1) * a_sum / norms.clamp_min(1e-12)
+                if g_w is None:
+                    g_w = W * scale.unsqueeze(-1)
+                else:
+                    g_w.addcmul_(W, scale.unsqueeze(-1))
+            g_a = per_latent.unsqueeze(1).expand(S, batch, n)
+            if ctx.same:
+                g_z = g_z.add_(g_a) if g_z is not None else g_a
+                g_a = None
+        if g_w is None and ctx.needs_input_grad[2]:
+            g_w = torch.zeros_like(W)
+        return g_z, g_a, g_w, g_bdec, None
+
+
 class BuiltinSAE(SAE):
     """Base of the built-in architectures: tied initialisation, ``b_dec`` handling, unit norms.
 
@@ -178,6 +274,14 @@ class BuiltinSAE(SAE):
         if saes[0].config.apply_b_dec_to_input:
             return bias - torch.bmm(P["W_enc"], P["b_dec"].unsqueeze(-1)).squeeze(-1)
         return bias
+
+    @staticmethod
+    def group_encode(
+        saes: Sequence[BuiltinSAE], P: Params, xn: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Encoder pre-activations (S, B, n) of every member, ``b_dec`` subtracted if configured."""
+        b_dec = P["b_dec"] if saes[0].config.apply_b_dec_to_input else None
+        return CenteredLinear.apply(xn, b_dec, P["W_enc"], bias)
 
     @staticmethod
     def group_linear(xn: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

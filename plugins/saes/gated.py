@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from saebench_vision_plugins.saes.base import (
     BuiltinSAE,
+    DecodeWithL1,
     GroupTerms,
     Params,
     dense_items,
@@ -49,15 +50,10 @@ class GatedSAE(BuiltinSAE):
     def _paths(
         cls, saes: Sequence[BuiltinSAE], P: Params, xn: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = cls.group_linear(xn, P["W_enc"], None)
-        scale = P["r_mag"].exp()
-        gate_bias, mag_bias = P["b_gate"], P["b_mag"]
-        if saes[0].config.apply_b_dec_to_input:
-            shift = torch.bmm(P["W_enc"], P["b_dec"].unsqueeze(-1)).squeeze(-1)
-            gate_bias, mag_bias = gate_bias - shift, mag_bias - scale * shift
-        return h + gate_bias.unsqueeze(1), torch.addcmul(
-            mag_bias.unsqueeze(1), h, scale.unsqueeze(1)
-        )
+        h = cls.group_encode(saes, P, xn, None)
+        gate = h + P["b_gate"].unsqueeze(1)
+        mag = torch.addcmul(P["b_mag"].unsqueeze(1), h, P["r_mag"].exp().unsqueeze(1))
+        return gate, mag
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """The magnitude path's pre-activation (SAELens's ``hidden_pre``)."""
@@ -72,15 +68,12 @@ class GatedSAE(BuiltinSAE):
         cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
     ) -> GroupTerms:
         P = params
-        batch = xn.shape[0]
         gate, mag = cls._paths(saes, P, xn)
         z = (gate > 0) * torch.relu(mag)
-        x_hat = cls.group_decode(z, P)
-        mse = group_mse(x_hat, xn)
         gate_act = torch.relu(gate)
-        weights = cls.l1_weights(saes, P)
-        g_sum = gate_act.sum(1)
-        l1 = (g_sum * weights if weights is not None else g_sum).sum(-1) / batch
+        weighted = saes[0].config.decoder_norm == "weighted-l1"
+        x_hat, l1 = DecodeWithL1.apply(z, gate_act, P["W_dec"], P["b_dec"], weighted)
+        mse = group_mse(x_hat, xn)
         frozen = {"W_dec": P["W_dec"].detach(), "b_dec": P["b_dec"].detach()}
         aux = group_mse(cls.group_decode(gate_act, frozen), xn)
         lam = cls.coefficients(saes, "l1_coefficient", mse) * sparsity_scale

@@ -84,7 +84,7 @@ class JumpReLUSAE(BuiltinSAE):
         cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
     ) -> GroupTerms:
         P = params
-        pre = cls.group_linear(xn, P["W_enc"], cls.group_bias(saes, P, P["b_enc"]))
+        pre = cls.group_encode(saes, P, xn, P["b_enc"])
         theta = torch.relu(P["threshold"]).unsqueeze(1)
         eps = float(saes[0].config.bandwidth)
         z = _JumpReLU.apply(pre, theta, eps)

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from saebench_vision_plugins.saes.base import (
     BuiltinSAE,
+    DecodeWithL1,
     GroupTerms,
     Params,
     dense_items,
@@ -36,13 +37,10 @@ class ReLUSAE(BuiltinSAE):
         cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
     ) -> GroupTerms:
         P = params
-        batch = xn.shape[0]
-        z = torch.relu(cls.group_linear(xn, P["W_enc"], cls.group_bias(saes, P, P["b_enc"])))
-        x_hat = cls.group_decode(z, P)
+        z = torch.relu(cls.group_encode(saes, P, xn, P["b_enc"]))
+        weighted = saes[0].config.decoder_norm == "weighted-l1"
+        x_hat, l1 = DecodeWithL1.apply(z, z, P["W_dec"], P["b_dec"], weighted)
         mse = group_mse(x_hat, xn)
-        weights = cls.l1_weights(saes, P)
-        z_sum = z.sum(1)
-        l1 = (z_sum * weights if weights is not None else z_sum).sum(-1) / batch
         lam = cls.coefficients(saes, "l1_coefficient", mse) * sparsity_scale
         losses = mse + lam * l1
         return GroupTerms(losses.sum(), dense_items(saes, losses, mse, x_hat, z, {"l1": l1}))

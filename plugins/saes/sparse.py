@@ -26,9 +26,7 @@ class SparseCode:
     """Positions of the active entries of a (n_rows, n_cols) code, grouped by row.
 
     ``offsets[r]`` is where row ``r``'s entries start (embedding_bag's offsets). The by-latent
-    grouping is built on first use, for the backward pass. ``x_rows`` maps each entry to the
-    input row it was computed from when that differs from its output row (several SAEs
-    stacked into one code: output row ``s * B + b`` reads input row ``b``).
+    grouping is built on first use, for the backward pass.
     """
 
     rows: torch.Tensor
@@ -38,7 +36,6 @@ class SparseCode:
     n_cols: int
     per_row: int = 0
     """Entries per row when every row has the same number (TopK), else 0."""
-    x_rows: torch.Tensor | None = None
     _by_col: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -76,7 +73,6 @@ class SparseCode:
         device = codes[0][1].cols.device
         rows = torch.cat([c.rows + s * rows_each for s, c in codes])
         cols = torch.cat([c.cols + s * cols_each for s, c in codes])
-        x_rows = torch.cat([c.x_rows if c.x_rows is not None else c.rows for _, c in codes])
         counts = torch.bincount(rows, minlength=slots * rows_each)
         offsets = torch.cumsum(counts, 0) - counts
         ks = {c.per_row for _, c in codes}
@@ -88,7 +84,6 @@ class SparseCode:
             slots * rows_each,
             slots * cols_each,
             per_row=per_row,
-            x_rows=x_rows,
         )
 
     def crow(self) -> torch.Tensor:
@@ -178,37 +173,44 @@ class SparseDecode(torch.autograd.Function):
 
 
 class SampledLinear(torch.autograd.Function):
-    """Entries ``<x[r], W[c]> + bias[c]`` of a linear map, given their precomputed values.
+    """Entries ``<xc[r], W[c]> + bias[c]`` of a linear map, given their precomputed values.
 
-    The forward pass only attaches gradients to ``values`` (computed densely beforehand to
-    choose the entries); the backward pass routes them to W and bias through the active
-    entries alone. ``x`` is data and gets no gradient.
+    ``xc`` holds the (centred) input rows the code's rows refer to, ``W`` and ``bias`` the
+    stacked weights of S members (``S·n`` rows). The forward pass only attaches gradients to
+    ``values`` (computed densely beforehand to choose the entries); the backward pass routes
+    them to W, bias and (when given) the members' ``b_dec`` (S, d), which was subtracted from
+    the input, through the active entries alone. ``xc`` is data and gets no gradient.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
         values: torch.Tensor,
-        x: torch.Tensor,
+        xc: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor,
+        b_dec: torch.Tensor | None,
         code: SparseCode,
     ) -> torch.Tensor:
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(xc, weight)
         ctx.code = code
-        ctx.n_cols = weight.shape[0]
+        ctx.members = b_dec.shape[0] if b_dec is not None else 0
         return values.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        (x,) = ctx.saved_tensors
+        xc, weight = ctx.saved_tensors
         code: SparseCode = ctx.code
         grad = grad.contiguous()
-        g_weight = g_bias = None
+        g_weight = g_bias = g_bdec = None
         if ctx.needs_input_grad[2]:
             order, rows_by_col, col_offsets = code.by_col()
-            x_rows = code.x_rows[order] if code.x_rows is not None else rows_by_col
-            g_weight = bag_sum(x, x_rows, col_offsets, grad[order])
-        if ctx.needs_input_grad[3]:
-            g_bias = grad.new_zeros(ctx.n_cols).index_add_(0, code.cols, grad)
-        return None, None, g_weight, g_bias, None
+            g_weight = bag_sum(xc, rows_by_col, col_offsets, grad[order])
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            g_sum = grad.new_zeros(weight.shape[0]).index_add_(0, code.cols, grad)
+            g_bias = g_sum if ctx.needs_input_grad[3] else None
+            if ctx.needs_input_grad[4]:
+                S = ctx.members
+                g_bdec = -torch.bmm(g_sum.view(S, 1, -1), weight.view(S, -1, weight.shape[1]))
+                g_bdec = g_bdec.squeeze(1)
+        return None, None, g_weight, g_bias, g_bdec, None

@@ -87,15 +87,19 @@ class TopKSAE(BuiltinSAE):
         pre: torch.Tensor,
         code: SparseCode,
         top: torch.Tensor,
-        xn: torch.Tensor,
+        xc: torch.Tensor,
         P: Params,
-        bias: torch.Tensor,
+        b_dec: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Pre-activations of a stacked code's entries, differentiable w.r.t. the encoder."""
-        S, _, n = pre.shape
+        """Pre-activations of a stacked code's entries, differentiable w.r.t. the encoder.
+
+        ``xc`` (S, B, d) is the centred input of each member (data, no gradient)."""
+        S, B, n = pre.shape
         if sparse:
             W = P["W_enc"].reshape(S * n, -1)
-            return SampledLinear.apply(top, xn, W, bias.reshape(-1), code)
+            return SampledLinear.apply(
+                top, xc.reshape(S * B, -1), W, P["b_enc"].reshape(-1), b_dec, code
+            )
         return pre.reshape(-1)[code.rows * n + code.cols % n]
 
     @staticmethod
@@ -135,18 +139,26 @@ class TopKSAE(BuiltinSAE):
         members: list[TopKSAE] = list(saes)  # type: ignore[arg-type]
         S, B, n = len(members), xn.shape[0], members[0].d_sae
         shape = (S, B, n)
-        bias = cls.group_bias(members, P, P["b_enc"])
+        b_dec = P["b_dec"] if members[0].config.apply_b_dec_to_input else None
         sparse = members[0].use_sparse(max(m.entries_per_row() for m in members))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not sparse):
-            pre = cls.group_linear(xn, P["W_enc"], bias)
+        with torch.no_grad():
+            if b_dec is not None:
+                xc = xn.unsqueeze(0) - b_dec.unsqueeze(1)
+            else:
+                xc = xn.unsqueeze(0).expand(S, B, xn.shape[1])
+        if sparse:
+            with torch.no_grad():
+                pre = torch.baddbmm(P["b_enc"].unsqueeze(1), xc, P["W_enc"].transpose(1, 2))
+        else:
+            pre = cls.group_encode(members, P, xn, P["b_enc"])
         picks = [m._select(pre[i].detach()) for i, m in enumerate(members)]
         code = SparseCode.stack([(i, c) for i, (c, _) in enumerate(picks)], S, B, n)
         top = torch.cat([t for _, t in picks])
-        values = torch.relu(cls._values(sparse, pre, code, top, xn, P, bias))
+        values = torch.relu(cls._values(sparse, pre, code, top, xc, P, b_dec))
         x_hat, recon, full_mse = cls._reconstruct(members, sparse, values, code, xn, P, shape)
         losses = recon
         training = torch.is_grad_enabled() and members[0].training
-        aux = cls._auxk(members, sparse, pre, xn, x_hat, P, bias) if training else None
+        aux = cls._auxk(members, sparse, pre, xn, xc, x_hat, P, b_dec) if training else None
         if aux is not None:
             losses = losses + aux
         items = []
@@ -181,9 +193,10 @@ class TopKSAE(BuiltinSAE):
         sparse: bool,
         pre: torch.Tensor,
         xn: torch.Tensor,
+        xc: torch.Tensor,
         x_hat: torch.Tensor,
         P: Params,
-        bias: torch.Tensor,
+        b_dec: torch.Tensor | None,
     ) -> torch.Tensor | None:
         """Per-member AuxK losses (S,), zero for members without dead latents; None if none."""
         S, B, n = pre.shape
@@ -206,7 +219,7 @@ class TopKSAE(BuiltinSAE):
         code = SparseCode.stack(codes, S, B, n)
         entries = max(c.nnz for _, c in codes) / B
         aux_sparse = sparse or members[0].use_sparse(entries)
-        values = torch.relu(cls._values(aux_sparse, pre, code, torch.cat(tops), xn, P, bias))
+        values = torch.relu(cls._values(aux_sparse, pre, code, torch.cat(tops), xc, P, b_dec))
         e_hat = cls._decode(aux_sparse, values, code, P, (S, B, n))
         residual = (xn - x_hat).detach()
         w = torch.tensor(weights, dtype=xn.dtype, device=xn.device)
