@@ -181,7 +181,8 @@ def test_jumprelu_loss_and_threshold_gradient():
 
 
 def test_topk_loss_matches_hand_computation():
-    sae = _tiny(TopKSAE, TopKConfig(expansion=3, k=2, aux_k_coefficient=0.0))
+    sae = _tiny(TopKSAE, TopKConfig(expansion=8, k=2, aux_k_coefficient=0.0))
+    assert sae.use_sparse(2.0)
     x = torch.randn(4, 3)
     out = sae.loss(x)
     pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
@@ -192,9 +193,13 @@ def test_topk_loss_matches_hand_computation():
     torch.testing.assert_close(out.z, z)
     assert_same_gradients(sae, out.loss, ((x - x_hat) ** 2).sum(1).mean())
     dense = _tiny(
-        TopKSAE, TopKConfig(expansion=3, k=2, aux_k_coefficient=0.0, sparse_backend="dense")
+        TopKSAE, TopKConfig(expansion=8, k=2, aux_k_coefficient=0.0, sparse_backend="dense")
     )
-    assert_same_gradients(dense, dense.loss(x).loss, ((x - x_hat) ** 2).sum(1).mean())
+    pre = (x - dense.b_dec) @ dense.W_enc.T + dense.b_enc
+    top = pre.topk(2, dim=1)
+    z = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+    reference = ((x - (z @ dense.W_dec + dense.b_dec)) ** 2).sum(1).mean()
+    assert_same_gradients(dense, dense.loss(x).loss, reference)
 
 
 def _grads(sae, x):
