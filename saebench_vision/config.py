@@ -77,10 +77,12 @@ class TrainingConfig:
         "steps between resumable training-state checkpoints (0: none); the state is removed "
         "once training completes",
     )
-    fuse: bool = option(
-        True,
-        "train same-shape SAEs of one architecture as a stacked group (batched matmuls); the "
-        "numbers equal separate training up to float rounding",
+    fuse: Literal["auto", "on", "off"] = option(
+        "auto",
+        "stack same-shape SAEs of one architecture and train them with batched matmuls: on, "
+        "off, or auto (on CUDA, where many small steps are launch-bound; off on the CPU, where "
+        "batched products are no faster than one after another); numbers match separate "
+        "training up to float rounding",
     )
     in_memory_limit_gb: float = option(
         8.0,

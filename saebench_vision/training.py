@@ -404,9 +404,10 @@ class _Group:
             self.stacked = {}
 
 
-def _groups(saes: list[SAE], config: TrainingConfig) -> list[_Group]:
+def _groups(saes: list[SAE], config: TrainingConfig, device: torch.device) -> list[_Group]:
     """Fuse same-shape SAEs of one architecture, in chunks that bound the (S, B, n) tensors."""
-    if not config.fuse:
+    fuse = config.fuse == "on" or (config.fuse == "auto" and device.type == "cuda")
+    if not fuse:
         return [_Group([s], stack=False) for s in saes]
     by_key: dict[str, list[SAE]] = {}
     order: list[str | int] = []
@@ -451,7 +452,7 @@ class SweepTrainer:
     ) -> None:
         self.saes, self.config, self.total = saes, config, total_steps
         self.input_scale = float(input_scale)
-        self.groups = _groups(saes, config)
+        self.groups = _groups(saes, config, device)
         params = [p for g in self.groups for p in g.parameters()]
         self.optimizer = _make_optimizer(params, config, device)
 

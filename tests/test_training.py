@@ -212,13 +212,17 @@ def test_fused_groups_match_separate_training_and_resume(tmp_path, monkeypatch):
     x = data()
     fused, plain = sweep(), sweep()
     trainer = training.SweepTrainer(
-        fused, TrainingConfig(lr=3e-3), total_steps=10, input_scale=1.0, device=torch.device("cpu")
+        fused,
+        TrainingConfig(lr=3e-3, fuse="on"),
+        total_steps=10,
+        input_scale=1.0,
+        device=torch.device("cpu"),
     )
     assert sorted(len(g.saes) for g in trainer.groups) == [2, 3, 3]
     trainer.finish()
-    cfg = TrainingConfig(epochs=1, lr=3e-3)
+    cfg = TrainingConfig(epochs=1, lr=3e-3, fuse="on")
     train_saes(fused, x, cfg, seed=2, progress=False)
-    train_saes(plain, x, TrainingConfig(epochs=1, lr=3e-3, fuse=False), seed=2, progress=False)
+    train_saes(plain, x, TrainingConfig(epochs=1, lr=3e-3, fuse="off"), seed=2, progress=False)
     for a, b in zip(fused, plain):
         for key, value in state(a).items():
             torch.testing.assert_close(value, state(b)[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -226,7 +230,7 @@ def test_fused_groups_match_separate_training_and_resume(tmp_path, monkeypatch):
     ptrs = {s.W_enc.untyped_storage().data_ptr() for s in fused}
     assert len(ptrs) == len(fused)
 
-    ckpt = TrainingConfig(epochs=2, lr=3e-3, checkpoint_every=4)
+    ckpt = TrainingConfig(epochs=2, lr=3e-3, checkpoint_every=4, fuse="on")
     reference = sweep()
     train_saes(reference, x, ckpt, seed=2, progress=False)
     real = training.lr_factor

@@ -75,6 +75,17 @@ def normalise_rows(w: torch.Tensor) -> None:
     w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
+def bmm_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``aₛᵀ bₛ`` for every member (the weight gradients). On the CPU a loop of matrix products
+    is about twice as fast as ``bmm`` with a transposed first operand."""
+    if a.device.type != "cpu" or a.shape[0] == 1:
+        return torch.bmm(a.transpose(1, 2), b)
+    out = a.new_empty(a.shape[0], a.shape[2], b.shape[2])
+    for i in range(a.shape[0]):
+        torch.mm(a[i].T, b[i], out=out[i])
+    return out
+
+
 class CenteredLinear(torch.autograd.Function):
     """``(x - b_dec,ₛ) Wₛᵀ + bₛ`` for every member s: (S, B, n) from x (B, d).
 
@@ -104,7 +115,7 @@ class CenteredLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         xc, W = ctx.saved_tensors
-        g_w = torch.bmm(grad.transpose(1, 2), xc) if ctx.needs_input_grad[2] else None
+        g_w = bmm_tn(grad, xc) if ctx.needs_input_grad[2] else None
         g_b = g_bdec = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
             g_sum = grad.sum(1)
@@ -150,7 +161,7 @@ class DecodeWithL1(torch.autograd.Function):
         if g is not None:
             g = g.contiguous()
             g_z = torch.bmm(g, W.transpose(1, 2))
-            g_w = torch.bmm(z.transpose(1, 2), g)
+            g_w = bmm_tn(z, g)
             g_bdec = g.sum(1)
         if g_pen is not None:
             per_latent = (g_pen / batch).unsqueeze(-1).expand(S, n)
