@@ -125,6 +125,8 @@ def test_quickdraw_emoji_shift(quickdraw_folder):
     assert "bird" not in {c.name for c in classes} and "owl" in {c.name for c in classes}
     assert len(train) == 171 * 80 and len(test) == 171 * 20
     assert np.bincount(train.labels()).tolist() == [80] * 171
+    few = QuickDrawEmojiDataset(QuickDrawEmojiConfig(part="test", max_per_class=3, image_size=32))
+    assert np.bincount(few.labels()).tolist() == [3] * 171
     assert set(emoji.labels()) == set(range(171)) and len(emoji) % 2 == 0
     img = emoji[5]
     assert img.mode == "RGB" and img.size == (32, 32)

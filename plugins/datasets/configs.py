@@ -66,6 +66,9 @@ class QuickDrawEmojiConfig:
         "rest) or all",
     )
     train_per_class: int = option(80, "sketches per class in the train part (of 100)")
+    max_per_class: int | None = option(
+        None, "sketches only: keep at most this many per class of the chosen part (the first ones)"
+    )
     emoji_sets: tuple[str, ...] = option(
         ("google", "twitter"),
         "emoji image sets (npm emoji-datasource-<set>): google (Noto, Apache-2.0), twitter "

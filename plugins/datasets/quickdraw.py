@@ -302,6 +302,16 @@ def build_quickdraw_emoji(
 # The dataset
 
 
+def rank_within_class(classes: np.ndarray) -> np.ndarray:
+    """Position of each row among the rows of its class (0, 1, 2 ... in file order)."""
+    rank = np.zeros(len(classes), dtype=np.int64)
+    seen: dict[str, int] = {}
+    for i, c in enumerate(classes.tolist()):
+        rank[i] = seen.get(c, 0)
+        seen[c] = rank[i] + 1
+    return rank
+
+
 @lru_cache(maxsize=4)
 def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images, class names) of a built file; cached, as every split of a suite reads them."""
@@ -340,13 +350,11 @@ class QuickDrawEmojiDataset(Dataset):
         rows = np.array([i for i, c in enumerate(classes) if c in index], dtype=np.int64)
         if config.domain == "sketch" and config.part != "all":
             # Position of each drawing within its class decides train (first n) or test.
-            rank = np.zeros(len(classes), dtype=np.int64)
-            seen: dict[str, int] = {}
-            for i, c in enumerate(classes):
-                rank[i] = seen.get(c, 0)
-                seen[c] = rank[i] + 1
-            in_train = rank[rows] < config.train_per_class
+            in_train = rank_within_class(classes)[rows] < config.train_per_class
             rows = rows[in_train] if config.part == "train" else rows[~in_train]
+        if config.domain == "sketch" and config.max_per_class is not None:
+            offset = 0 if config.part != "test" else config.train_per_class
+            rows = rows[rank_within_class(classes)[rows] - offset < config.max_per_class]
         if config.domain == "emoji":
             rows = np.repeat(rows, config.emoji_copies)
         self._images = images
