@@ -142,3 +142,25 @@ def test_shipped_file_matches_wordnet(tmp_path):
     assert doc["leaves"] == ids
     parents, names = wordnet_parents(ids, wn)
     assert parents == doc["parents"] and names == doc["names"]
+
+
+def test_wordnet_dict_install_writes_lexnames(tmp_path):
+    from saebench_vision_plugins.datasets.wordnet import (
+        _DICT_FILES,
+        install_dict_files,
+        lexnames_text,
+    )
+
+    lines = lexnames_text().splitlines()
+    assert len(lines) == 45 and lines[5] == "05\tnoun.animal\t1" and lines[-1] == "44\tadj.ppl\t3"
+    src = tmp_path / "dict"
+    src.mkdir()
+    for name in _DICT_FILES[:-1]:
+        (src / name).write_text("x")
+    with pytest.raises(DatasetError, match="index.sense is missing"):
+        install_dict_files(src, tmp_path / "root")
+    (src / "index.sense").write_text("x")
+    target = install_dict_files(src, tmp_path / "root")
+    assert target == tmp_path / "root" / "corpora" / "wordnet"
+    assert (target / "lexnames").read_text() == lexnames_text() and (target / "data.noun").is_file()
+    assert (target.stat().st_mode & 0o077) == 0  # nltk reads only private corpus folders

@@ -223,7 +223,7 @@ def ensure_wordnet(
         return root
     if method == "auto":
         for system_dir in SYSTEM_DICT_DIRS:
-            if (system_dir / "data.noun").is_file():
+            if all((system_dir / f).is_file() for f in _DICT_FILES):
                 install_dict_files(system_dir, root)
                 return root
     if method in ("auto", "nltk") and _nltk_fetch(root):
