@@ -84,6 +84,11 @@ class TrainingConfig:
         "batched products are no faster than one after another); numbers match separate "
         "training up to float rounding",
     )
+    parallel_saes: int = option(
+        0,
+        "on the CPU, train this many SAEs (or fused groups) side by side, one thread each "
+        "(0: as many as torch's intra-op threads; 1: one after another)",
+    )
     in_memory_limit_gb: float = option(
         8.0,
         "read a training set of at most this size into memory (full shuffle per epoch); larger "

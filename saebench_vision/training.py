@@ -237,6 +237,7 @@ def _init_saes(saes: Sequence[SAE], sample: torch.Tensor, config: TrainingConfig
 def _make_optimizer(
     params: list[torch.nn.Parameter], config: TrainingConfig, device: torch.device
 ) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel per step where torch has one for the device."""
     kwargs: dict[str, Any] = {"lr": config.lr, "betas": tuple(config.adam_betas)}
     if device.type in ("cpu", "cuda"):
         try:
@@ -438,7 +439,14 @@ class SweepTrainer:
 
     ``step(x, i)`` takes a raw batch and the step's index (for the learning-rate and sparsity
     schedules). :func:`train_saes` drives it over the data; the throughput benchmark drives it
-    directly.
+    directly. Call :meth:`finish` at the end.
+
+    Each group has its own fused Adam, so groups are independent. On the CPU, when there are
+    several groups, they train side by side on ``config.parallel_saes`` threads with one
+    intra-op thread each (torch's thread count is restored by :meth:`finish`): small products
+    (batch 64) parallelise poorly inside one matmul and every parallel region waits for its
+    slowest thread, while independent SAEs need no synchronisation until the step ends. Each
+    SAE's arithmetic is then single-threaded and the same whichever thread runs it.
     """
 
     def __init__(
@@ -453,8 +461,39 @@ class SweepTrainer:
         self.saes, self.config, self.total = saes, config, total_steps
         self.input_scale = float(input_scale)
         self.groups = _groups(saes, config, device)
-        params = [p for g in self.groups for p in g.parameters()]
-        self.optimizer = _make_optimizer(params, config, device)
+        self.optimizers = [_make_optimizer(g.parameters(), config, device) for g in self.groups]
+        self._threads_before = torch.get_num_threads()
+        workers = config.parallel_saes or self._threads_before
+        workers = min(workers, len(self.groups)) if device.type == "cpu" else 1
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._shares: list[list[int]] = [list(range(len(self.groups)))]
+        if workers > 1:
+            cost = [sum(s.d_in * s.d_sae for s in g.saes) for g in self.groups]
+            shares: list[list[int]] = [[] for _ in range(workers)]
+            loads = [0] * workers
+            for i in sorted(range(len(self.groups)), key=lambda i: -cost[i]):
+                w = loads.index(min(loads))
+                shares[w].append(i)
+                loads[w] += cost[i]
+            self._shares = [sorted(share) for share in shares if share]
+            torch.set_num_threads(1)
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(self._shares))
+
+    def _run(
+        self, share: list[int], x: torch.Tensor, xn: torch.Tensor, lr: float, scale: float
+    ) -> list[tuple[SAE, tuple[dict[str, torch.Tensor], torch.Tensor]]]:
+        out = []
+        for i in share:
+            group, optimizer = self.groups[i], self.optimizers[i]
+            out.extend(zip(group.saes, group.step(x, xn, scale)))
+            group.before_optimizer_step()
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for sae in group.saes:
+                sae.on_step_end()
+        return out
 
     def step(
         self, x: torch.Tensor, step: int
@@ -462,25 +501,32 @@ class SweepTrainer:
         """Train on raw batch ``x``; returns (metrics, fired counts) per SAE, in ``saes`` order."""
         xn = x * self.input_scale
         lr = self.config.lr * lr_factor(step, self.total, self.config)
-        for param_group in self.optimizer.param_groups:
-            param_group["lr"] = lr
         scale = sparsity_factor(step, self.total, self.config)
-        results: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}
-        for group in self.groups:
-            for sae, res in zip(group.saes, group.step(x, xn, scale)):
-                results[id(sae)] = res
-        for group in self.groups:
-            group.before_optimizer_step()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        for sae in self.saes:
-            sae.on_step_end()
+        if self._pool is None:
+            done = [self._run(share, x, xn, lr, scale) for share in self._shares]
+        else:
+            futures = [
+                self._pool.submit(self._run, share, x, xn, lr, scale) for share in self._shares
+            ]
+            done = [f.result() for f in futures]
+        results = {id(sae): res for part in done for sae, res in part}
         return [results[id(sae)] for sae in self.saes]
 
+    def optimizer_states(self) -> list[dict[str, Any]]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_optimizer_states(self, states: list[dict[str, Any]]) -> None:
+        for opt, state in zip(self.optimizers, states, strict=True):
+            opt.load_state_dict(state)
+
     def finish(self) -> None:
-        """End of training: members of fused groups get their own storage back."""
+        """End of training: fused groups' members get their own storage back, threads reset."""
         for group in self.groups:
             group.unstack()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+            torch.set_num_threads(self._threads_before)
 
 
 def train_saes(
@@ -536,7 +582,6 @@ def train_saes(
     trainer = SweepTrainer(
         saes, config, total_steps=steps_total, input_scale=input_scale, device=device
     )
-    optimizer = trainer.optimizer
     trackers = [_Tracker(sae, device) for sae in saes]
 
     state_path = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir is not None else None
@@ -548,7 +593,7 @@ def train_saes(
         if state is not None:
             for sae, sd in zip(saes, state["saes"]):
                 sae.load_state_dict(sd)
-            optimizer.load_state_dict(state["optimizer"])
+            trainer.load_optimizer_states(state["optimizer"])
             for tracker, ts in zip(trackers, state["trackers"]):
                 tracker.load(ts, device)
             torch.set_rng_state(state["rng"])
@@ -557,47 +602,51 @@ def train_saes(
     t0 = time.perf_counter()
     bar = _progress(steps_total, start, desc, progress)
     batches = stream.batches(start)
-    for step in range(start, steps_total):
-        x = next(batches)
-        results = trainer.step(x, step)
-        in_final = step >= steps_total - final_window
-        in_fire = step >= steps_total - fire_window
-        for tracker, (metrics, fired) in zip(trackers, results):
-            tracker.last = metrics
-            if in_final:
-                for key, value in metrics.items():
-                    value = value.detach().float()
-                    tracker.sums[key] = tracker.sums[key] + value if key in tracker.sums else value
-                tracker.steps += 1
-            if in_fire:
-                tracker.fired += fired.to(tracker.fired.dtype)
-                tracker.samples += x.shape[0]
-        if bar is not None:
-            bar.update(1)
-            if step % 100 == 0 or step == steps_total - 1:
-                _postfix(bar, trackers)
-        if (
-            checkpointing
-            and state_path is not None
-            and (step + 1) % config.checkpoint_every == 0
-            and step + 1 < steps_total
-        ):
-            _save_state(
-                state_path,
-                {
-                    "fingerprint": fingerprint,
-                    "step": step + 1,
-                    "seconds": elapsed_before + time.perf_counter() - t0,
-                    "saes": [
-                        {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
-                        for sae in saes
-                    ],
-                    "optimizer": optimizer.state_dict(),
-                    "trackers": [t.state() for t in trackers],
-                    "rng": torch.get_rng_state(),
-                },
-            )
-    trainer.finish()
+    try:
+        for step in range(start, steps_total):
+            x = next(batches)
+            results = trainer.step(x, step)
+            in_final = step >= steps_total - final_window
+            in_fire = step >= steps_total - fire_window
+            for tracker, (metrics, fired) in zip(trackers, results):
+                tracker.last = metrics
+                if in_final:
+                    for key, value in metrics.items():
+                        value = value.detach().float()
+                        tracker.sums[key] = (
+                            tracker.sums[key] + value if key in tracker.sums else value
+                        )
+                    tracker.steps += 1
+                if in_fire:
+                    tracker.fired += fired.to(tracker.fired.dtype)
+                    tracker.samples += x.shape[0]
+            if bar is not None:
+                bar.update(1)
+                if step % 100 == 0 or step == steps_total - 1:
+                    _postfix(bar, trackers)
+            if (
+                checkpointing
+                and state_path is not None
+                and (step + 1) % config.checkpoint_every == 0
+                and step + 1 < steps_total
+            ):
+                _save_state(
+                    state_path,
+                    {
+                        "fingerprint": fingerprint,
+                        "step": step + 1,
+                        "seconds": elapsed_before + time.perf_counter() - t0,
+                        "saes": [
+                            {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
+                            for sae in saes
+                        ],
+                        "optimizer": trainer.optimizer_states(),
+                        "trackers": [t.state() for t in trackers],
+                        "rng": torch.get_rng_state(),
+                    },
+                )
+    finally:
+        trainer.finish()
     if bar is not None:
         bar.close()
     seconds = elapsed_before + time.perf_counter() - t0

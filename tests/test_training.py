@@ -248,3 +248,28 @@ def test_fused_groups_match_separate_training_and_resume(tmp_path, monkeypatch):
     train_saes(resumed, x, ckpt, seed=2, progress=False, checkpoint_dir=tmp_path)
     for a, b in zip(reference, resumed):
         assert_same(state(a), state(b))
+
+
+def test_parallel_saes_give_the_sequential_weights():
+    x = data()
+    threads = torch.get_num_threads()
+    side_by_side, one_by_one = sweep(), sweep()
+    train_saes(
+        side_by_side, x, TrainingConfig(epochs=1, lr=3e-3, parallel_saes=3), seed=1, progress=False
+    )
+    assert torch.get_num_threads() == threads
+    train_saes(
+        one_by_one, x, TrainingConfig(epochs=1, lr=3e-3, parallel_saes=1), seed=1, progress=False
+    )
+    for a, b in zip(side_by_side, one_by_one):
+        assert_same(state(a), state(b))
+    trainer = training.SweepTrainer(
+        sweep(),
+        TrainingConfig(parallel_saes=3),
+        total_steps=10,
+        input_scale=1.0,
+        device=torch.device("cpu"),
+    )
+    assert len(trainer._shares) == 3 and sorted(sum(trainer._shares, [])) == list(range(8))
+    trainer.finish()
+    assert torch.get_num_threads() == threads
