@@ -227,8 +227,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats (default 2 quick, 5)")
     parser.add_argument("--sweep-steps", type=int, default=0, help="default 6 quick, 40")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.sweep_steps = args.sweep_steps or (6 if args.quick else 40)
     every = ["relu", "gated", "jumprelu", "topk", "batch-topk", "matryoshka"]

@@ -110,7 +110,7 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
-def _construct(cls: type, d_in: int, config: Any, d_sae: int) -> SAE:
+def _construct(cls: Any, d_in: int, config: Any, d_sae: int) -> SAE:
     sae = cls(d_in, config)
     if sae.d_sae != d_sae:
         resize = getattr(sae, "resize_latents", None)
@@ -165,7 +165,7 @@ def load_sae(directory: Path, resolve: Callable[[str], type]) -> tuple[SAE, dict
         raise CheckpointError(
             f"{directory / CONFIG_FILE}: missing or bad field {exc}; re-save the SAE"
         ) from exc
-    cls = resolve(name)
+    cls: Any = resolve(name)
     config = build_config(
         cls.Config,
         config_args,
@@ -197,8 +197,9 @@ def load_sae(directory: Path, resolve: Callable[[str], type]) -> tuple[SAE, dict
 # SAELens
 
 
-def save_saelens(sae: SAE, directory: Path, metadata: dict[str, Any] | None = None) -> None:
-    """Write ``sae`` as a SAELens v6 inference checkpoint (input scale folded into the weights)."""
+def save_saelens(model: SAE, directory: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Write ``model`` as a SAELens v6 inference checkpoint (input scale folded into the weights)."""
+    sae: Any = model
     arch = TO_SAELENS.get(sae.name)
     if arch is None:
         raise CheckpointError(
@@ -267,7 +268,7 @@ def load_saelens(directory: Path, resolve: Callable[[str], type]) -> SAE:
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: missing or bad d_in/d_sae ({exc})") from exc
-    cls = resolve(name)
+    cls: Any = resolve(name)
     args: dict[str, Any] = {
         "expansion": max(1, round(d_sae / d_in)),
         "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
@@ -280,7 +281,7 @@ def load_saelens(directory: Path, resolve: Callable[[str], type]) -> SAE:
                 f"norms into the weights first (SAELens fold_W_dec_norm)"
             )
     config = build_config(cls.Config, args, where=str(where), what=f"SAE `{name}`")
-    sae = _construct(cls, d_in, config, d_sae)
+    sae: Any = _construct(cls, d_in, config, d_sae)
     raw = {k: v.float() for k, v in _read_weights(directory).items()}
     if "log_threshold" in raw and "threshold" not in raw:
         raw["threshold"] = raw.pop("log_threshold").exp()

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -214,7 +214,7 @@ def _init_saes(saes: Sequence[SAE], sample: torch.Tensor, config: TrainingConfig
     sample_n = sample * scale
     medians: dict[str, torch.Tensor] = {}
     for sae in saes:
-        sae.input_scale.fill_(scale)
+        cast(torch.Tensor, sae.input_scale).fill_(scale)
         how = getattr(sae.config, "b_dec_init", "zeros")
         if how == "zeros":
             continue
@@ -230,7 +230,7 @@ def _init_saes(saes: Sequence[SAE], sample: torch.Tensor, config: TrainingConfig
             init(medians[how])
         elif isinstance(getattr(sae, "b_dec", None), torch.Tensor):
             with torch.no_grad():
-                sae.b_dec.copy_(medians[how])
+                cast(torch.Tensor, sae.b_dec).copy_(medians[how])
     return scale
 
 
@@ -369,7 +369,7 @@ class _Group:
             terms = cls.group_terms(self.saes, params, xn, scale)
             terms.loss.backward()
             return [(t.metrics, t.fired) for t in terms.items]
-        out = []
+        out: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
         for sae in self.saes:
             terms_fn = getattr(sae, "train_terms", None)
             if callable(terms_fn):
@@ -482,7 +482,7 @@ class SweepTrainer:
     def _run(
         self, share: list[int], x: torch.Tensor, xn: torch.Tensor, lr: float, scale: float
     ) -> list[tuple[SAE, tuple[dict[str, torch.Tensor], torch.Tensor]]]:
-        out = []
+        out: list[tuple[SAE, tuple[dict[str, torch.Tensor], torch.Tensor]]] = []
         for i in share:
             group, optimizer = self.groups[i], self.optimizers[i]
             out.extend(zip(group.saes, group.step(x, xn, scale)))
