@@ -21,6 +21,26 @@ import torch.nn.functional as F
 _CHUNK_ELEMENTS = 1 << 18
 
 
+def counts(index: torch.Tensor, size: int) -> torch.Tensor:
+    """How often each value in ``[0, size)`` occurs in ``index`` (``bincount`` without its
+    parallel min/max passes, which stall on a busy machine)."""
+    out = torch.zeros(size, dtype=torch.int64, device=index.device)
+    return out.index_add_(0, index, torch.ones_like(index))
+
+
+def stable_argsort(keys: torch.Tensor) -> torch.Tensor:
+    """Stable argsort; on the CPU on one thread (torch's parallel sort can take 100x longer when
+    another process holds one of the cores, and one thread sorts 10^5 keys in about 1 ms)."""
+    threads = torch.get_num_threads()
+    if keys.device.type != "cpu" or threads == 1:
+        return torch.argsort(keys, stable=True)
+    torch.set_num_threads(1)
+    try:
+        return torch.argsort(keys, stable=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class SparseCode:
     """Positions of the active entries of a (n_rows, n_cols) code, grouped by row.
@@ -57,11 +77,12 @@ class SparseCode:
     ) -> tuple[SparseCode, torch.Tensor]:
         """From flat positions ``row * n_cols + col`` in any order; returns the code and the
         permutation that sorts ``flat`` (apply it to the values)."""
-        flat_sorted, order = torch.sort(flat)
+        order = stable_argsort(flat)
+        flat_sorted = flat[order]
         rows = flat_sorted // n_cols
         cols = flat_sorted - rows * n_cols
-        counts = torch.bincount(rows, minlength=n_rows)
-        offsets = torch.cumsum(counts, 0) - counts
+        per_row = counts(rows, n_rows)
+        offsets = torch.cumsum(per_row, 0) - per_row
         return cls(rows, cols, offsets, n_rows, n_cols), order
 
     @classmethod
@@ -73,8 +94,8 @@ class SparseCode:
         device = codes[0][1].cols.device
         rows = torch.cat([c.rows + s * rows_each for s, c in codes])
         cols = torch.cat([c.cols + s * cols_each for s, c in codes])
-        counts = torch.bincount(rows, minlength=slots * rows_each)
-        offsets = torch.cumsum(counts, 0) - counts
+        per_row_counts = counts(rows, slots * rows_each)
+        offsets = torch.cumsum(per_row_counts, 0) - per_row_counts
         ks = {c.per_row for _, c in codes}
         per_row = ks.pop() if len(ks) == 1 and len(codes) == slots else 0
         return cls(
@@ -93,9 +114,9 @@ class SparseCode:
     def by_col(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(order, rows in that order, offsets per latent)``: entries grouped by latent."""
         if self._by_col is None:
-            order = torch.argsort(self.cols, stable=True)
-            counts = torch.bincount(self.cols, minlength=self.n_cols)
-            col_offsets = torch.cumsum(counts, 0) - counts
+            order = stable_argsort(self.cols)
+            per_col = counts(self.cols, self.n_cols)
+            col_offsets = torch.cumsum(per_col, 0) - per_col
             self._by_col = (order, self.rows[order], col_offsets)
         return self._by_col
 
@@ -106,7 +127,7 @@ class SparseCode:
 
     def fired(self, values: torch.Tensor) -> torch.Tensor:
         """Samples each latent is active (> 0) on."""
-        return torch.bincount(self.cols[values > 0], minlength=self.n_cols)
+        return counts(self.cols[values > 0], self.n_cols)
 
 
 def bag_sum(

@@ -22,7 +22,7 @@ from saebench_vision_plugins.saes.base import (
     group_mse,
 )
 from saebench_vision_plugins.saes.configs import BatchTopKConfig, MatryoshkaConfig, TopKConfig
-from saebench_vision_plugins.saes.sparse import SampledLinear, SparseCode, SparseDecode
+from saebench_vision_plugins.saes.sparse import SampledLinear, SparseCode, SparseDecode, counts
 
 
 class TopKSAE(BuiltinSAE):
@@ -300,9 +300,9 @@ class MatryoshkaSAE(BatchTopKSAE):
             bounds = torch.tensor(ends, device=code.cols.device)
             group = torch.searchsorted(bounds, code.cols % n, right=True)
             vrows = code.rows * groups + group
-            counts = torch.bincount(vrows, minlength=S * B * groups)
+            per_row = counts(vrows, S * B * groups)
             grouped = SparseCode(
-                vrows, code.cols, torch.cumsum(counts, 0) - counts, S * B * groups, S * n
+                vrows, code.cols, torch.cumsum(per_row, 0) - per_row, S * B * groups, S * n
             )
             W = P["W_dec"].reshape(S * n, -1)
             parts = SparseDecode.apply(values, W, grouped).view(S, B, groups, -1)
