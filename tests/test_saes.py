@@ -20,7 +20,12 @@ from saebench_vision_plugins.saes.configs import (
 from saebench_vision_plugins.saes.gated import GatedSAE
 from saebench_vision_plugins.saes.jumprelu import JumpReLUSAE
 from saebench_vision_plugins.saes.relu import ReLUSAE
-from saebench_vision_plugins.saes.sparse import SparseCode, SparseDecode, sampled_dot
+from saebench_vision_plugins.saes.sparse import (
+    SparseCode,
+    SparseDecode,
+    sampled_dot,
+    sampled_dot_gather,
+)
 from saebench_vision_plugins.saes.topk import BatchTopKSAE, MatryoshkaSAE, TopKSAE
 
 from saebench_vision.config import TrainingConfig, build_config
@@ -259,9 +264,9 @@ def test_sparse_decode_handles_empty_rows_and_matches_dense():
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(values.grad, dense_values.grad)
     torch.testing.assert_close(w.grad, w2.grad)
-    torch.testing.assert_close(
-        sampled_dot(grad, w.detach(), code), (grad[code.rows] * w[code.cols]).sum(1).detach()
-    )
+    want = (grad[code.rows] * w[code.cols]).sum(1).detach()
+    torch.testing.assert_close(sampled_dot(grad, w.detach(), code), want)
+    torch.testing.assert_close(sampled_dot_gather(grad, w.detach(), code), want)
 
 
 def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():

@@ -145,7 +145,7 @@ def sampled_dot(a: torch.Tensor, b: torch.Tensor, code: SparseCode) -> torch.Ten
     On the CPU this is ``torch.sparse.sampled_addmm`` (no gather at all); elsewhere the rows of
     ``b`` are gathered in bounded chunks.
     """
-    nnz, d = code.nnz, a.shape[1]
+    nnz = code.nnz
     if nnz == 0:
         return a.new_empty(0)
     if a.device.type == "cpu" and code.n_rows == a.shape[0]:
@@ -159,6 +159,12 @@ def sampled_dot(a: torch.Tensor, b: torch.Tensor, code: SparseCode) -> torch.Ten
                 check_invariants=False,
             )
             return torch.sparse.sampled_addmm(mask, a, b.T, beta=0.0).values()
+    return sampled_dot_gather(a, b, code)
+
+
+def sampled_dot_gather(a: torch.Tensor, b: torch.Tensor, code: SparseCode) -> torch.Tensor:
+    """:func:`sampled_dot` by gathering rows in chunks of bounded size (any device)."""
+    nnz, d = code.nnz, a.shape[1]
     out = a.new_empty(nnz)
     step = max(1, _CHUNK_ELEMENTS // d)
     for lo in range(0, nnz, step):
