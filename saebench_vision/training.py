@@ -1,10 +1,15 @@
 """The SAE trainer: one loop for every architecture, whole sweeps in one pass over the data.
 
 :func:`train_saes` trains a list of SAEs together: the activations are read, shuffled and
-batched once per step and every SAE takes its optimiser step on the same batch (all SAEs share
-one fused Adam). The recipe is :class:`~saebench_vision.config.TrainingConfig` (the paper's by
-default: Adam 1e-4, 5% linear warm-up, 20% linear decay, 5% sparsity-coefficient warm-up,
-3 epochs, batch 64).
+batched once per step and every SAE takes its optimiser step on the same batch. The recipe is
+:class:`~saebench_vision.config.TrainingConfig` (the paper's by default: Adam 1e-4, 5% linear
+warm-up, 20% linear decay, 5% sparsity-coefficient warm-up, 3 epochs, batch 64).
+
+Sweeps: SAEs of one architecture and shape can be stacked into a group whose products run as
+batched matmuls (``fuse``; on by default on CUDA, where many small steps are launch-bound), and
+on the CPU independent groups train side by side, one thread each (``parallel_saes``). Each
+group has its own fused Adam. The built-ins' TopK family touches only the kept latents after
+the encoder's forward product (see ``saebench_vision_plugins.saes.sparse``).
 
 Determinism: SAEs start from the weights they were constructed with (construct them under a
 seeded torch RNG; the built-ins initialise from it), the data order is a pure function of
