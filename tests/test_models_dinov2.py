@@ -97,3 +97,16 @@ def test_missing_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "\n" not in str(err.value)
     with pytest.raises(WeightsNotFoundError):
         hub.layer_names()
+
+
+def test_dtype_is_the_users(model_dir: Path, adapter: DINOv2Adapter) -> None:
+    low = DINOv2Adapter(DINOv2Config(model_id=str(model_dir), image_size=28, dtype="bfloat16"))
+    low.ensure_loaded()
+    assert next(low.model.parameters()).dtype == torch.bfloat16
+    images = sample_images(2)
+    with torch.inference_mode():
+        out = low.forward(low.preprocess(images), ["final"])["final"].values
+        ref = adapter.forward(adapter.preprocess(images), ["final"])["final"].values
+    assert out.dtype == torch.bfloat16
+    cosine = torch.nn.functional.cosine_similarity(out[:, 0].float(), ref[:, 0], dim=-1)
+    assert (cosine > 0.99).all()

@@ -20,6 +20,7 @@ from saebench_vision_plugins.models.common import (
     ImageAdapter,
     ImageTransform,
     capture,
+    hf_dtype,
     hf_load,
     run_until,
     vit_tokens,
@@ -257,7 +258,7 @@ class HFCLIPAdapter(_CLIPBase):
             self.name,
             CLIPModel.from_pretrained,
             self.config.model_id,
-            dtype=self.torch_dtype,
+            **hf_dtype(self.torch_dtype),
             **kwargs,
         )
         self.tokenizer = hf_load(

@@ -167,6 +167,16 @@ def looks_local(model_id: str) -> bool:
     )
 
 
+def hf_dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The ``from_pretrained`` keyword for a dtype: ``dtype`` since transformers 4.56,
+    ``torch_dtype`` before (older versions would silently ignore ``dtype``)."""
+    import transformers
+    from packaging.version import Version
+
+    new = Version(transformers.__version__) >= Version("4.56")
+    return {"dtype": dtype} if new else {"torch_dtype": dtype}
+
+
 def _one_line(exc: BaseException, limit: int = 160) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

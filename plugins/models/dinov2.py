@@ -12,6 +12,7 @@ from saebench_vision_plugins.models.common import (
     ImageAdapter,
     ImageTransform,
     capture,
+    hf_dtype,
     hf_load,
     run_until,
     vit_tokens,
@@ -80,7 +81,7 @@ class DINOv2Adapter(ImageAdapter):
             Dinov2Model.from_pretrained,
             self.config.model_id,
             revision=self.config.revision,
-            dtype=self.torch_dtype,
+            **hf_dtype(self.torch_dtype),
         )
         self.model = model.to(self.device).eval()
         self._layers = None

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from saebench_vision_plugins.models.common import capture, hf_load, run_until
+from saebench_vision_plugins.models.common import capture, hf_dtype, hf_load, run_until
 from saebench_vision_plugins.models.configs import LlavaConfig as LlavaAdapterConfig
 from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
@@ -91,7 +91,7 @@ class LlavaAdapter(ModelAdapter):
             LlavaForConditionalGeneration.from_pretrained,
             self.config.model_id,
             revision=self.config.revision,
-            dtype=self.torch_dtype,
+            **hf_dtype(self.torch_dtype),
         )
         self.model = model.to(self.device).eval()
         self.processor  # noqa: B018 - load the processor with the model, before workers fork

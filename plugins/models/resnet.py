@@ -21,6 +21,7 @@ from saebench_vision_plugins.models.common import (
     ImageTransform,
     capture,
     feature_map_tokens,
+    hf_dtype,
     hf_load,
     run_until,
 )
@@ -179,7 +180,7 @@ class HFResNetAdapter(_ResNetBase):
             ResNetModel.from_pretrained,
             self.config.model_id,
             revision=self.config.revision,
-            dtype=self.torch_dtype,
+            **hf_dtype(self.torch_dtype),
         )
         stages = len(model.encoder.stages)
         if stages != 4:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from saebench_vision_plugins.models.common import hf_load
+from saebench_vision_plugins.models.common import hf_dtype, hf_load
 from saebench_vision_plugins.models.configs import SDTextEncoderConfig
 from transformers import (
     AutoTokenizer,
@@ -135,7 +135,7 @@ class SDTextEncoderAdapter(ModelAdapter):
         for key, (cls, subfolder) in specs.items():
             # Built from a config or loaded, an encoder must be in eval mode (T5 dropout).
             encoders[key] = (
-                self._load(cls.from_pretrained, subfolder, dtype=dtype).to(self.device).eval()
+                self._load(cls.from_pretrained, subfolder, **hf_dtype(dtype)).to(self.device).eval()
             )
         self.encoders = encoders
         self.tokenizers  # noqa: B018 - load the tokenizers before DataLoader workers fork
