@@ -45,7 +45,7 @@ from torch import nn
 
 from saebench_vision.cache import ActivationCache
 from saebench_vision.config import TrainingConfig
-from saebench_vision.training import SweepTrainer, train_saes
+from saebench_vision.training import SweepTrainer, train_saes, tune_cpu_allocator
 
 LAMBDAS = (0.1, 0.5, 1.0, 5.0, 10.0, 50.0, 100.0)
 KS = (4, 8, 16, 32, 64, 128, 256)
@@ -228,14 +228,25 @@ def main() -> None:
     parser.add_argument("--sweep-steps", type=int, default=0, help="default 6 quick, 40")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads")
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="keep glibc's default malloc thresholds (see tune_cpu_allocator)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu" and not args.malloc_defaults:
+        # The trainer does this on the CPU; do it first so every column uses the same allocator.
+        tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.sweep_steps = args.sweep_steps or (6 if args.quick else 40)
     every = ["relu", "gated", "jumprelu", "topk", "batch-topk", "matryoshka"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+        f"tuned malloc: {device.type == 'cpu' and not args.malloc_defaults}"
+    )
     for B in (int(b) for b in args.batches.split(",")):
         archs = ["relu", "topk"] if args.quick and B > 1024 else every
         per_batch(args, B, device, archs)

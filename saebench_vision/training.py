@@ -28,10 +28,12 @@ the next buffer while the current one trains.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import hashlib
 import json
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -60,6 +62,36 @@ FUSE_ELEMENTS = 1 << 27
 
 class TrainingError(SaebenchError):
     """Training cannot start or resume (bad data, bad checkpoint, divergence)."""
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Let glibc keep large freed blocks for reuse instead of returning them to the system.
+
+    torch's CPU allocator takes every tensor from ``malloc``; glibc serves blocks above 32 MiB
+    from fresh ``mmap`` pages and unmaps them on free, so each (batch, d_sae) temporary of a
+    training step pays for its page faults again (about 40 ms per 100 MB here, as much as the
+    arithmetic of a ReLU over it). Raising the mmap and trim thresholds makes such blocks come
+    from the heap and be reused. The process then keeps its peak memory until it exits. Linux
+    only; set ``SAEBENCH_VISION_MALLOC_DEFAULTS=1`` to leave the allocator alone. Returns
+    whether the setting is in effect.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("SAEBENCH_VISION_MALLOC_DEFAULTS"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+        ok = ok and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        return False
+    _ALLOCATOR_TUNED = bool(ok)
+    return _ALLOCATOR_TUNED
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,6 +605,8 @@ def train_saes(
             "training.device: cuda was requested but no CUDA device is available; use cpu or auto"
         )
     torch.manual_seed(seed)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     in_memory = rows.n * rows.d * 4 <= config.in_memory_limit_gb * 2**30
     stream = _BatchStream(rows, config.batch_size, seed, device, in_memory)
     steps_total = total_steps(rows.n, config)
