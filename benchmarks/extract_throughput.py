@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Interleave the measurements and keep the best of each: other processes on a shared
     # machine only ever slow a round down, so the fastest round is the least disturbed.
-    forward_batches = max(2, n_images // args.batch_size // 2)
+    # Time as many forward batches as the steady-state part of an extraction round.
+    forward_batches = max(2, -(-n_images // args.batch_size) - 1)
     forward, extract, steady = [], [], []
     for _ in range(args.rounds):
         forward.append(pure_forward_rate(adapter, dataset, layers, forward_batches))
