@@ -75,6 +75,8 @@ def format_value(value: float | None, ci: float | None = None) -> str:
 def _num(v: float) -> str:
     if v == 0:
         return "0"
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
     if abs(v) >= 1000:
         return f"{v:.1f}"
     if abs(v) < 1e-3:
