@@ -102,7 +102,7 @@ def test_installed_plugin_runs_in_a_suite(example_site, tmp_path):
             {
                 "plugin": "tied-relu",
                 "args": {"expansion": 2},
-                "sweep": {"l1_coefficient": [0.01, 0.1]},
+                "sweep": {"l1_coefficient": [0.05, 0.5]},
             }
         ],
         "training": {"epochs": 5, "lr": 0.003},
@@ -127,8 +127,9 @@ def test_installed_plugin_runs_in_a_suite(example_site, tmp_path):
     ev = header.index("explained_variance")
     tied = [r for r in rows[1:] if r[2].startswith("tied-relu[") and r[3] == "val"]
     assert len(tied) == 2
-    # the stronger L1 penalty gives sparser codes; both reconstruct better than the mean
+    # the stronger L1 penalty gives sparser codes and worse reconstruction; the weaker one
+    # reconstructs clearly better than predicting the mean
     l0 = header.index("l0")
-    low, high = sorted(tied, key=lambda r: r[2])
-    assert float(low[l0]) > float(high[l0])
-    assert all(float(r[ev]) > 0.2 for r in tied)
+    weak, strong = sorted(tied, key=lambda r: r[2])
+    assert float(weak[l0]) > float(strong[l0])
+    assert float(weak[ev]) > max(0.2, float(strong[ev])), (weak, strong)

@@ -42,7 +42,9 @@ class TiedReLUSAE(SAE):
         x_hat = self.decode(z)
         mse = ((x_hat - x) * self.input_scale).pow(2).sum(-1).mean()
         loss = mse + sparsity_scale * self.config.l1_coefficient * z.sum(-1).mean()
-        return SAEOutput(loss, x_hat, z, {"mse": mse.detach(), "l0": (z > 0).float().sum(-1).mean()})
+        return SAEOutput(
+            loss, x_hat, z, {"mse": mse.detach(), "l0": (z > 0).float().sum(-1).mean()}
+        )
 
     def decoder_directions(self):
         return self.W.detach().T
