@@ -150,6 +150,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     else:
         store = open_store(target, must_exist=True)
         suite_hash = args.suite_hash or store.latest_suite_hash()
+        suite_name = store.suite_name(suite_hash)
     _print_board(store, suite_hash, suite_name, args, out=args.out)
     return 0
 

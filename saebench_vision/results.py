@@ -170,11 +170,27 @@ class ResultsStore:
         return str(row[0])
 
     def versions_for(self, suite_hash: str) -> dict[str, str]:
+        """Versions of the software that computed the suite's cells (several values if runs differ)."""
+        rows = self.db.execute(
+            """SELECT DISTINCT r.versions_json FROM runs r
+               JOIN cells c ON c.run_id = r.run_id
+               JOIN suite_cells sc ON sc.cell_id = c.cell_id
+               WHERE sc.suite_hash = ? ORDER BY r.started_at""",
+            (suite_hash,),
+        ).fetchall()
+        merged: dict[str, list[str]] = {}
+        for (text,) in rows:
+            for name, version in json.loads(text).items():
+                if version not in merged.setdefault(name, []):
+                    merged[name].append(version)
+        return {name: " / ".join(versions) for name, versions in merged.items()}
+
+    def suite_name(self, suite_hash: str) -> str | None:
         row = self.db.execute(
-            "SELECT versions_json FROM runs WHERE suite_hash=? ORDER BY started_at DESC LIMIT 1",
+            "SELECT suite_name FROM runs WHERE suite_hash=? ORDER BY started_at DESC LIMIT 1",
             (suite_hash,),
         ).fetchone()
-        return json.loads(row[0]) if row else {}
+        return str(row[0]) if row else None
 
     # -- suite layout -----------------------------------------------------------------------
     def register_suite(

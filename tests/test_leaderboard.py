@@ -147,3 +147,31 @@ def test_corrupt_database_is_one_line(tmp_path):
     with pytest.raises(ResultsError, match="not a usable results database") as info:
         ResultsStore(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_versions_come_from_the_runs_that_computed_cells(store):
+    # A warm run that computed nothing does not change the provenance shown.
+    warm = store.start_run(
+        suite_name="toy",
+        suite_path="x",
+        suite_hash="h1",
+        suite_json={},
+        versions={"torch": "9"},
+        argv=[],
+    )
+    store.finish_run(warm, "finished")
+    assert store.versions_for("h1") == {"builtin-saes": "saebench-vision 0.1.0"}
+    # A run that recomputed a cell with other versions shows both.
+    newer = store.start_run(
+        suite_name="toy",
+        suite_path="x",
+        suite_hash="h1",
+        suite_json={},
+        versions={"builtin-saes": "saebench-vision 0.2.0"},
+        argv=[],
+    )
+    store.add_cell(newer, cell(0, "zeta", 0, "b"), [Record("mse", 1.0, "sketch")], 0.1)
+    assert store.versions_for("h1") == {
+        "builtin-saes": "saebench-vision 0.1.0 / saebench-vision 0.2.0"
+    }
+    assert store.suite_name("h1") == "toy"
