@@ -300,17 +300,24 @@ class ResultsStore:
         """Long-form records of a suite's finished cells as a pandas DataFrame, in suite order."""
         import pandas as pd
 
+        # A row (model, layer, SAE) sits where its first cell sits in the suite, whether or not
+        # that cell has records, so tables keep one row order whatever metrics are selected.
         query = """
-            SELECT sc.position, sc.model, sc.layer, sc.sae_label, sc.evaluator, sc.seed,
-                   r.metric, r.split, r.value, r.stderr, r.higher_is_better, r.n, r.headline,
-                   COALESCE(ss.position, 1000000) AS split_position, r.rowid AS rid
+            WITH row_rank AS (
+                SELECT model, layer, sae_label, MIN(position) AS row_position
+                FROM suite_cells WHERE suite_hash = ? GROUP BY model, layer, sae_label)
+            SELECT sc.position, rr.row_position, sc.model, sc.layer, sc.sae_label, sc.evaluator,
+                   sc.seed, r.metric, r.split, r.value, r.stderr, r.higher_is_better, r.n,
+                   r.headline, COALESCE(ss.position, 1000000) AS split_position, r.rowid AS rid
             FROM suite_cells sc
             JOIN records r ON r.cell_id = sc.cell_id
+            JOIN row_rank rr ON rr.model = sc.model AND rr.layer = sc.layer
+                            AND rr.sae_label = sc.sae_label
             LEFT JOIN suite_splits ss ON ss.suite_hash = sc.suite_hash AND ss.split = r.split
             WHERE sc.suite_hash = ?
-            ORDER BY sc.position, split_position, r.rowid
+            ORDER BY rr.row_position, split_position, sc.position, r.rowid
         """
-        return pd.read_sql_query(query, self.db, params=(suite_hash,))
+        return pd.read_sql_query(query, self.db, params=(suite_hash, suite_hash))
 
     def progress(self, suite_hash: str) -> tuple[int, int]:
         total = self.db.execute(

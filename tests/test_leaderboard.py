@@ -175,3 +175,22 @@ def test_versions_come_from_the_runs_that_computed_cells(store):
         "builtin-saes": "saebench-vision 0.1.0 / saebench-vision 0.2.0"
     }
     assert store.suite_name("h1") == "toy"
+
+
+def test_row_order_does_not_depend_on_the_metric_filter(tmp_path):
+    s = ResultsStore(tmp_path)
+    base_a = CellKey("a0", "m", "final", "cls", "", "baseline", "", {}, "recon", "1", 0)
+    sae_a = CellKey("a1", "m", "final", "cls", "s", "relu", "relu", {}, "recon", "1", 0)
+    base_b = CellKey("b0", "m", "final", "cls", "", "baseline", "", {}, "probe", "1", 0)
+    sae_b = CellKey("b1", "m", "final", "cls", "s", "relu", "relu", {}, "probe", "1", 0)
+    s.register_suite("h", [base_a, sae_a, base_b, sae_b], [("val", "eval")])
+    run = s.start_run(
+        suite_name="t", suite_path="t", suite_hash="h", suite_json={}, versions={}, argv=[]
+    )
+    s.add_cell(run, base_a, [], 0.0)  # this evaluator has no baseline rows
+    s.add_cell(run, sae_a, [Record("mse", 1.0, "val")], 0.0)
+    s.add_cell(run, base_b, [Record("acc", 0.9, "val")], 0.0)
+    s.add_cell(run, sae_b, [Record("acc", 0.8, "val")], 0.0)
+    for metrics in ((), ("acc",), ("mse", "acc")):
+        _, rows, _ = pivot(s.records_frame("h"), layout="wide", metrics=metrics)
+        assert [r[2] for r in rows] == ["baseline", "relu"], metrics
