@@ -56,3 +56,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
+
+
+def builtins_only_env() -> dict[str, str]:
+    """Environment that loads only the built-in plugins: tests of the core's start-up cost must
+    not depend on third-party plugins the developer happens to have installed."""
+    env = dict(os.environ)
+    env["SAEBENCH_VISION_NO_ENTRYPOINTS"] = "1"
+    env.pop("SAEBENCH_VISION_PLUGINS", None)
+    return env

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO
+from conftest import REPO, builtins_only_env
 
 from saebench_vision.cli import main
 
@@ -34,7 +34,13 @@ def test_validate_quickstart_imports_no_torch():
         print("EXIT", code, "TORCH", "torch" in sys.modules)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=builtins_only_env(),
+    )
     assert "EXIT 0 TORCH False" in out.stdout, out.stdout + out.stderr
     assert "quickstart.yaml: ok - 1 model(s), 2 layer(s), 5 SAE(s)" in out.stdout
 

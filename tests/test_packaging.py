@@ -89,6 +89,19 @@ def test_installed_plugin_is_listed(example_site):
     assert "tied-relu" not in blocked.stdout
 
 
+def test_installed_plugin_keeps_startup_light(example_site):
+    env = subprocess_env()
+    env["PYTHONPATH"] = f"{example_site}:{env['PYTHONPATH']}"
+    code = (
+        "import sys; from saebench_vision.cli import main; main(['plugins']); "
+        "print('TORCH', 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert "tied-relu" in out.stdout and "TORCH False" in out.stdout, out.stdout + out.stderr
+
+
 def test_installed_plugin_runs_in_a_suite(example_site, tmp_path):
     suite = {
         "name": "third-party",

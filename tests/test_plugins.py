@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import builtins_only_env
 
 from saebench_vision import hookimpl
 from saebench_vision.errors import DuplicateComponentError, PluginError, UnknownComponentError
@@ -212,7 +213,13 @@ def test_cli_startup_imports_nothing_heavy():
         print("HEAVY:", ",".join(heavy))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=builtins_only_env(),
+    )
     assert out.returncode == 0, out.stderr
     assert "HEAVY: \n" in out.stdout or out.stdout.rstrip().endswith("HEAVY:"), out.stdout[-500:]
     assert "efficientnet-lite" in out.stdout and "reconstruction" in out.stdout
