@@ -7,6 +7,7 @@ Every component declares a ``Config`` dataclass; each field carries a help text 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -95,6 +96,42 @@ class TrainingConfig:
         "sets stream from the memory-mapped cache with a block-wise shuffle",
     )
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0, "epochs", self.epochs, "more than 0"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
+            (self.lr > 0, "lr", self.lr, "more than 0"),
+            (all(0 <= b < 1 for b in self.adam_betas), "adam_betas", self.adam_betas, "in [0, 1)"),
+            (
+                self.max_samples is None or self.max_samples >= 1,
+                "max_samples",
+                self.max_samples,
+                "at least 1",
+            ),
+            (self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "0 or more"),
+            (self.parallel_saes >= 0, "parallel_saes", self.parallel_saes, "0 or more"),
+            (
+                self.in_memory_limit_gb >= 0,
+                "in_memory_limit_gb",
+                self.in_memory_limit_gb,
+                "0 or more",
+            ),
+        ]
+        for name in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
+            value = getattr(self, name)
+            checks.append((0 <= value <= 1, name, value, "between 0 and 1"))
+        for ok, name, value, expected in checks:
+            if not ok:
+                raise ValueError(f"`{name}` must be {expected}, got {value!r}")
+        if self.warmup_fraction + self.decay_fraction > 1:
+            raise ValueError(
+                f"warmup_fraction + decay_fraction is {self.warmup_fraction + self.decay_fraction:g}; "
+                "keep their sum at most 1"
+            )
+
+
+DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:[0-9]+)?)$")
+"""Device strings accepted by every ``device`` option (checked before torch is imported)."""
 
 _SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -203,6 +240,10 @@ def validate_args(config_cls: type, args: Any, *, where: str, what: str) -> dict
                 f"{where}: unknown key `{key}` for {what}.{hint} (expected: {expected})"
             )
         ok, coerced = check_type(value, types_[key])
+        if ok and key == "device" and not DEVICE_PATTERN.match(str(value)):
+            raise ConfigError(
+                f"{where}.{key}: {value!r} is not a device; use cpu, cuda, cuda:N, mps or auto"
+            )
         if not ok:
             raise ConfigError(
                 f"{where}.{key}: {value!r} is not {describe_type(types_[key])}; fix the value "

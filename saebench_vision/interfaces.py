@@ -185,9 +185,23 @@ class ModelAdapter(Component):
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; an unavailable device is a one-line error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r}: this torch sees no CUDA device (torch.cuda.is_available() is "
+                f"False); use device: cpu or auto, or install a CUDA build of torch"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available here; use device: cpu or auto")
+    return resolved
 
 
 @dataclass

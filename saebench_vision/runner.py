@@ -254,6 +254,7 @@ class Runner:
 
         from saebench_vision.cache import ActivationCache
 
+        self._check_devices()
         self._cache = ActivationCache(self.cache_dir, verify=self.suite.cache_verify)
         evaluators = {e.plugin: self._instantiate("evaluator", e) for e in self.suite.evaluators}
         for model in self.suite.models:
@@ -273,6 +274,31 @@ class Runner:
                 self._run_group(
                     group, adapter, tokens, activations, evaluators, done, run_id, torch
                 )
+
+    def _check_devices(self) -> None:
+        """Fail before any work when a component asks for a device this machine lacks."""
+        from saebench_vision.interfaces import resolve_device
+
+        specs: list[tuple[str, Any, str, dict[str, Any]]] = [
+            ("training", None, "training.device", {"device": self.suite.training_config().device})
+        ]
+        for kind, group in (
+            ("model", self.suite.models),
+            ("dataset", self.suite.datasets),
+            ("evaluator", self.suite.evaluators),
+        ):
+            for spec in group:
+                cls = self.registry.get(kind, spec.plugin).config_class()
+                config = build_config(cls, dict(spec.args), where=spec.where, what=spec.plugin)
+                if hasattr(config, "device"):
+                    specs.append(
+                        (kind, spec, f"{spec.where}.args.device", {"device": config.device})
+                    )
+        for _, _, where, values in specs:
+            try:
+                resolve_device(values["device"])
+            except SaebenchError as exc:
+                raise SaebenchError(f"{self.suite.path}: {where}: {exc}") from None
 
     def _instantiate(self, kind: str, spec: ComponentSpec | SAEVariant) -> Any:
         entry = self.registry.get(kind, spec.plugin, where=spec.where)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,12 +218,43 @@ class _Checker:
             )
         except ConfigError as exc:
             raise SuiteError(str(exc)) from None
+        if kind != "sae":  # SAEs are checked per sweep variant, where every option is known
+            self.instantiate(config_cls, args, f"{where}.args")
         return plugin, args, config_cls
+
+    def instantiate(self, config_cls: Any, args: dict[str, Any], where: str) -> Any:
+        """Run the Config's own checks (``__post_init__``) and rephrase their failure."""
+        try:
+            return config_cls(**args)
+        except (ValueError, TypeError) as exc:
+            raise self.fail(where, str(exc)) from None
 
 
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class SuiteLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build Python objects) that also reads ``1e-3`` as a float.
+
+    YAML 1.1, which PyYAML implements, reads exponents without a dot (``1e-3``) as strings;
+    YAML 1.2 and every user writing a learning rate read them as numbers.
+    """
+
+
+SuiteLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def load_suite(
@@ -239,7 +271,7 @@ def load_suite(
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError(f"{path}: cannot read it ({exc})") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=SuiteLoader)  # a SafeLoader: nothing in the file runs
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -459,7 +491,15 @@ def _saes(c: _Checker, value: Any) -> tuple[SAESpec, ...]:
         label = entry.get("label") or ""
         if not isinstance(label, str):
             raise c.fail(f"{where}.label", f"{_show(label)} is not a string")
-        out.append(SAESpec("sae", plugin, args, where, sweep, label))
+        spec = SAESpec("sae", plugin, args, where, sweep, label)
+        for variant in spec.variants():
+            shown = ", ".join(f"{k}={_short(variant.args[k])}" for k in sweep)
+            c.instantiate(
+                config_cls,
+                dict(variant.args),
+                f"{where}" + (f" (sweep {shown})" if shown else ".args"),
+            )
+        out.append(spec)
     labels = [v.label for s in out for v in s.variants()]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:

@@ -203,3 +203,19 @@ def test_sigkill_then_resume_gives_the_same_leaderboard(tmp_path, reference_boar
     assert "already finished" in resumed.stderr
     assert _board(out) == reference_board
     assert not list((cache / "tmp").glob("*/shard-*.npy")) or point == "extraction"
+
+
+def test_missing_cuda_fails_before_any_work(tmp_path, toy_manager):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    doc = copy.deepcopy(SUITE)
+    doc["models"][0]["args"] = {"device": "cuda"}
+    path = write_suite(tmp_path, doc)
+    with pytest.raises(SaebenchError) as info:
+        run(path, toy_manager)
+    assert str(info.value).startswith(
+        f"{path}: models[0].args.device: device 'cuda': this torch sees no CUDA device"
+    )
+    assert not any((tmp_path / "out").glob("saes/*"))

@@ -224,3 +224,40 @@ def test_bundled_suites_validate(manager):
     assert any(p.name == "quickstart.yaml" for p in paths)
     for path in paths:
         load_suite(path, manager.registry())
+
+
+def test_exponent_floats_parse_as_numbers(tmp_path, toy_manager):
+    doc = copy.deepcopy(VALID)
+    text = yaml.safe_dump(doc, sort_keys=False).replace("lr: 0.001", "lr: 1e-3")
+    assert "lr: 1e-3" in text
+    suite = load_suite(write(tmp_path, text), toy_manager.registry())
+    assert suite.training_config().lr == 0.001
+
+
+QUICK = """
+models: [{{plugin: efficientnet-lite, layers: [final], args: {{device: {device}}}}}]
+datasets: {{train: {{plugin: shapes}}}}
+saes: [{{plugin: topk, sweep: {{k: [{k}, 8]}}}}]
+training: {{lr: {lr}}}
+evaluators: [reconstruction]
+"""
+
+
+@pytest.mark.parametrize(
+    "device,k,lr,expected",
+    [
+        (
+            "gpu",
+            4,
+            "1e-3",
+            "models[0].args.device: 'gpu' is not a device; use cpu, cuda, cuda:N, mps or auto",
+        ),
+        ("cpu", 0, "1e-3", "saes[0] (sweep k=0): `k` must be at least 1, got 0"),
+        ("cpu", 4, "-1e-3", "training: `lr` must be more than 0, got -0.001"),
+    ],
+)
+def test_component_checks_carry_the_yaml_path(tmp_path, manager, device, k, lr, expected):
+    path = write(tmp_path, QUICK.format(device=device, k=k, lr=lr))
+    with pytest.raises(SuiteError) as info:
+        load_suite(path, manager.registry())
+    assert str(info.value) == f"{path}: {expected}"
