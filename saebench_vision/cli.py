@@ -51,26 +51,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from saebench_vision.runner import plan_suite, preflight
+
     manager = _manager()
     suite = _load(args.suite, manager)
-    if args.deep:
-        from saebench_vision.runner import Runner
-
-        runner = Runner(suite, manager, progress=False)
-        for model in suite.models:
-            adapter = runner._instantiate("model", model)
-            adapter.check_layers(model.layers, where=f"{suite.path}: {model.where}.layers")
-        for split in suite.datasets:
-            runner.dataset(split.name)
-        for evaluator in suite.evaluators:
-            runner._instantiate("evaluator", evaluator)
-    from saebench_vision.runner import plan_suite
-
+    checked = "names, options and types"
+    if not args.light:
+        preflight(suite, manager, datasets=args.datasets)
+        checked += ", devices, layer names" + (", datasets" if args.datasets else "")
     plan = plan_suite(suite, manager)
     print(
-        f"{suite.path}: ok - {len(suite.models)} model(s), {sum(len(m.layers) for m in suite.models)} layer(s), "
-        f"{len(suite.sae_variants())} SAE(s), {len(suite.evaluators)} evaluator(s), {len(suite.seeds)} seed(s): "
-        f"{len(plan.cells)} cells (suite hash {suite.hash})"
+        f"{suite.path}: ok ({checked} checked) - {len(suite.models)} model(s), "
+        f"{sum(len(m.layers) for m in suite.models)} layer(s), {len(suite.sae_variants())} SAE(s), "
+        f"{len(suite.evaluators)} evaluator(s), {len(suite.seeds)} seed(s): {len(plan.cells)} cells "
+        f"(suite hash {suite.hash})"
     )
     return 0
 
@@ -222,12 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     board_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a suite without running it")
+    p = sub.add_parser(
+        "validate",
+        help="check a suite without running it: names, options, types, devices and layer names",
+    )
     p.add_argument("suite")
     p.add_argument(
-        "--deep",
+        "--light",
         action="store_true",
-        help="also build components (imports torch, loads no weights) to check layer names",
+        help="only names, options and types: import no component implementation (no torch)",
+    )
+    p.add_argument(
+        "--datasets",
+        action="store_true",
+        help="also open every split (reads folders; may fetch installable data)",
     )
     p.set_defaults(func=cmd_validate)
 

@@ -166,6 +166,51 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
     return Plan(suite, groups)
 
 
+def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -> None:
+    """Checks that need the components but no weights or data: every ``device`` option against
+    this machine, every model's layer names, and (``datasets=True``) that every split can be
+    opened. Imports the implementations (and torch); writes nothing."""
+    from saebench_vision.interfaces import resolve_device
+
+    registry = manager.registry()
+
+    def build(kind: str, spec: ComponentSpec) -> tuple[Any, Any]:
+        entry = registry.get(kind, spec.plugin, where=spec.where)
+        config = build_config(
+            entry.config_class(),
+            dict(spec.args),
+            where=f"{suite.path}: {spec.where}.args",
+            what=f"{KIND_TITLES[kind]} `{spec.plugin}`",
+        )
+        return entry, config
+
+    def check_device(device: str, where: str) -> None:
+        try:
+            resolve_device(device)
+        except SaebenchError as exc:
+            raise SaebenchError(f"{suite.path}: {where}: {exc}") from None
+
+    check_device(suite.training_config().device, "training.device")
+    for kind, group in (
+        ("model", suite.models),
+        ("dataset", suite.datasets),
+        ("evaluator", suite.evaluators),
+    ):
+        for spec in group:
+            entry, config = build(kind, spec)
+            if hasattr(config, "device"):
+                check_device(config.device, f"{spec.where}.args.device")
+            if kind == "model":
+                entry.load()(config).check_layers(
+                    spec.layers, where=f"{suite.path}: {spec.where}.layers"
+                )  # type: ignore[attr-defined]
+            elif kind == "dataset" and datasets:
+                try:
+                    entry.load()(config)
+                except SaebenchError as exc:
+                    raise SaebenchError(f"{suite.path}: {spec.where}: {exc}") from None
+
+
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from any parts, stable across processes (Python's hash() is salted)."""
     return int(content_key({"parts": [str(p) for p in parts]})[:15], 16)
@@ -254,7 +299,7 @@ class Runner:
 
         from saebench_vision.cache import ActivationCache
 
-        self._check_devices()
+        preflight(self.suite, self.manager)
         self._cache = ActivationCache(self.cache_dir, verify=self.suite.cache_verify)
         evaluators = {e.plugin: self._instantiate("evaluator", e) for e in self.suite.evaluators}
         for model in self.suite.models:
@@ -274,31 +319,6 @@ class Runner:
                 self._run_group(
                     group, adapter, tokens, activations, evaluators, done, run_id, torch
                 )
-
-    def _check_devices(self) -> None:
-        """Fail before any work when a component asks for a device this machine lacks."""
-        from saebench_vision.interfaces import resolve_device
-
-        specs: list[tuple[str, Any, str, dict[str, Any]]] = [
-            ("training", None, "training.device", {"device": self.suite.training_config().device})
-        ]
-        for kind, group in (
-            ("model", self.suite.models),
-            ("dataset", self.suite.datasets),
-            ("evaluator", self.suite.evaluators),
-        ):
-            for spec in group:
-                cls = self.registry.get(kind, spec.plugin).config_class()
-                config = build_config(cls, dict(spec.args), where=spec.where, what=spec.plugin)
-                if hasattr(config, "device"):
-                    specs.append(
-                        (kind, spec, f"{spec.where}.args.device", {"device": config.device})
-                    )
-        for _, _, where, values in specs:
-            try:
-                resolve_device(values["device"])
-            except SaebenchError as exc:
-                raise SaebenchError(f"{self.suite.path}: {where}: {exc}") from None
 
     def _instantiate(self, kind: str, spec: ComponentSpec | SAEVariant) -> Any:
         entry = self.registry.get(kind, spec.plugin, where=spec.where)

@@ -30,7 +30,7 @@ def test_validate_quickstart_imports_no_torch():
         f"""
         import sys
         from saebench_vision.cli import main
-        code = main(["validate", {str(REPO / "suites" / "quickstart.yaml")!r}])
+        code = main(["validate", "--light", {str(REPO / "suites" / "quickstart.yaml")!r}])
         print("EXIT", code, "TORCH", "torch" in sys.modules)
         """
     )
@@ -42,7 +42,28 @@ def test_validate_quickstart_imports_no_torch():
         env=builtins_only_env(),
     )
     assert "EXIT 0 TORCH False" in out.stdout, out.stdout + out.stderr
-    assert "quickstart.yaml: ok - 1 model(s), 2 layer(s), 5 SAE(s)" in out.stdout
+    assert (
+        "quickstart.yaml: ok (names, options and types checked) - 1 model(s), 2 layer(s)"
+        in out.stdout
+    )
+
+
+def test_validate_checks_layer_names_by_default(tmp_path, capsys):
+    text = (
+        (REPO / "suites" / "quickstart.yaml")
+        .read_text()
+        .replace("[blocks.10, final]", "[blocks.10, blocks.99]")
+    )
+    path = tmp_path / "q.yaml"
+    path.write_text(text)
+    assert main(["validate", "--light", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: {path}: models[0].layers: model `efficientnet-lite` has no layer 'blocks.99'"
+    )
+    assert not (tmp_path / "saebench-results").exists()
 
 
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):
