@@ -38,7 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = _load(args.suite, manager, args.output)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else None
     runner = Runner(
-        suite, manager, cache_dir=cache_dir, progress=not args.no_progress, argv=sys.argv
+        suite,
+        manager,
+        cache_dir=cache_dir,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        argv=sys.argv,
     )
     summary = runner.run()
     print(
@@ -46,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"(run {summary.run_id})",
         file=sys.stderr,
     )
-    _print_board(runner.store, suite.hash, suite.name, args, out=None)
+    _print_board(runner.store, suite.hash, suite.name, args, out=None, summary=True)
     return 0
 
 
@@ -150,29 +154,44 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _print_board(
-    store: Any, suite_hash: str, suite_name: str | None, args: argparse.Namespace, out: str | None
+    store: Any,
+    suite_hash: str,
+    suite_name: str | None,
+    args: argparse.Namespace,
+    out: str | None,
+    summary: bool = False,
 ) -> None:
+    """Render a leaderboard. ``summary`` (after ``run``, when no view option was given) shows the
+    evaluators' headline metrics on the in-distribution splits, one row per SAE."""
     from saebench_vision.cache import atomic_write_text
     from saebench_vision.leaderboard import render
 
+    summary = summary and not (args.layout or args.metric or args.split or args.all_metrics)
     frame = store.records_frame(suite_hash)
     done, total = store.progress(suite_hash)
     title = f"{suite_name or 'suite'} ({suite_hash}): {done}/{total} cells"
     text = render(
         frame,
         fmt=args.format,
-        layout=args.layout,
+        layout="wide" if summary else (args.layout or "long"),
         metrics=args.metric or (),
         splits=args.split or (),
-        title=title,
+        title=title + (", headline metrics on the eval splits" if summary else ""),
         versions=store.versions_for(suite_hash),
         headline_only=not args.all_metrics,
+        roles=("eval",) if summary and "eval" in set(frame.get("role", [])) else (),
     )
     if out:
         atomic_write_text(Path(out), text)
         print(f"wrote {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    if summary:
+        print(
+            f"every split and metric: saebench leaderboard {store.output} --all-metrics "
+            "[--layout wide] [--metric GLOB] [--split NAME] [--format md|csv|latex|html]",
+            file=sys.stderr,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--layout",
             choices=LAYOUTS,
-            default="long",
-            help="long: one row per SAE and split; wide: one column per metric and split",
+            default=None,
+            help="long (default for leaderboard): one row per SAE and split; wide: one column per metric and split",
         )
         p.add_argument(
             "--metric",
@@ -212,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         help="activation cache folder (overrides the suite and $SAEBENCH_VISION_CACHE)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are off when stderr is not a terminal)",
+    )
     board_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -13,7 +13,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from saebench_vision.errors import SaebenchError
+
 FORMATS = ("md", "csv", "latex", "html")
+
+
+class FilterError(SaebenchError):
+    """A leaderboard filter matched none of the stored results."""
+
+
 LAYOUTS = ("wide", "long")
 
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom; 1.96 beyond.
@@ -64,12 +72,13 @@ def arrow(higher_is_better: Any) -> str:
 
 
 def format_value(value: float | None, ci: float | None = None) -> str:
+    """``0.889 ± 0.037``: the interval to two significant digits, the value to the same place."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    text = _num(value)
-    if ci is not None and not math.isnan(ci) and ci > 0:
-        text += f" ± {_num(ci)}"
-    return text
+    if ci is None or math.isnan(ci) or ci <= 0 or math.isinf(ci):
+        return _num(value)
+    decimals = min(8, max(0, 1 - math.floor(math.log10(ci))))
+    return f"{value:.{decimals}f} ± {ci:.{decimals}f}"
 
 
 def _num(v: float) -> str:
@@ -91,11 +100,13 @@ def pivot(
     metrics: Sequence[str] = (),
     splits: Sequence[str] = (),
     headline_only: bool = False,
+    roles: Sequence[str] = (),
 ) -> tuple[list[str], list[list[Any]], list[list[Any]]]:
     """Turn records into ``(headers, display rows, raw rows)`` in a stable, suite-defined order.
 
     ``metrics`` are glob patterns on ``metric`` or ``evaluator/metric``; ``splits`` names splits;
-    ``headline_only`` keeps the evaluators' headline metrics unless ``metrics`` is given. Raw rows hold floats (means) for CSV; display rows hold formatted strings.
+    ``headline_only`` keeps the evaluators' headline metrics unless ``metrics`` is given; ``roles``
+    keeps splits of those roles (eval, shifted, ...). Raw rows hold floats (means) for CSV; display rows hold formatted strings.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -118,7 +129,16 @@ def pivot(
         df = df[keep]
     if splits:
         df = df[df["split"].isin(list(splits)) | (df["split"] == "")]
+    if roles and "role" in df.columns:
+        df = df[df["role"].isin(list(roles)) | (df["split"] == "")]
     if not len(df):
+        if len(frame) and (metrics or splits or roles):
+            raise FilterError(
+                "no results match the filters; metrics: "
+                + ", ".join(dict.fromkeys(frame["metric"]))
+                + "; splits: "
+                + ", ".join(s for s in dict.fromkeys(frame["split"]) if s)
+            )
         return [], [], []
 
     # Metric names that two evaluators share are shown as evaluator/metric.
@@ -209,6 +229,7 @@ def render(
     title: str = "",
     versions: dict[str, str] | None = None,
     headline_only: bool = False,
+    roles: Sequence[str] = (),
 ) -> str:
     """The leaderboard as text in ``fmt`` (md, csv, latex, html)."""
     from tabulate import tabulate
@@ -216,7 +237,12 @@ def render(
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     headers, display, raw = pivot(
-        frame, layout=layout, metrics=metrics, splits=splits, headline_only=headline_only
+        frame,
+        layout=layout,
+        metrics=metrics,
+        splits=splits,
+        headline_only=headline_only,
+        roles=roles,
     )
     versions = versions or {}
     plugin_line = ", ".join(f"{k} {v}".strip() for k, v in versions.items())
@@ -234,7 +260,7 @@ def render(
                 [
                     ""
                     if isinstance(v, float) and math.isnan(v)
-                    else (repr(v) if isinstance(v, float) else v)
+                    else (_csv_number(v) if isinstance(v, float) else v)
                     for v in row
                 ]
             )
@@ -280,21 +306,31 @@ def render(
         body = "\n".join(lines)
         caption = f"% {title}\n% plugins: {plugin_line}\n" if title or plugin_line else ""
         return caption + body + "\n"
-    table = _html_table(headers, display)
+    table = _html_table(headers, display, 4 if layout == "long" else 3)
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title or 'saebench-vision leaderboard')}</title>"
         "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
-        "td:nth-child(-n+3){text-align:left}caption{caption-side:bottom;color:#666;padding-top:.5em}</style>"
+        "td.key{text-align:left}caption{caption-side:bottom;color:#666;padding-top:.5em}</style>"
         f"</head><body><h1>{html.escape(title or 'saebench-vision leaderboard')}</h1>\n{table}\n"
         f"<p><small>plugins: {html.escape(plugin_line)}</small></p></body></html>\n"
     )
 
 
-def _html_table(headers: list[str], rows: list[list[Any]]) -> str:
+def _csv_number(v: float) -> str:
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+
+
+def _html_table(headers: list[str], rows: list[list[Any]], n_keys: int) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows
+        "<tr>"
+        + "".join(
+            f"<td{' class=key' if i < n_keys else ''}>{html.escape(str(v))}</td>"
+            for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
     )
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"

@@ -308,7 +308,8 @@ class ResultsStore:
                 FROM suite_cells WHERE suite_hash = ? GROUP BY model, layer, sae_label)
             SELECT sc.position, rr.row_position, sc.model, sc.layer, sc.sae_label, sc.evaluator,
                    sc.seed, r.metric, r.split, r.value, r.stderr, r.higher_is_better, r.n,
-                   r.headline, COALESCE(ss.position, 1000000) AS split_position, r.rowid AS rid
+                   r.headline, COALESCE(ss.position, 1000000) AS split_position, ss.role AS role,
+                   r.rowid AS rid
             FROM suite_cells sc
             JOIN records r ON r.cell_id = sc.cell_id
             JOIN row_rank rr ON rr.model = sc.model AND rr.layer = sc.layer

@@ -68,8 +68,8 @@ def test_records_keep_suite_order_and_seeds_average(store):
     ]
     # zeta on layer b: seeds give 1.0 and 2.0 -> mean 1.5, CI = t(1) * sd / sqrt(2)
     assert raw[0][4] == pytest.approx(1.5)
-    ci = t95(1) * (0.5**0.5) / 2**0.5
-    assert rows[0][4] == f"1.5 ± {ci:.4g}"
+    ci = t95(1) * (0.5**0.5) / 2**0.5  # 6.35: two significant digits, the mean to match
+    assert rows[0][4] == f"1.5 ± {ci:.1f}" == "1.5 ± 6.4"
     assert rows[1][4] == "3"  # two equal seeds: CI zero, not shown
     assert rows[2][4] == "5"  # one seed, no stderr: no interval
 
@@ -194,3 +194,27 @@ def test_row_order_does_not_depend_on_the_metric_filter(tmp_path):
     for metrics in ((), ("acc",), ("mse", "acc")):
         _, rows, _ = pivot(s.records_frame("h"), layout="wide", metrics=metrics)
         assert [r[2] for r in rows] == ["baseline", "relu"], metrics
+
+
+def test_interval_formatting():
+    from saebench_vision.leaderboard import format_value
+
+    assert format_value(0.88889, 0.03749) == "0.889 ± 0.037"
+    assert format_value(854.2, 14.56) == "854 ± 15"
+    assert format_value(87.92, 1.99) == "87.9 ± 2.0"
+    assert format_value(2560.0) == "2560" and format_value(0.5056) == "0.5056"
+    assert format_value(float("nan")) == "–"
+
+
+def test_filter_matching_nothing_says_what_exists(store):
+    from saebench_vision.leaderboard import FilterError
+
+    with pytest.raises(
+        FilterError, match="no results match the filters; metrics: mse, ev; splits: val, sketch"
+    ):
+        pivot(store.records_frame("h1"), metrics=["nosuch"])
+
+
+def test_roles_filter(store):
+    headers, _, _ = pivot(store.records_frame("h1"), layout="wide", roles=["shifted"])
+    assert headers[3:] == ["mse[sketch] ↓"]

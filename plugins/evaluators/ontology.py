@@ -368,11 +368,9 @@ class OntologyEvaluator(Evaluator):
     }
 
     headline: ClassVar[tuple[str, ...]] = (
-        "coverage_gt_0.99",
-        "coverage_gt_0.75",
         "n_features",
+        "coverage_gt_0.99",
         "random_coverage_gt_0.99",
-        "random_coverage_gt_0.75",
     )
 
     def _splits(self, ctx: EvalContext) -> list[str]:
