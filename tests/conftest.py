@@ -14,6 +14,17 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any fixture runs (module-scoped ones too), point the cache away from the user's.
+
+    Session-wide downloads (WordNet, QuickDraw/emoji) land in ``.pytest_cache`` so that reruns
+    reuse them; every test then gets a private cache folder on top (``_isolated_env``).
+    """
+    session_cache = Path(str(config.rootpath)) / ".pytest_cache" / "saebench-vision-cache"
+    session_cache.mkdir(parents=True, exist_ok=True)
+    os.environ["SAEBENCH_VISION_CACHE"] = str(session_cache)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
