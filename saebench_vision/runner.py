@@ -200,10 +200,9 @@ def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -
             entry, config = build(kind, spec)
             if hasattr(config, "device"):
                 check_device(config.device, f"{spec.where}.args.device")
-            if kind == "model":
-                entry.load()(config).check_layers(
-                    spec.layers, where=f"{suite.path}: {spec.where}.layers"
-                )  # type: ignore[attr-defined]
+            if isinstance(spec, ModelSpec):
+                adapter = entry.load()(config)
+                adapter.check_layers(spec.layers, where=f"{suite.path}: {spec.where}.layers")
             elif kind == "dataset" and datasets:
                 try:
                     entry.load()(config)
