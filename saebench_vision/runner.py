@@ -395,11 +395,9 @@ class Runner:
                     f"extracting {model.label} {', '.join(missing)} on {split.name} ({len(dataset)} inputs)"
                 )
                 adapter.ensure_loaded()
-                widths: dict[str, Any] = {}
                 writers = _LazyWriters(
                     self._cache,
                     keys,
-                    widths,
                     {
                         layer: {
                             "model": model.label,
@@ -607,7 +605,6 @@ class _LazyWriters(dict):
         self,
         cache: Any,
         keys: dict[str, str],
-        widths: dict[str, Any],
         meta: dict[str, dict[str, Any]],
     ) -> None:
         super().__init__()
