@@ -127,7 +127,16 @@ def test_prompt_layers_match_hidden_states(adapter: LlavaAdapter) -> None:
     for i in range(2):
         torch.testing.assert_close(out[f"lm.{i}"].values, ref.hidden_states[i + 1])
     torch.testing.assert_close(out["final"].values, ref.hidden_states[-1])
-    torch.testing.assert_close(out["projector"].values[0], ref.image_hidden_states)
+    # The projector's input derived by hand from the vision tower's documented hidden states
+    # (layer ``vision_feature_layer``, CLS dropped by the "default" strategy), not from
+    # ``image_hidden_states``, whose type changed in transformers 5.24 (a list) and changes again.
+    config = adapter.model.config
+    with torch.inference_mode():
+        tower = adapter.model.model.vision_tower(batch["pixel_values"], output_hidden_states=True)
+        patches = tower.hidden_states[config.vision_feature_layer][:, 1:]
+        expected = adapter.model.model.multi_modal_projector(patches)
+    assert expected.shape == (1, N_PATCHES, config.text_config.hidden_size)
+    torch.testing.assert_close(out["projector"].values, expected)
     kinds = out["lm.1"].kinds[0]
     assert int((kinds == TokenKind.PATCH).sum()) == N_PATCHES
     assert int((kinds == TokenKind.TEXT).sum()) == len(kinds) - N_PATCHES
