@@ -7,6 +7,7 @@ Every component declares a ``Config`` dataclass; each field carries a help text 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -133,7 +134,12 @@ class TrainingConfig:
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:[0-9]+)?)$")
 """Device strings accepted by every ``device`` option (checked before torch is imported)."""
 
-_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_SCALARS = {
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+    bool: "true or false",
+}
 
 
 def describe_type(tp: Any) -> str:
@@ -164,12 +170,21 @@ def check_type(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+        # Beyond int64 no tensor, seed or size can hold it.
+        ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+        return ok, value
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # inf and nan pass YAML but no recipe trains with them; a float past 1.8e308 is inf.
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and abs(value) < 2**1023
+            and math.isfinite(value)
+        )
         return ok, float(value) if ok else value
     if tp is str:
-        return isinstance(value, str), value
+        # A NUL byte cannot be part of a path, a name or a prompt that reaches the OS.
+        return isinstance(value, str) and "\x00" not in value, value
     if origin is Literal:
         return value in typing.get_args(tp), value
     if origin in (Union, types.UnionType):

@@ -58,6 +58,7 @@ TOP_KEYS = (
     "saes",
     "training",
     "evaluators",
+    "max_variants",
 )
 MODEL_KEYS = ("plugin", "args", "layers", "tokens", "label")
 DATASET_KEYS = ("plugin", "args", "role")
@@ -235,26 +236,120 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class SuiteLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no tags that build Python objects) that also reads ``1e-3`` as a float.
+MAX_NODES = 100_000
+"""Most YAML nodes a suite may expand to once aliases are followed (a 1 KB alias bomb expands to
+billions); real suites have a few hundred."""
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists in a suite."""
+MAX_VARIANTS = 10_000
+"""Most SAE variants one suite may sweep over, unless its top-level `max_variants` says more."""
+MAX_SEEDS = 1_000
 
-    YAML 1.1, which PyYAML implements, reads exponents without a dot (``1e-3``) as strings;
-    YAML 1.2 and every user writing a learning rate read them as numbers.
+
+class SuiteLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build Python objects) with YAML 1.2 core-schema scalars.
+
+    PyYAML implements YAML 1.1, whose implicit types surprise: ``2:24`` is the sexagesimal 144,
+    ``no``/``on``/``off`` are booleans (a split named ``no:`` becomes ``False``), and ``1e-3``
+    without a dot is a string. Suites are read with the 1.2 core schema instead: booleans are
+    only ``true``/``false``, integers are decimal (``_`` allowed between digits), ``0x`` or ``0o``, floats need a digit and a dot
+    or an exponent (plus ``.inf``/``.nan``), null is ``null``, ``~`` or empty. Anything else is a
+    string. Duplicate keys are errors that name both lines.
     """
 
+    yaml_implicit_resolvers: dict[Any, Any] = {}
 
-SuiteLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if (
+                    not isinstance(key_node, yaml.ScalarNode)
+                    or key_node.tag == "tag:yaml.org,2002:merge"
+                ):
+                    continue
+                key = self.construct_object(key_node, deep=False)
+                line = key_node.start_mark.line + 1
+                try:
+                    hashable = hash(key) is not None
+                except TypeError:
+                    hashable = False
+                if hashable and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key `{key}` (lines {seen[key]} and {line}): keep one",
+                        key_node.start_mark,
+                    )
+                if hashable:
+                    seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    (
+        "tag:yaml.org,2002:int",
+        r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$",
+        list("-+0123456789"),
     ),
-    list("-+0123456789."),
-)
+    (
+        "tag:yaml.org,2002:float",
+        r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        list("-+0123456789."),
+    ),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),
+):
+    SuiteLoader.add_implicit_resolver(_tag, re.compile(_pattern, re.X), _first)
+
+
+def _int_1_2(loader: SuiteLoader, node: Any) -> int:
+    value = loader.construct_scalar(node)
+    text = str(value).replace("_", "")
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)
+
+
+SuiteLoader.add_constructor("tag:yaml.org,2002:int", _int_1_2)
+
+
+def _check_size(node: Any, path: Path) -> None:
+    """Refuse documents that expand past :data:`MAX_NODES` or nest past :data:`MAX_DEPTH`.
+
+    Aliases share nodes, so sizes are memoised per node: the check is linear in the file even
+    for an alias bomb, and runs before anything is constructed (or printed) from it.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(n: Any, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            line = n.start_mark.line + 1
+            raise SuiteError(
+                f"{path}: line {line}: nested more than {MAX_DEPTH} levels deep; flatten the suite"
+            )
+        if id(n) in sizes:
+            return sizes[id(n)]
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            for child in n.value:
+                total += size(child, depth + 1)
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += size(k, depth + 1) + size(v, depth + 1)
+        if total > MAX_NODES:
+            raise SuiteError(
+                f"{path}: expands to more than {MAX_NODES:,} values once its aliases (*name) "
+                "are followed; a suite this large is almost certainly an alias loop or bomb"
+            )
+        sizes[id(n)] = total
+        return total
+
+    size(node, 0)
 
 
 def load_suite(
@@ -270,8 +365,19 @@ def load_suite(
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError(f"{path}: cannot read it ({exc})") from None
+    loader = SuiteLoader(text)  # a SafeLoader: nothing in the file runs
     try:
-        doc = yaml.load(text, Loader=SuiteLoader)  # a SafeLoader: nothing in the file runs
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_size(node, path)
+            doc = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise SuiteError(
+            f"{path}: nested too deeply to read (more than {MAX_DEPTH} levels); flatten the suite"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -300,7 +406,9 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
     if (
         not isinstance(seeds_raw, list)
         or not seeds_raw
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds_raw)
+        or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds_raw
+        )
         or len(set(seeds_raw)) != len(seeds_raw)
     ):
         raise c.fail(
@@ -308,9 +416,15 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
             f"{_show(seeds_raw)} is not a non-empty list of distinct non-negative integers, e.g. [0, 1, 2]",
         )
 
+    if len(seeds_raw) > MAX_SEEDS:
+        raise c.fail("seeds", f"{len(seeds_raw):,} seeds; at most {MAX_SEEDS:,} are allowed")
+    max_variants = doc.get("max_variants", MAX_VARIANTS)
+    if not isinstance(max_variants, int) or isinstance(max_variants, bool) or max_variants < 1:
+        raise c.fail("max_variants", f"{_show(max_variants)} is not a positive integer")
+
     models = _models(c, doc["models"])
     datasets = _datasets(c, doc["datasets"])
-    saes = _saes(c, doc["saes"])
+    saes = _saes(c, doc["saes"], max_variants)
     evaluators = _evaluators(c, doc["evaluators"])
 
     training_raw = doc.get("training") or {}
@@ -327,10 +441,10 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
     out_value = (
         output if output is not None else doc.get("output", os.path.join("saebench-results", name))
     )
-    if not isinstance(out_value, str) or not out_value:
+    if not isinstance(out_value, str) or not out_value or "\x00" in out_value:
         raise c.fail("output", f"{_show(out_value)} is not a folder path")
     cache_value = doc.get("cache_dir")
-    if cache_value is not None and not isinstance(cache_value, str):
+    if cache_value is not None and (not isinstance(cache_value, str) or "\x00" in cache_value):
         raise c.fail("cache_dir", f"{_show(cache_value)} is not a folder path")
     verify = doc.get("cache_verify", "full")
     if verify not in ("full", "size"):
@@ -398,8 +512,8 @@ def _models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
                 f"{_show(tokens)} is not a token selection.{did_you_mean(str(tokens), TOKEN_CHOICES)} (expected: {', '.join(TOKEN_CHOICES)})",
             )
         label = entry.get("label") or ""
-        if not isinstance(label, str):
-            raise c.fail(f"{where}.label", f"{_show(label)} is not a string")
+        if not isinstance(label, str) or "\x00" in label or "\n" in label:
+            raise c.fail(f"{where}.label", f"{_show(label)} is not a one-line string")
         out.append(ModelSpec("model", plugin, args, where, tuple(layers), tokens, label or plugin))
     labels = [m.label for m in out]
     for i, label in enumerate(labels):
@@ -443,8 +557,9 @@ def _datasets(c: _Checker, value: Any) -> tuple[SplitSpec, ...]:
     return tuple(out)
 
 
-def _saes(c: _Checker, value: Any) -> tuple[SAESpec, ...]:
+def _saes(c: _Checker, value: Any, max_variants: int = MAX_VARIANTS) -> tuple[SAESpec, ...]:
     out = []
+    total = 0
     for i, raw in enumerate(_nonempty_list(c, value, "saes", "{plugin: topk, args: {k: 32}}")):
         where = f"saes[{i}]"
         plugin, args, config_cls = c.component("sae", raw, where, SAE_KEYS)
@@ -488,9 +603,20 @@ def _saes(c: _Checker, value: Any) -> tuple[SAESpec, ...]:
                 except ConfigError as exc:
                     raise SuiteError(str(exc).replace(f"[{j}].{key}:", f"[{j}]:")) from None
             sweep[key] = tuple(checked)
+        count = 1
+        for values in sweep.values():
+            count *= len(values)
+        total += count
+        if total > max_variants:
+            raise c.fail(
+                f"{where}.sweep",
+                f"the suite sweeps over {total:,} SAE variants so far, more than the limit of "
+                f"{max_variants:,}; sweep fewer values, or raise the limit with a top-level "
+                "`max_variants: N`",
+            )
         label = entry.get("label") or ""
-        if not isinstance(label, str):
-            raise c.fail(f"{where}.label", f"{_show(label)} is not a string")
+        if not isinstance(label, str) or "\x00" in label or "\n" in label:
+            raise c.fail(f"{where}.label", f"{_show(label)} is not a one-line string")
         spec = SAESpec("sae", plugin, args, where, sweep, label)
         for variant in spec.variants():
             shown = ", ".join(f"{k}={_short(variant.args[k])}" for k in sweep)

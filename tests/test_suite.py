@@ -145,7 +145,7 @@ MALFORMED = [
     ),
     (
         _set("saes.0.sweep", {"l1_coefficient": [0.1, "big"]}),
-        "saes[0].sweep.l1_coefficient[1]: 'big' is not a number",
+        "saes[0].sweep.l1_coefficient[1]: 'big' is not a finite number",
     ),
     (
         _set("saes.0.sweep", {"expansion": [2, 4]}),
@@ -156,7 +156,7 @@ MALFORMED = [
         "saes[0].sweep.l1_coefficient: [0.1, 0.1] repeats a value",
     ),
     (_set("saes.0.args", {"tags": "a"}), "saes[0].args.tags: 'a' is not a list of a string"),
-    (_set("training", {"lr": "fast"}), "training.lr: 'fast' is not a number"),
+    (_set("training", {"lr": "fast"}), "training.lr: 'fast' is not a finite number"),
     (
         _set("training", {"epoch": 3}),
         "training: unknown key `epoch` for the training recipe. Did you mean: epochs?",
