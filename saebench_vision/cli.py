@@ -17,6 +17,8 @@ from saebench_vision import __version__
 from saebench_vision.errors import SaebenchError
 
 EXIT_ERROR = 2
+EXIT_BUG = 1
+"""Exit codes: 2 for a problem with the input (suite, files, plugins), 1 for an unexpected error."""
 
 
 def _manager() -> Any:
@@ -202,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate sparse autoencoders on vision models; suites in YAML, results as leaderboards.",
     )
     parser.add_argument("--version", action="version", version=f"saebench-vision {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of any error (also SAEBENCH_VISION_DEBUG=1); for developers",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def board_options(p: argparse.ArgumentParser) -> None:
@@ -290,10 +297,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    debug = bool(getattr(args, "debug", False)) or _debug_env()
     try:
         return int(args.func(args) or 0)
     except SaebenchError as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except RecursionError as exc:
+        if debug:
+            raise
+        print(f"error: input nested too deeply to process ({exc})", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(
@@ -304,6 +319,46 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except MemoryError:
+        if debug:
+            raise
+        print(
+            "error: out of memory; use smaller batches, fewer latents or a smaller image size",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - a bug or a plugin's failure: one line, not a traceback
+        if debug:
+            raise
+        where = _origin(exc)
+        print(
+            f"error: {type(exc).__name__}: {_one_line(exc)}{where}; this is a bug (or a plugin's): "
+            f"run again with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def _debug_env() -> bool:
+    return os.environ.get("SAEBENCH_VISION_DEBUG", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _origin(exc: BaseException) -> str:
+    """`` (in module.function)`` of the innermost frame, so a plugin's bug names the plugin."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return ""
+    module = last.tb_frame.f_globals.get("__name__", "?")
+    return f" (in {module}.{last.tb_frame.f_code.co_name})"
 
 
 if __name__ == "__main__":
