@@ -46,6 +46,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         argv=sys.argv,
     )
+    others = runner.store.other_suites(suite.name)
+    if others:
+        print(
+            f"note: {suite.output} also holds the results of suite "
+            f"{', '.join(f'`{o}`' for o in others)}; cells they share are reused, and this "
+            f"suite's tables show only its own cells (give it its own `output:` to keep them apart)",
+            file=sys.stderr,
+        )
     summary = runner.run()
     print(
         f"{summary.computed_cells} of {summary.total_cells} cells computed in {summary.seconds:.1f} s "

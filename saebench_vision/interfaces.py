@@ -400,5 +400,13 @@ class Evaluator(Component):
     def evaluate(self, ctx: EvalContext) -> list[Record]:
         raise NotImplementedError
 
+    def required_roles(self) -> tuple[str, ...]:
+        """Split roles this evaluator cannot run without (``validate`` checks them up front).
+
+        Default: none. E.g. a probe evaluator returns ``("train",)``; one that reads only the
+        in-distribution test split returns ``("eval",)``.
+        """
+        return ()
+
     def baseline(self, ctx: EvalContext) -> list[Record]:
         return []

@@ -211,6 +211,14 @@ class ResultsStore:
                 )
         return gone
 
+    def other_suites(self, suite_name: str) -> list[str]:
+        """Names of the other suites whose runs this store holds."""
+        rows = self.db.execute(
+            "SELECT DISTINCT suite_name FROM runs WHERE suite_name != ? ORDER BY suite_name",
+            (suite_name,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def runs(self) -> list[dict[str, Any]]:
         cur = self.db.execute(
             "SELECT run_id, suite_name, suite_hash, started_at, finished_at, status, versions_json FROM runs ORDER BY started_at"

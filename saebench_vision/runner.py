@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from saebench_vision import __version__
 from saebench_vision.cache import content_key
+from saebench_vision.checks import check_folders, check_roles
 from saebench_vision.config import TrainingConfig, build_config, identity_dict
 from saebench_vision.errors import SaebenchError
 from saebench_vision.plugins import PluginManager
@@ -166,7 +167,9 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
     return Plan(suite, groups)
 
 
-def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -> None:
+def preflight(
+    suite: Suite, manager: PluginManager, *, datasets: bool = False, cache_dir: Path | None = None
+) -> None:
     """Checks that need the components but no weights or data: every ``device`` option against
     this machine, every model's layer names, and (``datasets=True``) that every split can be
     opened. Imports the implementations (and torch); writes nothing."""
@@ -191,6 +194,8 @@ def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -
             raise SaebenchError(f"{suite.path}: {where}: {exc}") from None
 
     check_device(suite.training_config().device, "training.device")
+    check_folders(suite, cache_dir)
+    evaluators = []
     for kind, group in (
         ("model", suite.models),
         ("dataset", suite.datasets),
@@ -200,6 +205,8 @@ def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -
             entry, config = build(kind, spec)
             if hasattr(config, "device"):
                 check_device(config.device, f"{spec.where}.args.device")
+            if kind == "evaluator":
+                evaluators.append((spec, entry.load()(config)))
             if isinstance(spec, ModelSpec):
                 adapter = entry.load()(config)
                 adapter.check_layers(spec.layers, where=f"{suite.path}: {spec.where}.layers")
@@ -208,6 +215,7 @@ def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -
                     entry.load()(config)
                 except SaebenchError as exc:
                     raise SaebenchError(f"{suite.path}: {spec.where}: {exc}") from None
+    check_roles(suite, evaluators)
 
 
 def derive_seed(*parts: Any) -> int:
@@ -298,7 +306,7 @@ class Runner:
 
         from saebench_vision.cache import ActivationCache
 
-        preflight(self.suite, self.manager)
+        preflight(self.suite, self.manager, cache_dir=self.cache_dir)
         self._cache = ActivationCache(self.cache_dir, verify=self.suite.cache_verify)
         evaluators = {e.plugin: self._instantiate("evaluator", e) for e in self.suite.evaluators}
         for model in self.suite.models:

@@ -438,8 +438,10 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
     except (TypeError, ValueError) as exc:
         raise c.fail("training", str(exc)) from None
 
+    # The name may say anything; the default folder made from it stays inside saebench-results/.
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "suite"
     out_value = (
-        output if output is not None else doc.get("output", os.path.join("saebench-results", name))
+        output if output is not None else doc.get("output", os.path.join("saebench-results", slug))
     )
     if not isinstance(out_value, str) or not out_value or "\x00" in out_value:
         raise c.fail("output", f"{_show(out_value)} is not a folder path")

@@ -16,7 +16,7 @@ from test_plugins import make_distribution
 from test_suite import VALID, write
 
 from saebench_vision import hookimpl
-from saebench_vision.errors import PluginError, ResultsError, SuiteError
+from saebench_vision.errors import PluginError, ResultsError, SaebenchError, SuiteError
 from saebench_vision.plugins import get_plugin_manager
 from saebench_vision.results import ResultsStore
 from saebench_vision.suite import MAX_VARIANTS, load_suite
@@ -321,3 +321,60 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path):
         env=env,
     )
     assert "Traceback" in out.stderr and "ZeroDivisionError" in out.stderr
+
+
+# -- validate finds what run would stop on -----------------------------------------------------
+
+
+def test_output_or_cache_that_cannot_be_a_folder(tmp_path, toy_manager):
+    from saebench_vision.runner import preflight
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    doc = yaml.safe_load(_text(VALID))
+    doc["output"] = str(blocker)
+    suite = load_suite(write(tmp_path, doc), toy_manager.registry())
+    with pytest.raises(SaebenchError, match=r"output: .*a-file is a file, not a folder; choose"):
+        preflight(suite, toy_manager)
+    doc["output"] = str(tmp_path / "out")
+    doc["cache_dir"] = str(blocker / "cache")
+    suite = load_suite(write(tmp_path, doc), toy_manager.registry())
+    with pytest.raises(SaebenchError, match=r"cache_dir: .*a-file is a file, so .*cache cannot"):
+        preflight(suite, toy_manager)
+    # --cache-dir overrides the suite's folder, so only the override is checked.
+    preflight(suite, toy_manager, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_evaluator_without_the_split_role_it_needs(tmp_path, toy_manager):
+    from saebench_vision.runner import preflight
+
+    doc = yaml.safe_load(_text(VALID))
+    doc["evaluators"] = [{"plugin": "ontology", "args": {"split_role": "eval"}}]
+    del doc["datasets"]["val"]
+    doc["output"] = str(tmp_path / "out")
+    suite = load_suite(write(tmp_path, doc), toy_manager.registry())
+    with pytest.raises(
+        SaebenchError,
+        match=r"evaluators\[0\]: evaluator `ontology` needs a split with `role: eval`",
+    ):
+        preflight(suite, toy_manager)
+    doc["evaluators"] = [{"plugin": "ontology", "args": {"split_role": "train"}}]
+    preflight(load_suite(write(tmp_path, doc), toy_manager.registry()), toy_manager)
+
+
+def test_suite_name_cannot_move_the_default_output(tmp_path, toy_manager):
+    doc = yaml.safe_load(_text(VALID))
+    doc["name"] = "../../etc/evil name"
+    suite = load_suite(write(tmp_path, doc), toy_manager.registry())
+    assert suite.output == Path("saebench-results/etc-evil-name")
+    assert suite.name == "../../etc/evil name"
+
+
+def test_store_names_the_other_suites_it_holds(tmp_path):
+    store = _store_with_a_run(tmp_path)
+    assert store.other_suites("s") == []
+    store.start_run(
+        suite_name="t", suite_path="t", suite_hash="h2", suite_json={}, versions={}, argv=[]
+    )
+    assert store.other_suites("s") == ["t"] and store.other_suites("u") == ["s", "t"]

@@ -58,6 +58,10 @@ class OODAccuracyEvaluator(Evaluator):
     name: ClassVar[str] = "ood-accuracy"
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = OODAccuracyConfig
+
+    def required_roles(self) -> tuple[str, ...]:
+        return ("train",)
+
     metrics: ClassVar[dict[str, bool | None]] = {
         "acc": True,
         "acc_pre": True,
