@@ -14,6 +14,7 @@ group, evaluate a cell) with their dependencies; executors decide where and when
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import json
 import os
@@ -85,6 +86,12 @@ def _declared_version(target: str) -> str | None:
     origin = getattr(spec, "origin", None) if spec else None
     if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
         return None
+    st = os.stat(origin)
+    return _version_in_source(origin, st.st_size, st.st_mtime_ns, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _version_in_source(origin: str, size: int, mtime_ns: int, name: str) -> str | None:
     try:
         tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
