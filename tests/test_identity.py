@@ -12,8 +12,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
-
 from saebench_vision.config import TrainingConfig, build_config, field_types, identity_dict
 from saebench_vision.plan import plan_suite
 from saebench_vision.suite import parse_suite
