@@ -14,7 +14,9 @@ group, evaluate a cell) with their dependencies; executors decide where and when
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -134,11 +136,36 @@ def component_version(entry: Entry) -> str:
     return str(getattr(entry.load(), "version", ""))
 
 
+def tree_digest(path: str) -> str | None:
+    """SHA-256 of every file under ``path`` (or of the file itself): relative name, size and
+    modification time, from ``stat`` alone. None when the path does not exist."""
+    root = os.path.realpath(os.path.expanduser(path))
+    if not os.path.exists(root):
+        return None
+    digest = hashlib.sha256()
+    if os.path.isfile(root):
+        st = os.stat(root)
+        digest.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+        return digest.hexdigest()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            rel = os.path.relpath(full, root)
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def component_identity(
     manager: PluginManager, spec: ComponentSpec | SAEVariant, kind: str
 ) -> dict[str, Any]:
     """Plugin, the Config's identity fields (defaults filled), the component's version and its
-    distribution's version."""
+    distribution's version; for path options (``option(..., path=True)``) also a digest of the
+    files there, so results computed from a folder whose contents changed are not reused."""
     entry = manager.registry().get(kind, spec.plugin)
     config = build_config(
         entry.config_class(),
@@ -146,12 +173,20 @@ def component_identity(
         where=spec.where,
         what=f"{KIND_TITLES[kind]} `{spec.plugin}`",
     )
-    return {
+    out = {
         "plugin": spec.plugin,
         "config": identity_dict(config),
         "version": component_version(entry),
         "from": manager.versions().get(entry.plugin, ""),
     }
+    files = {
+        f.name: tree_digest(getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if f.metadata.get("path") and isinstance(getattr(config, f.name), str)
+    }
+    if any(files.values()):
+        out["files"] = files
+    return out
 
 
 def training_identity(suite: Suite, variant: SAEVariant | None = None) -> dict[str, Any]:

@@ -115,8 +115,8 @@ class RayExecutor(Executor):
                 timeout=300,
             )
         finally:
-            for probe in probes:
-                Path(probe).unlink(missing_ok=True)
+            for written in probes:
+                Path(written).unlink(missing_ok=True)
         for node, unseen in zip(nodes, answers):
             if unseen:
                 what, folder = probes[unseen[0]]
@@ -152,7 +152,9 @@ class RayExecutor(Executor):
             cache_dir = Path(
                 os.path.abspath(driver.cache_dir or suite.cache_dir or default_cache_dir())
             )
-            self._check_shared_storage({"output folder": suite.output, "activation cache": cache_dir})
+            self._check_shared_storage(
+                {"output folder": suite.output, "activation cache": cache_dir}
+            )
             self._drive(schedule, driver, suite, cache_dir)
         finally:
             if started_here:

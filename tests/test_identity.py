@@ -291,6 +291,23 @@ def test_relative_roots_are_resolved_and_folder_contents_fingerprinted(tmp_path,
     assert len({first, ImageFolderDataset(cfg).fingerprint()}) == 2
 
 
+def test_changed_folder_contents_give_new_cells(manager, tmp_path, monkeypatch):
+    """Planning notices new or edited files under a dataset's root (a stat walk, no reads), so
+    cells computed from the old contents are not reused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.png").write_bytes(b"1")
+    doc = _doc()
+    doc["datasets"]["far"] = {"plugin": "image-folder", "args": {"root": "data"}, "role": "far-ood"}
+    cells0, saes0 = _ids(doc, manager)
+    assert _ids(doc, manager)[0] == cells0
+    (tmp_path / "data" / "b.png").write_bytes(b"22")
+    cells1, saes1 = _ids(doc, manager)
+    assert _changed(cells0, cells1) == ALL and saes0 == saes1  # SAEs train on `train` only
+    os.utime(tmp_path / "data" / "a.png", ns=(1, 1))
+    assert _changed(cells1, _ids(doc, manager)[0]) == ALL
+
+
 def test_training_batch_size_reruns_and_parallel_saes_does_not(manager, tmp_path, monkeypatch):
     """The two cases the stale-results report named, end to end through the plan."""
     monkeypatch.chdir(tmp_path)
