@@ -19,9 +19,12 @@ Shape (every component entry is ``{plugin: NAME, args: {...}}``)::
       - plugin: relu
         args: {expansion: 4}
         sweep: {l1_coefficient: [0.1, 1.0]}   # grid: one SAE per combination
+        training: {epochs: 5}                 # this entry's overrides of the recipe below
     training: {epochs: 3, batch_size: 64, lr: 1.0e-4}
     evaluators:
       - plugin: reconstruction
+      - {plugin: ontology, label: ontology-firing, args: {class_rule: firing-rate}}
+    executor: {name: ray, address: auto, max_retries: 3, resources: {train: {num_gpus: 1}}}
 
 Validation never imports a component's implementation when its plugin registered a light Config
 (see :class:`saebench_vision.registry.ComponentRef`), so ``saebench validate`` stays fast.
