@@ -324,3 +324,37 @@ def test_training_batch_size_reruns_and_parallel_saes_does_not(manager, tmp_path
         _doc(evaluators=[{"plugin": "ood-accuracy", "args": {"batch_size": 256}}]), manager
     )
     assert len(_changed(ood0, ood1)) == 3
+
+
+def test_executor_settings_change_no_id(manager, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cells0, saes0 = _ids(_doc(), manager)
+    ray = {
+        "name": "ray",
+        "address": "auto",
+        "max_retries": 1,
+        "resources": {"train": {"num_gpus": 1}},
+    }
+    assert _ids(_doc(executor=ray), manager) == (cells0, saes0)
+    suite = parse_suite(_doc(executor=ray), Path("s.yaml"), manager.registry())
+    assert suite.hash == parse_suite(_doc(), Path("s.yaml"), manager.registry()).hash
+
+
+def test_planning_and_executors_import_neither_torch_nor_ray():
+    import subprocess
+    import sys
+
+    from conftest import builtins_only_env
+
+    code = (
+        "import sys; import saebench_vision.runner, saebench_vision.executors, saebench_vision.plan; "
+        "print('torch' in sys.modules, 'ray' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=builtins_only_env(),
+        timeout=120,
+    )
+    assert out.stdout.split() == ["False", "False"], out.stderr

@@ -172,3 +172,53 @@ def test_local_run_stopped_then_finished_by_ray(cluster, reference, tmp_path, fl
     runner, resumed = _run(tmp_path, flag, "ray")
     assert (resumed.status, resumed.computed_cells) == ("finished", 3)
     assert _board(runner) == reference
+
+
+def test_cli_run_on_ray_reports_a_failed_run(cluster, tmp_path, flag, monkeypatch, capsys):
+    from saebench_vision.cli import main
+
+    doc = copy.deepcopy(SUITE)
+    doc["evaluators"][1]["args"] = {"fail_if_exists": str(flag)}
+    doc |= {"output": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setenv("SAEBENCH_VISION_PLUGINS", "toyplugin")
+    flag.write_text("fail")
+    try:
+        code = main(["run", str(path), "--executor", "ray", "--no-progress"])
+    finally:
+        flag.unlink()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "failed: evaluate " in err and "toy-slow told to fail" in err
+    assert (
+        "failed: 3 cell(s) unfinished" in err
+        and "toy-model/final/baseline/toy-failing/seed 0" in err
+    )
+    assert main(["run", str(path), "--no-progress"]) == 0
+    assert "3 already finished, 3 to run" in capsys.readouterr().err
+
+
+def test_task_resources_follow_devices_and_overrides():
+    from saebench_vision.plan import plan_suite, schedule
+    from saebench_vision.ray_executor import RayExecutor
+    from saebench_vision.suite import parse_suite
+
+    doc = copy.deepcopy(SUITE)
+    doc["models"][0]["args"] = {"device": "cuda"}
+    doc["training"] = {"device": "auto"}
+    manager = _manager()
+    suite = parse_suite(doc, Path("s.yaml"), manager.registry())
+    steps = schedule(plan_suite(suite, manager), set(), set()).steps
+    driver = type("Driver", (), {"suite": suite, "manager": manager})()
+    kinds = {type(s).__name__: s for s in steps}
+    plain = RayExecutor()
+    assert plain._options(driver, kinds["ExtractStep"], 0) == {"num_cpus": 1, "num_gpus": 1}
+    assert plain._options(driver, kinds["TrainStep"], 0) == {"num_cpus": 1, "num_gpus": 0}
+    assert plain._options(driver, kinds["TrainStep"], 4) == {"num_cpus": 1, "num_gpus": 1}
+    tuned = RayExecutor(resources={"train": {"num_cpus": 4, "num_gpus": 2, "nvme": 1}})
+    assert tuned._options(driver, kinds["TrainStep"], 0) == {
+        "num_cpus": 4,
+        "num_gpus": 2,
+        "resources": {"nvme": 1},
+    }
