@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from saebench_vision.cache import content_key
-from saebench_vision.config import TrainingConfig, build_config, identity_dict
+from saebench_vision.config import TrainingConfig, build_config, config_as_dict, identity_dict
 from saebench_vision.plugins import PluginManager
 from saebench_vision.registry import KIND_TITLES, Entry
 from saebench_vision.results import CellKey
@@ -389,7 +389,8 @@ def schedule(plan: Plan, done: set[str], trained: set[str]) -> Schedule:
             by_recipe: dict[str, list[PlannedSAE]] = {}
             for planned in needed.values():
                 if planned.sae_id not in trained:
-                    recipe = content_key(planned.training_identity)
+                    # Group by the whole recipe, runtime fields too: one pass, one device.
+                    recipe = content_key(config_as_dict(suite.training_config(planned.variant)))
                     by_recipe.setdefault(recipe, []).append(planned)
             producer: dict[str, str] = {}
             for members in by_recipe.values():

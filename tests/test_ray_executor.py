@@ -222,3 +222,15 @@ def test_task_resources_follow_devices_and_overrides():
         "num_gpus": 2,
         "resources": {"nvme": 1},
     }
+
+
+def test_storage_probe_names_what_a_node_cannot_read(tmp_path):
+    from saebench_vision.ray_executor import _probe
+
+    seen, stale = tmp_path / "a", tmp_path / "b"
+    seen.write_text("token")
+    stale.write_text("another run's token")
+    assert _probe([str(seen), str(stale), str(tmp_path / "missing")], "token") == [
+        str(stale),
+        str(tmp_path / "missing"),
+    ]
