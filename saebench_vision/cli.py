@@ -37,6 +37,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     manager = _manager()
     suite = _load(args.suite, manager, args.output)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    if args.address and (args.executor or suite.executor.get("name", "local")) != "ray":
+        raise SaebenchError(
+            f"--address {args.address}: only the ray executor joins a cluster; add --executor ray"
+        )
     runner = Runner(
         suite,
         manager,

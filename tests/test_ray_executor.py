@@ -123,7 +123,10 @@ def _kill_first_training_worker(killed: list[int], stop: threading.Event) -> Non
             except OSError:
                 continue
             if title.startswith(b"ray::saebench-train"):
-                time.sleep(0.4)  # mid-way through the sweep's steps
+                time.sleep(0.3)  # mid-way through the sweep's steps
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if not fh.read().startswith(b"ray::saebench-train"):
+                        continue  # it finished first: not a kill during training
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(int(pid))
                 return
