@@ -39,12 +39,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     manager = _manager()
     suite = _load(args.suite, manager, args.output)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    if args.address and (args.executor or suite.executor.get("name", "local")) != "ray":
+        raise SaebenchError(
+            f"--address {args.address}: only the ray executor joins a cluster; add --executor ray"
+        )
     runner = Runner(
         suite,
         manager,
         cache_dir=cache_dir,
         progress=not args.no_progress and sys.stderr.isatty(),
         argv=sys.argv,
+        executor=args.executor,
+        address=args.address,
     )
     others = runner.store.other_suites(suite.name)
     if others:
@@ -61,6 +67,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     _print_board(runner.store, suite.hash, suite.name, args, out=None, summary=True)
+    if summary.status != "finished":
+        for step, message in summary.failures:
+            print(f"failed: {step}: {message}", file=sys.stderr)
+        shown = summary.unfinished[:20]
+        print(
+            f"run {summary.run_id} failed: {len(summary.unfinished)} cell(s) unfinished"
+            + "".join(
+                f"\n  {c.model}/{c.layer}/{c.sae_label}/{c.evaluator}/seed {c.seed}" for c in shown
+            )
+            + ("\n  ..." if len(summary.unfinished) > len(shown) else "")
+            + "\nrun the same command again to resume",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -250,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress",
         action="store_true",
         help="no progress bars (they are off when stderr is not a terminal)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="where steps run: local (this process, the default) or ray (a Ray cluster); "
+        "overrides the suite's `executor:`",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto, host:port or ray://host:10001 (default: start a local one)",
     )
     board_options(p)
     p.set_defaults(func=cmd_run)

@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS suite_cells (
     suite_hash TEXT NOT NULL, cell_id TEXT NOT NULL, position INTEGER NOT NULL,
     model TEXT NOT NULL, layer TEXT NOT NULL, sae_label TEXT NOT NULL, evaluator TEXT NOT NULL,
     seed INTEGER NOT NULL, PRIMARY KEY (suite_hash, cell_id));
+CREATE TABLE IF NOT EXISTS failures (
+    run_id TEXT NOT NULL, step TEXT NOT NULL, message TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS suite_splits (
     suite_hash TEXT NOT NULL, split TEXT NOT NULL, role TEXT NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (suite_hash, split));
@@ -306,6 +308,19 @@ class ResultsStore:
                         time.time(),
                     ),
                 )
+
+    def add_failure(self, run_id: str, step: str, message: str) -> None:
+        """Record a step that failed (the run goes on with the steps that do not need it)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO failures VALUES (?,?,?,?)", (run_id, step, message, time.time())
+            )
+
+    def failures(self, run_id: str) -> list[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT step, message FROM failures WHERE run_id=? ORDER BY at", (run_id,)
+        ).fetchall()
+        return [(str(a), str(b)) for a, b in rows]
 
     # -- cells ------------------------------------------------------------------------------
     def done_cells(self, cell_ids: Iterable[str]) -> set[str]:

@@ -19,9 +19,12 @@ Shape (every component entry is ``{plugin: NAME, args: {...}}``)::
       - plugin: relu
         args: {expansion: 4}
         sweep: {l1_coefficient: [0.1, 1.0]}   # grid: one SAE per combination
+        training: {epochs: 5}                 # this entry's overrides of the recipe below
     training: {epochs: 3, batch_size: 64, lr: 1.0e-4}
     evaluators:
       - plugin: reconstruction
+      - {plugin: ontology, label: ontology-firing, args: {class_rule: firing-rate}}
+    executor: {name: ray, address: auto, max_retries: 3, resources: {train: {num_gpus: 1}}}
 
 Validation never imports a component's implementation when its plugin registered a light Config
 (see :class:`saebench_vision.registry.ComponentRef`), so ``saebench validate`` stays fast.
@@ -59,11 +62,15 @@ TOP_KEYS = (
     "training",
     "evaluators",
     "max_variants",
+    "executor",
 )
 MODEL_KEYS = ("plugin", "args", "layers", "tokens", "label")
 DATASET_KEYS = ("plugin", "args", "role")
-SAE_KEYS = ("plugin", "args", "sweep", "label")
-EVALUATOR_KEYS = ("plugin", "args")
+SAE_KEYS = ("plugin", "args", "sweep", "label", "training")
+EVALUATOR_KEYS = ("plugin", "args", "label")
+EXECUTOR_KEYS = ("name", "address", "max_retries", "resources")
+EXECUTOR_NAMES = ("local", "ray")
+STEP_NAMES = ("extract", "train", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -93,19 +100,31 @@ class SplitSpec(ComponentSpec):
 
 
 @dataclass(frozen=True)
+class EvaluatorSpec(ComponentSpec):
+    """An evaluator entry; ``label`` (default: the plugin name) tells two entries of one
+    evaluator with different args apart, in cell ids and tables."""
+
+    label: str = ""
+
+
+@dataclass(frozen=True)
 class SAEVariant:
-    """One SAE of a sweep: the plugin with fully specified suite arguments."""
+    """One SAE of a sweep: the plugin with fully specified suite arguments.
+
+    ``training`` holds the entry's overrides of the suite's training recipe (empty: none)."""
 
     plugin: str
     args: Mapping[str, Any]
     label: str
     where: str
+    training: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class SAESpec(ComponentSpec):
     sweep: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     label: str = ""
+    training: Mapping[str, Any] = field(default_factory=dict)
 
     def variants(self) -> list[SAEVariant]:
         """The sweep's grid in row-major order of the ``sweep`` keys as written."""
@@ -118,7 +137,7 @@ class SAESpec(ComponentSpec):
             label = (
                 f"{self.label or self.plugin}[{detail}]" if detail else (self.label or self.plugin)
             )
-            out.append(SAEVariant(self.plugin, args, label, self.where))
+            out.append(SAEVariant(self.plugin, args, label, self.where, dict(self.training)))
         return out
 
 
@@ -143,8 +162,11 @@ class Suite:
     datasets: tuple[SplitSpec, ...]
     saes: tuple[SAESpec, ...]
     training: Mapping[str, Any]
-    evaluators: tuple[ComponentSpec, ...]
+    evaluators: tuple[EvaluatorSpec, ...]
     hash: str
+    executor: Mapping[str, Any] = field(default_factory=dict)
+    """How the suite runs by default (``name``: local or ray, ``address``, ``max_retries``,
+    per-step ``resources``); never part of the hash, since it changes no number."""
 
     @property
     def train_split(self) -> SplitSpec:
@@ -153,8 +175,10 @@ class Suite:
     def split(self, name: str) -> SplitSpec:
         return next(s for s in self.datasets if s.name == name)
 
-    def training_config(self) -> TrainingConfig:
-        return TrainingConfig(**dict(self.training))
+    def training_config(self, variant: SAEVariant | None = None) -> TrainingConfig:
+        """The suite's recipe, with ``variant``'s own ``training:`` overrides when given."""
+        overrides = dict(variant.training) if variant is not None else {}
+        return TrainingConfig(**(dict(self.training) | overrides))
 
     def sae_variants(self) -> list[SAEVariant]:
         return [v for spec in self.saes for v in spec.variants()]
@@ -424,19 +448,10 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
 
     models = _models(c, doc["models"])
     datasets = _datasets(c, doc["datasets"])
-    saes = _saes(c, doc["saes"], max_variants)
+    training = _training(c, doc.get("training") or {}, "training")
+    saes = _saes(c, doc["saes"], training, max_variants)
     evaluators = _evaluators(c, doc["evaluators"])
-
-    training_raw = doc.get("training") or {}
-    try:
-        training = validate_args(
-            TrainingConfig, training_raw, where=f"{path}: training", what="the training recipe"
-        )
-        TrainingConfig(**training)
-    except ConfigError as exc:
-        raise SuiteError(str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise c.fail("training", str(exc)) from None
+    executor = _executor(c, doc.get("executor"))
 
     # The name may say anything; the default folder made from it stays inside saebench-results/.
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "suite"
@@ -455,8 +470,13 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
     hashed = {
         "models": [m.identity() | {"layers": list(m.layers), "tokens": m.tokens} for m in models],
         "datasets": [d.identity() | {"name": d.name, "role": d.role} for d in datasets],
-        "saes": [s.identity() | {"sweep": {k: list(v) for k, v in s.sweep.items()}} for s in saes],
-        "evaluators": [e.identity() for e in evaluators],
+        "saes": [
+            s.identity()
+            | {"sweep": {k: list(v) for k, v in s.sweep.items()}}
+            | ({"training": dict(s.training)} if s.training else {})
+            for s in saes
+        ],
+        "evaluators": [e.identity() | {"label": e.label} for e in evaluators],
         "training": training,
         "seeds": list(seeds_raw),
     }
@@ -474,7 +494,75 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
         training=training,
         evaluators=evaluators,
         hash=content_key(hashed)[:16],
+        executor=executor,
     )
+
+
+def _training(
+    c: _Checker, raw: Any, where: str, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A training recipe (or a per-SAE override of one, merged over ``base``), checked."""
+    try:
+        training = validate_args(
+            TrainingConfig, raw, where=f"{c.path}: {where}", what="the training recipe"
+        )
+        TrainingConfig(**(dict(base or {}) | training))
+    except ConfigError as exc:
+        raise SuiteError(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise c.fail(where, str(exc)) from None
+    return training
+
+
+def _executor(c: _Checker, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    entry = c.mapping(raw, "executor", EXECUTOR_KEYS)
+    out: dict[str, Any] = {}
+    name = entry.get("name", "local")
+    if name not in EXECUTOR_NAMES:
+        raise c.fail(
+            "executor.name",
+            f"{_show(name)} is not an executor.{did_you_mean(str(name), EXECUTOR_NAMES)} (expected: {', '.join(EXECUTOR_NAMES)})",
+        )
+    out["name"] = name
+    address = entry.get("address")
+    if address is not None and not isinstance(address, str):
+        raise c.fail(
+            "executor.address",
+            f"{_show(address)} is not an address; write auto or ray://host:10001",
+        )
+    if address is not None:
+        out["address"] = address
+    retries = entry.get("max_retries", 3)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise c.fail("executor.max_retries", f"{_show(retries)} is not an integer of 0 or more")
+    out["max_retries"] = retries
+    resources = entry.get("resources") or {}
+    c.mapping(resources, "executor.resources", STEP_NAMES)
+    checked: dict[str, dict[str, float]] = {}
+    for step, wanted in resources.items():
+        where = f"executor.resources.{step}"
+        if not isinstance(wanted, dict) or not wanted:
+            raise c.fail(
+                where,
+                f"must map resource names to amounts, e.g. {{num_gpus: 1, num_cpus: 4}}, not {_show(wanted)}",
+            )
+        for key, amount in wanted.items():
+            if (
+                not isinstance(key, str)
+                or isinstance(amount, bool)
+                or not isinstance(amount, (int, float))
+                or amount < 0
+            ):
+                raise c.fail(
+                    f"{where}.{key}", f"{_show(amount)} is not a non-negative amount of a resource"
+                )
+        checked[step] = {str(k): float(v) for k, v in wanted.items()}
+    out["resources"] = checked
+    return out
 
 
 def _nonempty_list(c: _Checker, value: Any, where: str, example: str) -> list[Any]:
@@ -559,7 +647,9 @@ def _datasets(c: _Checker, value: Any) -> tuple[SplitSpec, ...]:
     return tuple(out)
 
 
-def _saes(c: _Checker, value: Any, max_variants: int = MAX_VARIANTS) -> tuple[SAESpec, ...]:
+def _saes(
+    c: _Checker, value: Any, training: Mapping[str, Any], max_variants: int = MAX_VARIANTS
+) -> tuple[SAESpec, ...]:
     out = []
     total = 0
     for i, raw in enumerate(_nonempty_list(c, value, "saes", "{plugin: topk, args: {k: 32}}")):
@@ -619,7 +709,14 @@ def _saes(c: _Checker, value: Any, max_variants: int = MAX_VARIANTS) -> tuple[SA
         label = entry.get("label") or ""
         if not isinstance(label, str) or "\x00" in label or "\n" in label:
             raise c.fail(f"{where}.label", f"{_show(label)} is not a one-line string")
-        spec = SAESpec("sae", plugin, args, where, sweep, label)
+        overrides = entry.get("training") or {}
+        if not isinstance(overrides, dict):
+            raise c.fail(
+                f"{where}.training",
+                f"must map training options to values, e.g. {{epochs: 10}}, not {_show(overrides)}",
+            )
+        overrides = _training(c, overrides, f"{where}.training", training)
+        spec = SAESpec("sae", plugin, args, where, sweep, label, overrides)
         for variant in spec.variants():
             shown = ", ".join(f"{k}={_short(variant.args[k])}" for k in sweep)
             c.instantiate(
@@ -638,14 +735,34 @@ def _saes(c: _Checker, value: Any, max_variants: int = MAX_VARIANTS) -> tuple[SA
     return tuple(out)
 
 
-def _evaluators(c: _Checker, value: Any) -> tuple[ComponentSpec, ...]:
+def _evaluators(c: _Checker, value: Any) -> tuple[EvaluatorSpec, ...]:
     out = []
     for i, raw in enumerate(_nonempty_list(c, value, "evaluators", "{plugin: reconstruction}")):
         where = f"evaluators[{i}]"
         plugin, args, _ = c.component("evaluator", raw, where, EVALUATOR_KEYS)
-        out.append(ComponentSpec("evaluator", plugin, args, where))
-    names = [e.plugin for e in out]
-    for i, n in enumerate(names):
-        if names.index(n) != i:
-            raise c.fail(f"evaluators[{i}]", f"evaluator `{n}` is listed twice; merge the entries")
+        entry = raw if isinstance(raw, dict) else {}
+        label = entry.get("label") or ""
+        if not isinstance(label, str) or (
+            label and not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", label)
+        ):
+            raise c.fail(
+                f"{where}.label",
+                f"{_show(label)} is not a label; use letters, digits, '-', '_' or '.', e.g. ontology-firing",
+            )
+        out.append(EvaluatorSpec("evaluator", plugin, args, where, label or plugin))
+    labels = [e.label for e in out]
+    for i, n in enumerate(labels):
+        first = labels.index(n)
+        if first != i:
+            same = out[first].plugin == out[i].plugin
+            raise c.fail(
+                f"evaluators[{i}]"
+                + (".label" if not same or out[i].label != out[i].plugin else ""),
+                f"evaluator `{n}` is listed twice (also evaluators[{first}]); "
+                + (
+                    "give each entry a distinct `label` to compare their args, or merge them"
+                    if same
+                    else "give each entry a distinct `label`"
+                ),
+            )
     return tuple(out)

@@ -158,6 +158,9 @@ class ToyClusters(Dataset):
 @dataclass(frozen=True)
 class SlowConfig:
     sleep: float = option(0.0, "seconds to sleep per cell")
+    fail_if_exists: str = option(
+        "", "raise in every cell while this file exists (tests of failed cells)"
+    )
 
 
 class SlowEvaluator(Evaluator):
@@ -167,12 +170,20 @@ class SlowEvaluator(Evaluator):
     Config = SlowConfig
     metrics: ClassVar[dict[str, bool | None]] = {"mean_latent": None, "mean_input": None}
 
+    def _maybe_fail(self) -> None:
+        import os
+
+        if self.config.fail_if_exists and os.path.exists(self.config.fail_if_exists):
+            raise RuntimeError(f"toy-slow told to fail by {self.config.fail_if_exists}")
+
     def evaluate(self, ctx: EvalContext) -> list[Record]:
+        self._maybe_fail()
         time.sleep(self.config.sleep)
         z = ctx.sae_encode(ctx.split_names("train")[0])
         return [Record("mean_latent", float(z.mean()), split="train")]
 
     def baseline(self, ctx: EvalContext) -> list[Record]:
+        self._maybe_fail()
         time.sleep(self.config.sleep)
         x = ctx.activations(ctx.split_names("train")[0]).to_numpy()
         return [Record("mean_input", float(x.mean()), split="train")]
@@ -182,6 +193,9 @@ class SlowEvaluator(Evaluator):
 class ToySAEConfig(SAEConfig):
     l1_coefficient: float = option(0.1, "L1 penalty")
     tags: list[str] = option(factory=list, help="free-form labels (a list-typed option)")
+    step_sleep: float = option(
+        0.0, "seconds to sleep after each optimiser step (tests kill workers mid-training)"
+    )
 
 
 class ToySAE(SAE):
@@ -217,6 +231,10 @@ class ToySAE(SAE):
         return SAEOutput(
             loss, x_hat, z, {"mse": mse.detach(), "l0": (z > 0).float().sum(-1).mean()}
         )
+
+    def on_step_end(self) -> None:
+        if self.config.step_sleep:
+            time.sleep(self.config.step_sleep)
 
     def decoder_directions(self) -> Any:
         return self.W_dec.detach()
