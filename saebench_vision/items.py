@@ -78,7 +78,9 @@ class ItemValues:
     path: Path
 
 
-def load_item_values(path: Path, *, over: str = "test items", expect_n: int | None = None) -> ItemValues:
+def load_item_values(
+    path: Path, *, over: str = "test items", expect_n: int | None = None
+) -> ItemValues:
     """Read a file written by :func:`save_item_values`; a damaged or mismatched file is refused."""
     try:
         with np.load(path, allow_pickle=False) as data:

@@ -28,7 +28,14 @@ from saebench_vision.leaderboard import arrow, format_value
 from saebench_vision.sparsity import matched_rows
 from saebench_vision.summary import PairedRow, StatsOptions, SummaryRow, paired_rows, summarise
 
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".svg": "image/svg+xml", ".webp": "image/webp"}
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+    ".webp": "image/webp",
+}
 MAX_IMAGE_BYTES = 4 * 2**20
 MAX_IMAGES = 60
 
@@ -50,7 +57,9 @@ def _num(v: float | None) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
 
 
-def _cell(value: float | None, low: float | None = None, high: float | None = None, over: str = "") -> str:
+def _cell(
+    value: float | None, low: float | None = None, high: float | None = None, over: str = ""
+) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '<td class="num" data-v="">–</td>'
     if low is not None and high is not None and high > low:
@@ -116,7 +125,11 @@ def _wide_table(tid: str, rows: list[SummaryRow]) -> str:
             iv = r.interval
             if iv:
                 kinds.add(_over_kind(iv.over))
-            cells.append(_cell(r.value, iv.low if iv else None, iv.high if iv else None, iv.over if iv else ""))
+            cells.append(
+                _cell(
+                    r.value, iv.low if iv else None, iv.high if iv else None, iv.over if iv else ""
+                )
+            )
         out.append(cells)
     return _table(tid, headers, out, 3, sorted(kinds))
 
@@ -139,7 +152,11 @@ def _long_table(tid: str, rows: list[SummaryRow]) -> str:
             iv = r.interval
             if iv:
                 kinds.add(_over_kind(iv.over))
-            cells.append(_cell(r.value, iv.low if iv else None, iv.high if iv else None, iv.over if iv else ""))
+            cells.append(
+                _cell(
+                    r.value, iv.low if iv else None, iv.high if iv else None, iv.over if iv else ""
+                )
+            )
         out.append(cells)
     return _table(tid, headers, out, 4, sorted(kinds))
 
@@ -163,22 +180,32 @@ def _matched_table(results: Any, options: ReportOptions, headline: set[tuple[str
     headers.append("SAEs (L0 range)")
     out = []
     for r in rows:
-        cells = _key_cells([r.model, r.layer, r.front, r.metric + arrow(r.higher_is_better), r.split])
+        cells = _key_cells(
+            [r.model, r.layer, r.front, r.metric + arrow(r.higher_is_better), r.split]
+        )
         cells += [_cell(r.at_l0.get(t)) for t in fo.at_l0]
         if fo.l0_budget is not None:
             if r.best:
-                cells += [_cell(r.best[0]), f'<td class="key">{_e(r.best[2])}</td>', _cell(r.best[1])]
+                cells += [
+                    _cell(r.best[0]),
+                    f'<td class="key">{_e(r.best[2])}</td>',
+                    _cell(r.best[1]),
+                ]
             else:
                 cells += [_cell(None), '<td class="key">–</td>', _cell(None)]
         xs = [p[0] for p in r.points]
-        cells.append(f'<td class="key" data-v="{len(xs)}">{len(xs)} ({format_value(min(xs))} – {format_value(max(xs))})</td>')
+        cells.append(
+            f'<td class="key" data-v="{len(xs)}">{len(xs)} ({format_value(min(xs))} – {format_value(max(xs))})</td>'
+        )
         out.append(cells)
     notes = [
         "Piecewise linear in log L0 between the front's SAEs (seeds averaged); never extrapolated: "
         "– where the target lies outside the front's L0 range.",
     ]
     if fo.l0_budget is not None:
-        notes.append("Best: the best measured SAE of the front with L0 within the budget (no interpolation).")
+        notes.append(
+            "Best: the best measured SAE of the front with L0 within the budget (no interpolation)."
+        )
     return _table("matched", headers, out, 5, notes)
 
 
@@ -192,15 +219,32 @@ def _paired_table(pairs: list[PairedRow]) -> str:
             "<p class=missing>No two rows share per-item values (evaluators store them for means "
             "over test items, e.g. probe accuracy); nothing to pair.</p>"
         )
-    headers = ["model", "layer", "metric", "split", "seed", "A", "B", "A", "B", "A − B", "test", "p"]
+    headers = [
+        "model",
+        "layer",
+        "metric",
+        "split",
+        "seed",
+        "A",
+        "B",
+        "A",
+        "B",
+        "A − B",
+        "test",
+        "p",
+    ]
     out = []
     for p in pairs:
         d = p.comparison.difference
-        cells = _key_cells([p.model, p.layer, p.metric + arrow(p.higher_is_better), p.split, str(p.seed), p.a, p.b])
+        cells = _key_cells(
+            [p.model, p.layer, p.metric + arrow(p.higher_is_better), p.split, str(p.seed), p.a, p.b]
+        )
         cells += [_cell(p.mean_a), _cell(p.mean_b), _cell(d.value, d.low, d.high, d.over)]
         cells.append(f'<td class="key">{_e(p.comparison.test)}</td>')
         sig = " sig" if p.comparison.p_value < 0.05 else ""
-        cells.append(f'<td class="num{sig}" data-v="{_num(p.comparison.p_value)}">{p.comparison.p_value:.2g}</td>')
+        cells.append(
+            f'<td class="num{sig}" data-v="{_num(p.comparison.p_value)}">{p.comparison.p_value:.2g}</td>'
+        )
         out.append(cells)
     kinds = sorted({_over_kind(p.comparison.difference.over) for p in pairs})
     notes = kinds + [
@@ -217,7 +261,10 @@ def _images(results: Any) -> list[tuple[str, str, str]]:
         return []
     seen: dict[str, str] = {}
     for _, r in df.drop_duplicates("cell_id").iterrows():
-        seen.setdefault(r["cell_id"], f"{r['evaluator']} · {r['model']} · {r['layer']} · {r['sae_label']} · seed {r['seed']}")
+        seen.setdefault(
+            r["cell_id"],
+            f"{r['evaluator']} · {r['model']} · {r['layer']} · {r['sae_label']} · seed {r['seed']}",
+        )
     out = []
     for cell_id, caption in seen.items():
         folder = results.artifact_dir(cell_id)
@@ -244,11 +291,16 @@ def _provenance(results: Any, options: ReportOptions, seconds: float) -> str:
         ("seeds", ", ".join(map(str, prov["seeds"]))),
         ("evaluation time", f"{prov['evaluation_seconds']:.1f} s over all cells"),
         ("intervals", options.stats.describe()),
-        ("report", f"saebench-vision {__version__}, python {platform.python_version()}, "
-                   f"built {time.strftime('%Y-%m-%d %H:%M:%S %Z')} in {seconds:.1f} s"),
+        (
+            "report",
+            f"saebench-vision {__version__}, python {platform.python_version()}, "
+            f"built {time.strftime('%Y-%m-%d %H:%M:%S %Z')} in {seconds:.1f} s",
+        ),
     ]
     kv = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    versions = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in prov["versions"].items())
+    versions = "".join(
+        f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in prov["versions"].items()
+    )
     runs = "".join(
         f"<tr><td>{_e(r['run_id'])}</td><td>{_e(r['host'])}</td><td>{_e(_when(r['started_at']))}</td>"
         f"<td>{_e(_when(r['finished_at']))}</td><td>{_e(r['status'])}</td><td><code>{_e(' '.join(r['argv']))}</code></td></tr>"
@@ -272,19 +324,30 @@ def build_report(manager: Any, results: Any, options: ReportOptions | None = Non
     started = time.perf_counter()
     options = options or ReportOptions()
     summary = summarise(results, options.stats)
-    pairs = paired_rows(results, list(options.compare) if options.compare is not None else None, options.stats)
+    pairs = paired_rows(
+        results, list(options.compare) if options.compare is not None else None, options.stats
+    )
     outcomes = draw_all(manager, results, names=options.figure_names, options=options.figures)
     sections: list[tuple[str, str, str]] = []  # (id, title, html)
 
     eval_roles = {"eval"}
     head = [r for r in summary if r.headline and (r.role in eval_roles or r.split == "")]
     if head:
-        sections.append(("overview", "Overview", "<p>Headline metrics on the in-distribution splits, one row per SAE.</p>" + _wide_table("t-overview", head)))
+        sections.append(
+            (
+                "overview",
+                "Overview",
+                "<p>Headline metrics on the in-distribution splits, one row per SAE.</p>"
+                + _wide_table("t-overview", head),
+            )
+        )
 
     figs = []
     for o in outcomes:
         if o.figure is None:
-            figs.append(f'<figure class="missing"><figcaption><b>{_e(o.name)}</b>: {_e(o.missing)}</figcaption></figure>')
+            figs.append(
+                f'<figure class="missing"><figcaption><b>{_e(o.name)}</b>: {_e(o.missing)}</figcaption></figure>'
+            )
             continue
         png = base64.b64encode(render_png(o.figure, options.figures.dpi)).decode()
         figs.append(
@@ -310,11 +373,23 @@ def build_report(manager: Any, results: Any, options: ReportOptions | None = Non
     desc = (
         f"<p>Every front (SAEs of one architecture: {', '.join(fo.front_by)}) read at L0 = "
         f"{', '.join(_short(t) for t in fo.at_l0) or '(none: pass --at-l0)'}"
-        + (f", and its best SAE with L0 ≤ {_short(fo.l0_budget)}" if fo.l0_budget is not None else "")
-        + ". Headline metrics; the fronts are drawn in <a href=\"#fig-reconstruction-pareto\">reconstruction-pareto</a>.</p>"
+        + (
+            f", and its best SAE with L0 ≤ {_short(fo.l0_budget)}"
+            if fo.l0_budget is not None
+            else ""
+        )
+        + '. Headline metrics; the fronts are drawn in <a href="#fig-reconstruction-pareto">reconstruction-pareto</a>.</p>'
     )
-    sections.append(("matched", "Matched sparsity", desc + _matched_table(results, options, headline)))
-    sections.append(("paired", "Paired comparisons", "<p>Differences between two rows on the same test items.</p>" + _paired_table(pairs)))
+    sections.append(
+        ("matched", "Matched sparsity", desc + _matched_table(results, options, headline))
+    )
+    sections.append(
+        (
+            "paired",
+            "Paired comparisons",
+            "<p>Differences between two rows on the same test items.</p>" + _paired_table(pairs),
+        )
+    )
 
     images = _images(results)
     if images:
@@ -322,14 +397,18 @@ def build_report(manager: Any, results: Any, options: ReportOptions | None = Non
             f'<figure class="thumb"><img alt="{_e(c)}" src="{uri}"><figcaption>{_e(c)}</figcaption></figure>'
             for c, _, uri in images
         )
-        sections.append(("artifacts", "Images stored by evaluators", f'<div class="gallery">{gallery}</div>'))
+        sections.append(
+            ("artifacts", "Images stored by evaluators", f'<div class="gallery">{gallery}</div>')
+        )
 
     seconds = time.perf_counter() - started
     sections.append(("provenance", "Provenance", _provenance(results, options, seconds)))
     prov = results.provenance()
     title = options.title or f"{results.suite_name}: saebench-vision report"
     nav = "".join(f'<a href="#{sid}">{_e(t)}</a>' for sid, t, _ in sections)
-    body = "".join(f'<section id="{sid}"><h2>{_e(t)}</h2>{content}</section>' for sid, t, content in sections)
+    body = "".join(
+        f'<section id="{sid}"><h2>{_e(t)}</h2>{content}</section>' for sid, t, content in sections
+    )
     sub = (
         f"suite hash <code>{_e(prov['suite_hash'])}</code> · {prov['cells_done']}/{prov['cells_total']} cells · "
         f"seeds {', '.join(map(str, prov['seeds']))} · {_e(options.stats.describe())}"

@@ -79,7 +79,9 @@ class ResultSet:
         try:
             doc = json.loads(row[0])
         except json.JSONDecodeError as exc:
-            raise ResultsError(f"{self.store.path}: the recorded suite is not JSON ({exc})") from exc
+            raise ResultsError(
+                f"{self.store.path}: the recorded suite is not JSON ({exc})"
+            ) from exc
         return doc if isinstance(doc, dict) else {}
 
     def provenance(self) -> dict[str, Any]:

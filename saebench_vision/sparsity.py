@@ -45,7 +45,9 @@ def parse_l0_list(text: str, where: str = "--at-l0") -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise SparsityError(f"{where}: {part!r} is not a number; write e.g. {where} 16,32,64") from None
+            raise SparsityError(
+                f"{where}: {part!r} is not a number; write e.g. {where} 16,32,64"
+            ) from None
         if not value > 0 or math.isinf(value):
             raise SparsityError(f"{where}: L0 must be a positive number, not {part}")
         out.append(value)
@@ -107,7 +109,8 @@ def pareto_front(
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     order = np.lexsort((-y if higher_is_better else y, x))
-    fx, fy = [], []
+    fx: list[float] = []
+    fy: list[float] = []
     for i in order:
         if not fy or (y[i] > fy[-1] if higher_is_better else y[i] < fy[-1]):
             fx.append(x[i])
@@ -177,7 +180,7 @@ def matched_rows(
     l0_of = {
         (r.model, r.layer, r.sae_label, r.split): float(r.value) for r in l0.itertuples(index=False)
     }
-    eval_split = {}
+    eval_split: dict[tuple[str, str, str], str] = {}
     for r in l0.itertuples(index=False):
         if r.role == "eval":
             eval_split.setdefault((r.model, r.layer, r.sae_label), r.split)
@@ -192,7 +195,11 @@ def matched_rows(
         if x is None or r.value is None or not math.isfinite(r.value):
             continue
         front = front_label(r.sae_plugin, r.sae_config, front_by)
-        hib = None if r.higher_is_better is None or r.higher_is_better != r.higher_is_better else bool(r.higher_is_better)
+        hib = (
+            None
+            if r.higher_is_better is None or r.higher_is_better != r.higher_is_better
+            else bool(r.higher_is_better)
+        )
         key = (r.model, r.layer, front, r.evaluator, r.metric, r.split)
         row = rows.setdefault(
             key, MatchedRow(r.model, r.layer, front, r.metric, r.split, hib, {}, budget, None)

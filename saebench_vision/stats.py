@@ -55,7 +55,12 @@ class PairedComparison:
     n: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.difference.as_dict(), "test": self.test, "p_value": self.p_value, "n": self.n}
+        return {
+            **self.difference.as_dict(),
+            "test": self.test,
+            "p_value": self.p_value,
+            "n": self.n,
+        }
 
 
 def _resampled_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -187,9 +192,7 @@ def paired_bootstrap(
     else:
         test, p = "paired t", paired_t(x, y)
     over_text = diff.over.replace("bootstrap over", "paired bootstrap over", 1)
-    return PairedComparison(
-        Interval(diff.value, diff.low, diff.high, over_text), test, p, len(x)
-    )
+    return PairedComparison(Interval(diff.value, diff.low, diff.high, over_text), test, p, len(x))
 
 
 def seed_interval(values: Any, *, level: float = DEFAULT_LEVEL) -> Interval | None:
@@ -215,7 +218,9 @@ def _t_quantile(q: float, dof: int) -> float:
     return (lo + hi) / 2
 
 
-def stderr_interval(value: float, stderr: float, *, level: float = DEFAULT_LEVEL, n: int | None = None) -> Interval:
+def stderr_interval(
+    value: float, stderr: float, *, level: float = DEFAULT_LEVEL, n: int | None = None
+) -> Interval:
     """``value ± z * stderr`` from an evaluator's standard error (normal approximation)."""
     z = _normal_quantile((1 + level) / 2)
     over = f"±{z:.2f} standard errors reported by the evaluator"

@@ -120,7 +120,12 @@ def summarise(results: Any, options: StatsOptions | None = None) -> list[Summary
                 )
         out.append(
             SummaryRow(
-                *[str(k) for k in key[:6]],  # type: ignore[arg-type]
+                model=str(key[0]),
+                layer=str(key[1]),
+                sae_label=str(key[2]),
+                evaluator=str(key[3]),
+                metric=str(key[4]),
+                split=str(key[5]),
                 role=str(first["role"]) if not _nan(first["role"]) else "",
                 higher_is_better=_hib(first["higher_is_better"]),
                 headline=bool(first["headline"]),
@@ -184,7 +189,15 @@ def paired_rows(
                         + ", ".join(dict.fromkeys(results.frame["sae_label"]))
                     )
     index = {
-        (r["model"], r["layer"], r["evaluator"], r["metric"], r["split"], int(r["seed"]), r["sae_label"]): r
+        (
+            r["model"],
+            r["layer"],
+            r["evaluator"],
+            r["metric"],
+            r["split"],
+            int(r["seed"]),
+            r["sae_label"],
+        ): r
         for _, r in df.iterrows()
     }
     out = []
@@ -196,7 +209,12 @@ def paired_rows(
             if other is None:
                 continue
             ia, ib = item_values(results, rec), item_values(results, other)
-            if ia is None or ib is None or ia.pairing != ib.pairing or len(ia.values) != len(ib.values):
+            if (
+                ia is None
+                or ib is None
+                or ia.pairing != ib.pairing
+                or len(ia.values) != len(ib.values)
+            ):
                 continue
             comparison = stats.paired_bootstrap(
                 ia.values,
@@ -208,8 +226,17 @@ def paired_rows(
             )
             out.append(
                 PairedRow(
-                    model, layer, evaluator, metric, split, seed, a, b,
-                    float(ia.values.mean()), float(ib.values.mean()), comparison,
+                    model,
+                    layer,
+                    evaluator,
+                    metric,
+                    split,
+                    seed,
+                    a,
+                    b,
+                    float(ia.values.mean()),
+                    float(ib.values.mean()),
+                    comparison,
                     _hib(rec["higher_is_better"]),
                 )
             )

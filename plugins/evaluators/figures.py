@@ -34,7 +34,18 @@ SPARSITY_KNOBS = ("k", "l1_coefficient", "threshold", "sparsity_coefficient")
 def _figure(rows: int, cols: int, width: float = 4.0, height: float = 3.1) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(width * cols, 5.0), height * rows + 0.6), layout="constrained")
+    # Fixed margins in inches rather than a layout engine: constrained layout costs seconds on
+    # many-panel figures, and the report must build in a few seconds.
+    w, h = max(width * cols, 5.0), height * rows + 0.6
+    fig = Figure(figsize=(w, h))
+    fig.subplots_adjust(
+        left=0.75 / w,
+        right=1 - 0.3 / w,
+        bottom=0.75 / h,
+        top=1 - 0.75 / h,
+        wspace=0.38,
+        hspace=0.62,
+    )
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
 
@@ -163,7 +174,12 @@ def ood_vs_sparsity(results: Any, options: FigureOptions) -> Any:
     for i, (model, layer, front) in enumerate(panels):
         ax = axes[i // cols][i % cols]
         g = saes[(saes["model"] == model) & (saes["layer"] == layer)]
-        g = g[[front_label(p, c, options.front_by) == front for p, c in zip(g["sae_plugin"], g["sae_config"])]]
+        g = g[
+            [
+                front_label(p, c, options.front_by) == front
+                for p, c in zip(g["sae_plugin"], g["sae_config"])
+            ]
+        ]
         configs = _ordered(json.dumps(c, sort_keys=True, default=str) for c in g["sae_config"])
         knob = _knob([json.loads(c) for c in configs])
         base = agg[(agg["model"] == model) & (agg["layer"] == layer) & (agg["sae_plugin"] == "")]
@@ -176,13 +192,17 @@ def ood_vs_sparsity(results: Any, options: FigureOptions) -> Any:
                 )
             )
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=split, ms=4)
+                ax.plot(
+                    [p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=split, ms=4
+                )
             b = base[base["split"] == split]["value"]
             if len(b):
                 ax.axhline(float(b.iloc[0]), color=colour, ls="--", lw=1, alpha=0.7)
         xs = [float(c.get(knob, 0)) for c in g["sae_config"]] if knob else []
         if xs and min(xs) > 0 and max(xs) / min(xs) >= 4:
             ax.set_xscale("log")
+        if len(set(xs)) == 1:
+            ax.set_xticks(xs[:1])
         ax.set_xlabel(knob or "SAE")
         ax.set_ylabel("probe accuracy ↑")
         ax.set_title(f"{model} · {layer} · {front}", fontsize=9)
@@ -210,13 +230,15 @@ def ontology_histograms(results: Any, options: FigureOptions) -> Any:
     recs = recs[recs["seed"] == seed].drop_duplicates(["model", "layer", "sae_label", "split"])
     groups = _ordered(zip(recs["model"], recs["layer"]))
     labels = _ordered(recs["sae_label"])
-    fig, axes = _figure(len(groups), len(labels), width=2.9, height=2.7)
+    fig, axes = _figure(len(groups), len(labels), width=3.0, height=3.0)
     drawn = 0
     image = None
     for r, (model, layer) in enumerate(groups):
         for c, label in enumerate(labels):
             ax = axes[r][c]
-            hit = recs[(recs["model"] == model) & (recs["layer"] == layer) & (recs["sae_label"] == label)]
+            hit = recs[
+                (recs["model"] == model) & (recs["layer"] == layer) & (recs["sae_label"] == label)
+            ]
             if not len(hit):
                 ax.set_visible(False)
                 continue
@@ -238,12 +260,16 @@ def ontology_histograms(results: Any, options: FigureOptions) -> Any:
                 cmap="viridis",
             )
             drawn += 1
-            ax.set_title(f"{layer} · {'neurons' if label == 'baseline' else label}\n"
-                         f"{int(counts.sum())} multi-class features", fontsize=8)
+            name = "neurons" if label == "baseline" else str(label).replace(",", ",\n", 1)
+            ax.set_title(
+                f"{layer} · {name}\n{int(counts.sum())} multi-class features", fontsize=7.5
+            )
             ax.set_xlabel("ontological coverage")
             ax.set_ylabel("LCH height")
     if not drawn:
-        raise FigureDataMissing("ontology-histograms: the Fig. 3 data files are unreadable; run the suite again")
+        raise FigureDataMissing(
+            "ontology-histograms: the Fig. 3 data files are unreadable; run the suite again"
+        )
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="log(1 + features)")
     fig.suptitle("LCH height against ontological coverage of multi-class features")
