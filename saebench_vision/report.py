@@ -497,7 +497,7 @@ _JS = r"""
         var up=asc.every(function(v,j){return j===0||asc[j-1]<=v;}),down=desc.every(function(v,j){return j===0||desc[j-1]>=v;});
         out.sort_checked={table:t.id,column:hdr[c].textContent,ascending:up,descending:down,reordered:before!==after};
         out.sorted=up&&down&&before!==after;
-        var first=t.tBodies[0].rows[0].cells[0].textContent;
+        var cells0=t.tBodies[0].rows[0].cells,first=cells0[Math.min(2,cells0.length-1)].textContent;
         var inp=document.querySelector('input.filter[data-table="'+t.id+'"]');
         filterTable(t,first);var vis=Array.prototype.filter.call(t.tBodies[0].rows,function(r){return r.style.display!=='none';}).length;
         out.filtered={text:first,visible:vis,total:t.tBodies[0].rows.length};filterTable(t,'');
