@@ -27,7 +27,6 @@ from saebench_vision.export import RECORD_COLUMNS, SCHEMA, SCHEMA_VERSION, expor
 from saebench_vision.figures import FigureOptions, draw_all, figure_entries
 from saebench_vision.interfaces import Record
 from saebench_vision.items import load_item_values
-from saebench_vision.report import ReportOptions, build_report
 from saebench_vision.results import CellKey, ResultsStore
 from saebench_vision.resultset import ResultSet, open_results
 from saebench_vision.sparsity import matched_rows
