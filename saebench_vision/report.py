@@ -171,8 +171,10 @@ def _matched_table(results: Any, options: ReportOptions, headline: set[tuple[str
         front_by=fo.front_by,
     )
     rows = [r for r in rows if (r.metric, r.split) in headline or not headline]
+    # A front with nothing to read at the targets or under the budget adds only dashes.
+    rows = [r for r in rows if r.best is not None or any(v == v for v in r.at_l0.values())]
     if not rows:
-        return "<p class=missing>No SAE has an L0 record (the reconstruction evaluator's <code>l0</code>); nothing to match.</p>"
+        return "<p class=missing>No front has an SAE in range of the targets, or no SAE has an L0 record (the reconstruction evaluator's <code>l0</code>); nothing to match.</p>"
     headers = ["model", "layer", "front", "metric", "split"]
     headers += [f"at L0={_short(t)}" for t in fo.at_l0]
     if fo.l0_budget is not None:
@@ -365,11 +367,20 @@ def build_report(manager: Any, results: Any, options: ReportOptions | None = Non
         body = ""
         if heads:
             body += f"<h3>Headline metrics by split</h3>{_wide_table(f't-ev{i}-head', heads)}"
-        body += f"<h3>Every metric</h3>{_long_table(f't-ev{i}-all', rows)}"
+        n_rows = len({(r.model, r.layer, r.sae_label, r.split) for r in rows})
+        body += (
+            f"<details><summary>Every metric, every split ({n_rows} rows)</summary>"
+            f"{_long_table(f't-ev{i}-all', rows)}</details>"
+        )
         sections.append((f"ev-{evaluator}", f"Evaluator: {evaluator}", body))
 
     fo = options.figures
-    headline = {(r.metric, r.split) for r in summary if r.headline}
+    # Headline metrics with a direction, on test splits (and aggregates such as ood-mean).
+    headline = {
+        (r.metric, r.split)
+        for r in summary
+        if r.headline and r.higher_is_better is not None and r.role in ("eval", "shifted", "")
+    }
     desc = (
         f"<p>Every front (SAEs of one architecture: {', '.join(fo.front_by)}) read at L0 = "
         f"{', '.join(_short(t) for t in fo.at_l0) or '(none: pass --at-l0)'}"
@@ -441,6 +452,7 @@ figure.missing figcaption,p.missing{color:#8a5a00;background:#fff8e6;border:1px 
 .gallery{display:flex;flex-wrap:wrap;gap:14px}.thumb{width:300px;margin:0}.thumb img{width:100%}
 table.kv th{text-align:left;padding:3px 14px 3px 0;color:var(--dim);font-weight:500;vertical-align:top}table.kv td{padding:3px 0}
 table.plain{border-collapse:collapse;font-size:12px}table.plain th,table.plain td{padding:3px 10px;border-bottom:1px solid var(--line);text-align:left}
+details{margin:10px 0}summary{cursor:pointer;font-weight:600;font-size:13.5px;color:#333}
 pre{background:#f6f8fa;padding:10px;border-radius:6px;overflow:auto;font-size:12px}code{font-size:12px}
 #selftest{display:none}
 """
