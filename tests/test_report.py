@@ -27,6 +27,7 @@ from saebench_vision.export import RECORD_COLUMNS, SCHEMA, SCHEMA_VERSION, expor
 from saebench_vision.figures import FigureOptions, draw_all, figure_entries
 from saebench_vision.interfaces import Record
 from saebench_vision.items import load_item_values
+from saebench_vision.report import build_report
 from saebench_vision.results import CellKey, ResultsStore
 from saebench_vision.resultset import ResultSet, open_results
 from saebench_vision.sparsity import matched_rows
@@ -462,3 +463,81 @@ def test_bad_report_options_are_one_line_errors(output, capsys):
     assert main(["report", str(output), "--compare", "nope vs baseline", "--out", "/dev/null"]) == 2
     assert "no row is labelled 'nope'" in capsys.readouterr().err
     assert main(["report", str(output), "--confidence", "2"]) == 2
+
+
+def test_a_suite_file_works_as_target(output, monkeypatch, capsys):
+    monkeypatch.setenv("SAEBENCH_VISION_PLUGINS", "toyplugin")
+    assert main(["export", str(output.parent / "toy.yaml"), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == len(_db_records(output))
+
+
+def _sweep_store(root: Path) -> ResultSet:
+    """A layer sweep stored through the results API: 3 layers x 2 seeds, one SAE + baseline."""
+    store = ResultsStore(root)
+    cells, records = [], {}
+    for li, layer in enumerate(["blocks.0", "blocks.5", "blocks.11"]):
+        for seed in (0, 1):
+            for label in ("topk[k=8]", "baseline"):
+                cid = f"{layer}-{seed}-{label}"
+                plugin = "" if label == "baseline" else "topk"
+                cells.append(
+                    CellKey(
+                        cid, "vit", layer, "cls", cid, label, plugin, {}, "layer-sweep", "1", seed
+                    )
+                )
+                recs = [Record("coverage_gt_0.99", 10.0 * li + seed, "val", higher_is_better=True)]
+                if label != "baseline":
+                    recs.append(
+                        Record("mse", 1.0 / (li + 1) + 0.1 * seed, "val", higher_is_better=False)
+                    )
+                records[cid] = recs
+    store.register_suite("h", cells, [("val", "eval")])
+    run = store.start_run(
+        suite_name="sweep", suite_path="s.yaml", suite_hash="h", suite_json={}, versions={}, argv=[]
+    )
+    for c in cells:
+        store.add_cell(run, c, records[c.cell_id], 0.1)
+    # An evaluator's own image (a steering grid, say) is shown by the report as it is.
+    from PIL import Image
+
+    art = root / "artifacts" / cells[0].cell_id
+    art.mkdir(parents=True)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(art / "grid.png")
+    return ResultSet.load(store, "h")
+
+
+def test_layer_sweep_figure_plots_every_metric_against_the_layer(tmp_path):
+    results = _sweep_store(tmp_path / "sweep")
+    (o,) = draw_all(_manager(), results, names=["layer-sweep"], out_dir=tmp_path / "figs")
+    axes = [ax for ax in o.figure.axes if ax.get_visible()]
+    assert [ax.get_ylabel() for ax in axes] == ["coverage_gt_0.99 ↑", "mse ↓"]
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == [
+        "blocks.0",
+        "blocks.5",
+        "blocks.11",
+    ]
+    sae = next(line for line in axes[1].lines if "topk" in line.get_label())
+    # Seeds averaged: mse = 1/(layer+1) + 0.05.
+    assert list(sae.get_ydata()) == pytest.approx([1.05, 0.55, 1 / 3 + 0.05])
+    assert (tmp_path / "figs" / "layer-sweep.svg").exists()
+
+
+def test_report_intervals_over_seeds_and_stored_images(tmp_path):
+    results = _sweep_store(tmp_path / "sweep")
+    rows = {(r.layer, r.sae_label, r.metric): r for r in summarise(results)}
+    r = rows[("blocks.5", "topk[k=8]", "mse")]
+    assert r.seeds == 2 and r.value == pytest.approx(0.55)
+    half = scipy.stats.t.ppf(0.975, 1) * np.std([0.5, 0.6], ddof=1) / np.sqrt(2)
+    assert (r.interval.low, r.interval.high) == (
+        pytest.approx(0.55 - half),
+        pytest.approx(0.55 + half),
+    )
+    assert r.interval.over == "95% Student t over 2 seeds"
+    text = build_report(_manager(), results)
+    assert "Student t over 2 seeds" in text
+    assert 'id="artifacts"' in text and "grid.png" in text
+    parser = _Parser()
+    parser.feed(text)
+    srcs = [a["src"] for t, a in parser.tags if t == "img"]
+    assert any(s.startswith("data:image/png;base64,") for s in srcs)
