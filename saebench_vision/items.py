@@ -52,7 +52,9 @@ def save_item_values(
     ``name`` becomes the file name (``items_<name>.npz``) and must be unique within the cell.
     ``over`` says in words what the items are (shown beside every interval computed from them).
     """
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    arr = np.asarray(values).reshape(-1)
+    # 0/1 outcomes (correct or not) are stored as bytes: an eighth of the space at ImageNet scale.
+    arr = arr.astype(np.uint8) if arr.dtype == np.bool_ else arr.astype(np.float64)
     groups = None if items is None else np.asarray(items, dtype=np.int64).reshape(-1)
     if groups is not None and len(groups) != len(arr):
         raise ValueError(f"{len(arr)} values but {len(groups)} item ids")

@@ -153,7 +153,7 @@ class OODAccuracyEvaluator(Evaluator):
                     correct,
                     items=acts.sample_index,
                     pairing=acts.key,
-                    over="test images",
+                    over="test items",
                 ),
             },
         )
