@@ -253,11 +253,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
         manager, results, names=args.figure or (), options=_figure_options(args), out_dir=out
     )
     for o in outcomes:
-        if o.missing:
+        if o.error:
+            print(f"error: {o.error}", file=sys.stderr)
+        elif o.missing:
             print(f"skipped {o.missing}", file=sys.stderr)
         else:
             print(" ".join(str(f) for f in o.files))
-    return 0
+    return EXIT_ERROR if any(o.error for o in outcomes) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -63,6 +63,8 @@ class FigureOutcome:
     plugin: str
     files: list[Path] = field(default_factory=list)
     missing: str = ""
+    error: str = ""
+    """A figure function that raised: the one-line reason (the other figures are still drawn)."""
     figure: Any = None
     png: bytes = b""
 
@@ -123,13 +125,20 @@ def select(entries: dict[str, FigureEntry], names: Sequence[str]) -> list[Figure
 
 
 def draw(entry: FigureEntry, results: Any, options: FigureOptions) -> FigureOutcome:
-    """Call the figure function; missing data becomes ``outcome.missing`` (one line)."""
+    """Call the figure function; missing data becomes ``outcome.missing`` and an exception
+    ``outcome.error`` (one line each)."""
     fn = _load(entry)
     outcome = FigureOutcome(entry.name, entry.plugin)
     try:
         fig = fn(results, options)
     except FigureDataMissing as exc:
         outcome.missing = str(exc)
+        return outcome
+    except Exception as exc:  # noqa: BLE001 - one plugin's broken figure must not hide the rest
+        outcome.error = (
+            f"figure `{entry.name}` (plugin `{entry.plugin}`, {entry.target}) raised "
+            f"{type(exc).__name__}: {exc}"
+        )
         return outcome
     from matplotlib.figure import Figure
 

@@ -346,6 +346,12 @@ def build_report(manager: Any, results: Any, options: ReportOptions | None = Non
 
     figs = []
     for o in outcomes:
+        if o.error:
+            figs.append(
+                f'<figure class="missing failed"><figcaption><b>{_e(o.name)}</b>: {_e(o.error)}'
+                "</figcaption></figure>"
+            )
+            continue
         if o.figure is None:
             figs.append(
                 f'<figure class="missing"><figcaption><b>{_e(o.name)}</b>: {_e(o.missing)}</figcaption></figure>'

@@ -213,6 +213,10 @@ def my_figure(results, options):
     return fig
 
 
+def broken_figure(results, options):
+    return 1 / 0
+
+
 def test_plugins_add_figures_and_duplicates_name_both(results, tmp_path):
     manager = _manager()
     manager.register(FigurePlugin(), "my-figures")
@@ -226,6 +230,20 @@ def test_plugins_add_figures_and_duplicates_name_both(results, tmp_path):
             @hookimpl
             def register_figures(self):
                 return {"layer-sweep": f"{__name__}:my_figure"}
+
+        class Broken:
+            @hookimpl
+            def register_figures(self):
+                return {"broken": f"{__name__}:broken_figure"}
+
+        manager.register(Broken(), "broken")
+        outcomes = {o.name: o for o in draw_all(manager, results, out_dir=tmp_path)}
+        assert (
+            "ZeroDivisionError" in outcomes["broken"].error
+            and "`broken`" in outcomes["broken"].error
+        )
+        assert outcomes["reconstruction-pareto"].files  # the others are still drawn
+        manager.unregister("broken")
 
         manager.register(Clash(), "clash")
         with pytest.raises(
