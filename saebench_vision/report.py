@@ -227,12 +227,12 @@ def _paired_table(pairs: list[PairedRow]) -> str:
         "metric",
         "split",
         "seed",
-        "A",
-        "B",
-        "A",
-        "B",
+        "row A",
+        "row B",
+        "mean A",
+        "mean B",
         "A − B",
-        "test",
+        "paired test",
         "p",
     ]
     out = []
