@@ -237,7 +237,12 @@ def _stats_options(args: argparse.Namespace) -> Any:
         )
     if args.resamples < 1:
         raise SaebenchError(f"--resamples {args.resamples}: give at least 1 (default 1000)")
-    return StatsOptions(resamples=args.resamples, level=args.confidence, seed=args.bootstrap_seed)
+    return StatsOptions(
+        resamples=args.resamples,
+        level=args.confidence,
+        seed=args.bootstrap_seed,
+        max_items=args.bootstrap_max_items or None,
+    )
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -354,6 +359,13 @@ def _add_report_commands(sub: Any) -> None:
         )
         p.add_argument(
             "--confidence", type=float, default=0.95, help="interval level (default: 0.95)"
+        )
+        p.add_argument(
+            "--bootstrap-max-items",
+            type=int,
+            default=100_000,
+            help="continuous values over more items use the normal limit of the bootstrap "
+            "(0: always resample; default: 100000)",
         )
 
     p = sub.add_parser("plot", help="draw the figures of a suite's results as PNG and SVG")

@@ -31,11 +31,16 @@ class StatsOptions:
     resamples: int = stats.DEFAULT_RESAMPLES
     level: float = stats.DEFAULT_LEVEL
     seed: int = 0
+    max_items: int | None = stats.DEFAULT_MAX_ITEMS
+    """Continuous values over more items use the normal limit of the bootstrap."""
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{self.level:.0%} intervals; bootstrap: {self.resamples} resamples, seed {self.seed}"
         )
+        if self.max_items:
+            text += f"; normal limit beyond {self.max_items} continuous items"
+        return text
 
 
 @dataclass
@@ -110,6 +115,7 @@ def summarise(results: Any, options: StatsOptions | None = None) -> list[Summary
                     level=options.level,
                     seed=options.seed,
                     over=items.over,
+                    max_items=options.max_items,
                 )
             elif not _nan(first["stderr"]):
                 interval = stats.stderr_interval(
@@ -223,6 +229,7 @@ def paired_rows(
                 level=options.level,
                 seed=options.seed,
                 over=ia.over,
+                max_items=options.max_items,
             )
             out.append(
                 PairedRow(

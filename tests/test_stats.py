@@ -24,17 +24,46 @@ from saebench_vision.sparsity import (
 
 
 def test_bootstrap_is_the_percentile_of_resampled_means_drawn_with_the_seed():
-    values = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    values = np.random.default_rng(5).normal(size=100)  # continuous: resampled item by item
     iv = stats.bootstrap_mean(values, resamples=200, level=0.9, seed=7)
     # Independent derivation: the same generator, one resample at a time.
     rng = np.random.default_rng(7)
     means = [values[rng.integers(0, len(values), size=len(values))].mean() for _ in range(200)]
     lo, hi = np.quantile(means, [0.05, 0.95])
-    assert iv.value == pytest.approx(0.7)
+    assert iv.value == pytest.approx(values.mean())
     assert (iv.low, iv.high) == (pytest.approx(lo), pytest.approx(hi))
-    assert "90% percentile bootstrap over 10 test items (200 resamples, seed 7)" == iv.over
-    # Seeded: the same call gives the same interval, another seed (generally) another one.
+    assert "90% percentile bootstrap over 100 test items (200 resamples, seed 7)" == iv.over
+    # Seeded: the same call gives the same interval.
     assert stats.bootstrap_mean(values, resamples=200, level=0.9, seed=7) == iv
+
+
+def test_bootstrap_of_0_1_outcomes_has_the_exact_binomial_distribution():
+    # The mean of a resample of n 0/1 outcomes with success rate p is Binomial(n, p) / n, so the
+    # percentile interval converges to the binomial quantiles (hand-derivable, here scipy's).
+    n, k = 400, 284
+    values = np.r_[np.ones(k), np.zeros(n - k)]
+    iv = stats.bootstrap_mean(values, resamples=40000, seed=3)
+    lo, hi = scipy.stats.binom.ppf([0.025, 0.975], n, k / n) / n
+    assert iv.low == pytest.approx(lo, abs=1.01 / n)
+    assert iv.high == pytest.approx(hi, abs=1.01 / n)
+    # At ImageNet scale this is as cheap as at 400 items.
+    big = stats.bootstrap_mean(np.r_[np.ones(35000), np.zeros(15000)], resamples=1000)
+    assert big.low < 0.7 < big.high and "over 50000" in big.over
+
+
+def test_very_many_continuous_items_use_the_normal_limit_and_say_so():
+    values = np.random.default_rng(0).exponential(size=2000)
+    iv = stats.bootstrap_mean(values, max_items=1000)
+    half = scipy.stats.norm.ppf(0.975) * values.std(ddof=1) / np.sqrt(2000)
+    assert (iv.low, iv.high) == (
+        pytest.approx(values.mean() - half),
+        pytest.approx(values.mean() + half),
+    )
+    assert iv.over == "95% normal approximation of the bootstrap over 2000 test items"
+    boot = stats.bootstrap_mean(values, max_items=None, resamples=4000)
+    assert boot.low == pytest.approx(iv.low, abs=0.1 * half) and boot.high == pytest.approx(
+        iv.high, abs=0.1 * half
+    )
 
 
 def test_bootstrap_matches_scipy_percentile_interval():
@@ -51,7 +80,7 @@ def test_bootstrap_matches_scipy_percentile_interval():
 
 
 def test_bootstrap_memory_is_chunked_and_result_independent_of_chunking(monkeypatch):
-    values = np.arange(50, dtype=float)
+    values = np.arange(100, dtype=float)  # more levels than MAX_LEVELS: index resampling
     a = stats.bootstrap_mean(values, resamples=300, seed=0)
     monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 60)  # one resample per chunk
     assert stats.bootstrap_mean(values, resamples=300, seed=0) == a
