@@ -126,7 +126,12 @@ def test_figures_are_saved_as_png_and_svg_with_the_expected_panels(results, tmp_
             _manager(), results, options=FigureOptions(at_l0=(3.0,)), out_dir=tmp_path
         )
     }
-    for name in ("reconstruction-pareto", "ood-vs-sparsity", "ontology-histograms"):
+    for name in (
+        "reconstruction-pareto",
+        "ood-vs-sparsity",
+        "accuracy-vs-l0",
+        "ontology-histograms",
+    ):
         o = outcomes[name]
         assert not o.missing
         png, svg = tmp_path / f"{name}.png", tmp_path / f"{name}.svg"
@@ -192,7 +197,8 @@ def test_a_figure_without_its_data_says_so_in_one_line(tmp_path, capsys):
     store.add_cell(run, cell, [Record("score", 1.0, "val")], 0.1)
     assert main(["plot", str(tmp_path / "empty"), "--out", str(tmp_path / "figs")]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("skipped ") for line in err)
+    assert len(err) == len(figure_entries(_manager()))
+    assert all(line.startswith("skipped ") for line in err)
     assert not list((tmp_path / "figs").glob("*")) if (tmp_path / "figs").exists() else True
     assert main(["plot", str(tmp_path / "empty"), "--figure", "ood-vs-sparsty"]) == 2
     assert "Did you mean: ood-vs-sparsity?" in capsys.readouterr().err
@@ -331,7 +337,7 @@ def test_the_report_is_one_self_contained_file_with_every_section(report_file):
     assert {"ev-reconstruction", "ev-ood-accuracy", "ev-ontology"} <= sections
     assert sum(t == "table" and "data" in (a.get("class") or "") for t, a in tags) >= 7
     images = [a["src"] for t, a in tags if t == "img"]
-    assert len(images) == 3 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
     # Nothing is fetched: no external script, style, image or link.
     for t, a in tags:
         for attr in ("src", "href"):
@@ -403,7 +409,7 @@ def test_the_report_works_in_a_real_browser(report_file, tmp_path):
     assert check["ascending"] and check["descending"] and check["reordered"], check
     # Filtering by the first row's SAE label hides the other SAEs' rows.
     assert 0 < result["filtered"]["visible"] < result["filtered"]["total"], result["filtered"]
-    assert result["images"] == 3 and result["images_ok"] == 3
+    assert result["images"] == 4 and result["images_ok"] == 4
     assert all(w > 100 and h > 100 for w, h in result["image_sizes"])
     assert result["errors"] == []
     assert "Uncaught" not in done.stderr
@@ -559,3 +565,22 @@ def test_report_intervals_over_seeds_and_stored_images(tmp_path):
     parser.feed(text)
     srcs = [a["src"] for t, a in parser.tags if t == "img"]
     assert any(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_accuracy_vs_l0_marks_each_front_at_the_requested_l0(results):
+    l0 = _records(results, "l0", "val").set_index(["layer", "sae_label"])["value"]
+    acc = _records(results, "acc", "val").set_index(["layer", "sae_label"])["value"]
+    (x0, y0), (x1, y1) = sorted((l0[("final", s)], acc[("final", s)]) for s in SAES[2:])
+    mid = float(np.sqrt(x0 * x1))
+    (o,) = draw_all(
+        _manager(), results, names=["accuracy-vs-l0"], options=FigureOptions(at_l0=(mid, 1e6))
+    )
+    axes = [ax for ax in o.figure.axes if ax.get_visible()]
+    assert len(axes) == 2 * 2  # (layer.0, final) x (val, shifted)
+    ax = next(a for a in axes if a.get_title() == "toy-model · final" and "[val]" in a.get_ylabel())
+    diamonds = [line for line in ax.lines if line.get_marker() == "D"]
+    topk = next(d for d in diamonds if list(d.get_xdata()) == [pytest.approx(mid)])
+    # Halfway in log L0 between the two TopK SAEs: the mean of their accuracies; 1e6 is beyond
+    # every SAE and is not drawn.
+    assert list(topk.get_ydata()) == [pytest.approx((y0 + y1) / 2)]
+    assert all(1e6 not in list(d.get_xdata()) for d in diamonds)

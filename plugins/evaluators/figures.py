@@ -10,6 +10,9 @@
   split against the front's sparsity knob (the config field that varies: ``k``, ``l1_coefficient``
   ...), one panel per (model, layer) and front; dashed horizontal lines are the raw-feature
   baseline on the same split.
+* ``accuracy-vs-l0`` (Table 1 at matched sparsity): probe accuracy against L0, one panel per
+  (model, layer) and test split, each front's values at ``--at-l0`` marked with diamonds where
+  they can be interpolated (never extrapolated); the raw-feature baseline dashed.
 * ``ontology-histograms`` (Fig. 3): 2-D histograms of LCH height by ontological coverage of the
   multi-class features, per layer (rows) and SAE or raw neurons (columns), read from the ontology
   evaluator's ``*_fig3.json`` artifacts.
@@ -317,4 +320,69 @@ def layer_sweep(results: Any, options: FigureOptions) -> Any:
     for j in range(len(metrics), rows * cols):
         axes[j // cols][j % cols].set_visible(False)
     fig.suptitle("Every metric of every layer")
+    return fig
+
+
+def accuracy_vs_l0(results: Any, options: FigureOptions) -> Any:
+    """Probe accuracy against L0 per split, each front interpolated as in matched sparsity."""
+    from saebench_vision.sparsity import interpolate_log_l0
+
+    df = results.frame
+    acc = df[(df["metric"] == "acc") & df["role"].isin(["eval", "shifted"])] if len(df) else df
+    has_l0 = len(df) and (df["metric"] == options.l0_metric).any()
+    if not len(acc) or not (acc["sae_plugin"] != "").any() or not has_l0:
+        raise FigureDataMissing(
+            f"accuracy-vs-l0: needs `acc` records of SAEs (the ood-accuracy evaluator) and their "
+            f"`{options.l0_metric}` (the reconstruction evaluator); this suite lacks them"
+        )
+    agg = _per_sae(df[df["metric"].isin(["acc", options.l0_metric])])
+    l0 = {
+        (r.model, r.layer, r.sae_label, r.split): r.value
+        for r in agg[agg["metric"] == options.l0_metric].itertuples()
+    }
+    eval_split = _first_split(results, acc)
+    accs = agg[(agg["metric"] == "acc") & agg["split"].isin(set(acc["split"]))]
+    groups = _ordered(zip(accs["model"], accs["layer"]))
+    splits = _ordered(accs["split"])
+    fig, axes = _figure(len(groups), len(splits), width=3.4)
+    fronts_all = _ordered(
+        front_label(p, c, options.front_by)
+        for p, c in zip(accs["sae_plugin"], accs["sae_config"])
+        if p
+    )
+    for r, (model, layer) in enumerate(groups):
+        for c, split in enumerate(splits):
+            ax = axes[r][c]
+            g = accs[(accs["model"] == model) & (accs["layer"] == layer) & (accs["split"] == split)]
+            by_front: dict[str, list[tuple[float, float]]] = {}
+            for row in g.itertuples():
+                if not row.sae_plugin:
+                    ax.axhline(row.value, color="0.35", ls="--", lw=1, label="raw features")
+                    continue
+                # L0 on the same split, else on the first eval split (as matched sparsity does).
+                x = l0.get((model, layer, row.sae_label, split))
+                x = x if x is not None else l0.get((model, layer, row.sae_label, eval_split))
+                if x is not None and x > 0:
+                    front = front_label(row.sae_plugin, row.sae_config, options.front_by)
+                    by_front.setdefault(front, []).append((x, row.value))
+            for front, pts in by_front.items():
+                colour = _colour(fronts_all.index(front))
+                pts.sort()
+                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                ax.plot(xs, ys, "o-", color=colour, label=front, ms=4)
+                at = [t for t in options.at_l0]
+                vals = interpolate_log_l0(xs, ys, at)
+                shown = [(t, v) for t, v in zip(at, vals) if v == v]
+                if shown:
+                    ax.plot(*zip(*shown), "D", mfc="white", color=colour, ms=6)
+            for t in options.at_l0:
+                ax.axvline(t, color="0.6", ls=":", lw=1)
+            ax.set_xscale("log")
+            ax.set_xlabel("L0")
+            ax.set_ylabel(f"acc [{split}] ↑")
+            ax.set_title(f"{model} · {layer}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.25)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle("Probe accuracy against L0; ◇ read at --at-l0 (piecewise linear in log L0)")
     return fig

@@ -33,6 +33,7 @@ def register_figures() -> dict[str, str]:
     return {
         "reconstruction-pareto": f"{_P}.figures:reconstruction_pareto",
         "ood-vs-sparsity": f"{_P}.figures:ood_vs_sparsity",
+        "accuracy-vs-l0": f"{_P}.figures:accuracy_vs_l0",
         "ontology-histograms": f"{_P}.figures:ontology_histograms",
         "layer-sweep": f"{_P}.figures:layer_sweep",
     }
