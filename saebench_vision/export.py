@@ -142,6 +142,8 @@ def document(
                 "model": m.model,
                 "layer": m.layer,
                 "front": m.front,
+                "front_by": list(m.front_by),
+                "l0_metric": m.l0_metric,
                 "metric": m.metric,
                 "split": m.split,
                 "higher_is_better": m.higher_is_better,

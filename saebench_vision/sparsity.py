@@ -142,6 +142,8 @@ class MatchedRow:
     budget: float | None
     best: tuple[float, float, str] | None
     points: list[tuple[float, float, str]] = field(default_factory=list)
+    front_by: tuple[str, ...] = DEFAULT_FRONT_BY
+    l0_metric: str = "l0"
 
 
 def matched_rows(
@@ -202,7 +204,20 @@ def matched_rows(
         )
         key = (r.model, r.layer, front, r.evaluator, r.metric, r.split)
         row = rows.setdefault(
-            key, MatchedRow(r.model, r.layer, front, r.metric, r.split, hib, {}, budget, None)
+            key,
+            MatchedRow(
+                r.model,
+                r.layer,
+                front,
+                r.metric,
+                r.split,
+                hib,
+                {},
+                budget,
+                None,
+                front_by=tuple(front_by),
+                l0_metric=l0_metric,
+            ),
         )
         row.points.append((x, float(r.value), r.sae_label))
     out = []

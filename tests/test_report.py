@@ -582,3 +582,14 @@ def test_accuracy_vs_l0_marks_each_front_at_the_requested_l0(results):
     # every SAE and is not drawn.
     assert list(topk.get_ydata()) == [pytest.approx((y0 + y1) / 2)]
     assert all(1e6 not in list(d.get_xdata()) for d in diamonds)
+
+
+def test_export_json_matched_rows_record_their_options(output, capsys):
+    assert main(["export", str(output), "--l0-budget", "1000", "--front-by", "plugin"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = [m for m in doc["matched"] if m["metric"] == "mse" and m["split"] == "val"]
+    assert {m["front"] for m in rows} == {"relu", "topk"}
+    for m in rows:
+        assert m["front_by"] == ["plugin"] and m["l0_metric"] == "l0" and m["budget"] == 1000
+        # Lower MSE is better: the best under a budget above every L0 is the front's minimum.
+        assert m["best"]["value"] == min(p["value"] for p in m["points"])
