@@ -264,6 +264,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
             print(f"skipped {o.missing}", file=sys.stderr)
         else:
             print(" ".join(str(f) for f in o.files))
+    if not args.figure:
+        from saebench_vision.figures import write_tables
+
+        tables = write_tables(results, out)
+        if tables:
+            print(" ".join(str(t) for t in tables))
     return EXIT_ERROR if any(o.error for o in outcomes) else 0
 
 
@@ -368,7 +374,10 @@ def _add_report_commands(sub: Any) -> None:
             "(0: always resample; default: 100000)",
         )
 
-    p = sub.add_parser("plot", help="draw the figures of a suite's results as PNG and SVG")
+    p = sub.add_parser(
+        "plot",
+        help="draw the figures of a suite's results as PNG and SVG (and each evaluator's table)",
+    )
     source(p)
     p.add_argument(
         "--figure",

@@ -195,3 +195,36 @@ def draw_all(
             save(outcome, out_dir, options.dpi)
         outcomes.append(outcome)
     return outcomes
+
+
+def write_tables(
+    results: Any, out_dir: Path, formats: Sequence[str] = ("md", "latex")
+) -> list[Path]:
+    """Each evaluator's headline metrics as a rendered table (rows: model, layer, SAE; columns:
+    metric[split]), e.g. the paper's Table 1 (probe accuracy by split) and Table 2 (ontology
+    counts); ``table-<evaluator>.md`` and ``.tex``, written atomically."""
+    from saebench_vision.cache import atomic_write_text
+    from saebench_vision.leaderboard import render
+
+    frame = results.frame
+    if not len(frame):
+        return []
+    versions = results.store.versions_for(results.suite_hash)
+    paths = []
+    for evaluator in results.evaluators():
+        part = frame[frame["evaluator"] == evaluator]
+        if not len(part):
+            continue
+        for fmt in formats:
+            text = render(
+                part,
+                fmt=fmt,
+                layout="wide",
+                title=f"{results.suite_name} ({results.suite_hash}): {evaluator}",
+                versions=versions,
+                headline_only=True,
+            )
+            path = out_dir / f"table-{evaluator}.{'tex' if fmt == 'latex' else fmt}"
+            atomic_write_text(path, text)
+            paths.append(path)
+    return paths

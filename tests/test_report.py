@@ -593,3 +593,15 @@ def test_export_json_matched_rows_record_their_options(output, capsys):
         assert m["front_by"] == ["plugin"] and m["l0_metric"] == "l0" and m["budget"] == 1000
         # Lower MSE is better: the best under a budget above every L0 is the front's minimum.
         assert m["best"]["value"] == min(p["value"] for p in m["points"])
+
+
+def test_plot_writes_every_figure_and_each_evaluators_table(output, tmp_path, capsys):
+    assert main(["plot", str(output), "--out", str(tmp_path)]) == 0
+    written = capsys.readouterr().out.split()
+    assert {Path(p).name for p in written} >= {"reconstruction-pareto.svg", "table-ontology.tex"}
+    table = (tmp_path / "table-ood-accuracy.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert "acc[val] ↑" in header and "acc[shifted] ↑" in header
+    body = [line for line in table.splitlines() if line.startswith("| toy-model")]
+    assert len(body) == 2 * 5  # (baseline + 4 SAEs) x 2 layers
+    assert all(any(label in line for line in body) for label in SAES)
