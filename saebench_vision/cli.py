@@ -102,7 +102,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         from saebench_vision.config import config_fields, describe_type, field_types
 
         registry = manager.registry()
-        for kind in ("model", "sae", "dataset", "evaluator"):
+        for kind in ("model", "sae", "dataset", "evaluator", "labeller"):
             for entry in registry.entries(kind):
                 print(f"\n{kind} `{entry.name}` ({entry.plugin}): {entry.ref.target}")
                 cfg = entry.config_class()
