@@ -28,6 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from saebench_vision_plugins.datasets.prompt_configs import (
+    COCOCaptionsConfig,
+    HFTextConfig,
+    PromptCorpusConfig,
+    PromptFileConfig,
+)
 
 from saebench_vision.errors import DatasetError
 from saebench_vision.interfaces import Dataset
@@ -160,6 +166,7 @@ class PromptFileDataset(TextDataset):
 
     name = "prompt-file"
     version = "1"
+    Config = PromptFileConfig
 
     def _source(self) -> str:
         return f"dataset `prompt-file` ({self.config.path})"
@@ -230,6 +237,7 @@ class COCOCaptionsDataset(TextDataset):
 
     name = "coco-captions"
     version = "1"
+    Config = COCOCaptionsConfig
 
     def _source(self) -> str:
         return f"dataset `coco-captions` ({self.config.path})"
@@ -266,6 +274,7 @@ class HFTextDataset(TextDataset):
 
     name = "hf-text"
     version = "1"
+    Config = HFTextConfig
 
     def _source(self) -> str:
         return f"dataset `hf-text` ({self.config.dataset})"
@@ -345,6 +354,7 @@ class PromptCorpusDataset(TextDataset):
 
     name = "prompt-corpus"
     version = "1"
+    Config = PromptCorpusConfig
 
     def _read(self) -> list[Any]:
         if self.config.source == "flavors":

@@ -5,7 +5,8 @@ every feature the ``top_rows`` most strongly activating tokens are kept (a runni
 chunks: memory ``top_rows × d_sae``, never ``N × d_sae``), mapped back to the caption and to the
 whole word each token sits in (tokenizer offsets), and counted. A feature is a candidate when
 its most frequent top word holds at least ``min_word_share`` of those tokens, is not a stop
-word, and is a noun, adjective or adverb.
+word, and is a noun, adjective or adverb (or of unknown part of speech when neither a tagger
+nor WordNet is available).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def top_activating_rows(
     best_i = torch.zeros((0, sae.d_sae), dtype=torch.long, device=dev)
     with torch.no_grad():
         for start, chunk in activations.iter_chunks(batch_size):
-            x = torch.from_numpy(np.asarray(chunk, dtype=np.float32)).to(dev)
+            x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(dev)
             z = sae.encode(x).float()
             rows = torch.arange(start, start + len(chunk), device=dev).unsqueeze(1).expand_as(z)
             v = torch.cat([best_v, z])
@@ -164,6 +165,7 @@ def discover(
     pos = content_pos(tops, tagger=tagger, wordnet=wordnet, context=context)
     for fw in found:
         fw.pos = pos.get(fw.top_word, "none") if fw.top_word is not None else "none"
-    candidates = [fw for fw in found if fw.pos in pos_keep and fw.share >= min_word_share]
+    keep = set(pos_keep) | {"unknown"}  # no tagger and no WordNet: stop words alone filter
+    candidates = [fw for fw in found if fw.pos in keep and fw.share >= min_word_share]
     candidates.sort(key=lambda fw: (-fw.share, -fw.max_activation, fw.feature))
     return found, candidates

@@ -381,7 +381,7 @@ class DiffusionSteeringEvaluator(Evaluator):
         files.append(
             str(
                 save_png(
-                    image_grid(sweep_rows, [f"λ={s:g}" for s in sweep], sweep_labels),
+                    image_grid(sweep_rows, [f"lambda={s:g}" for s in sweep], sweep_labels),
                     out / "steering_sweep.png",
                 )
             )

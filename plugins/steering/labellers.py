@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from saebench_vision_plugins.steering.configs import CLIPLabellerConfig, QwenLabellerConfig
 
 from saebench_vision.interfaces import Labeller, LabellerAnswer
 
@@ -39,6 +40,7 @@ ABSTAIN = "NONE"
 class CLIPLabeller(Labeller):
     name = "clip"
     version = "1"
+    Config = CLIPLabellerConfig
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -119,6 +121,7 @@ def qwen_prompt(n_original: int, n_steered: int, max_keywords: int) -> str:
 class QwenVLLabeller(Labeller):
     name = "qwen2.5-vl"
     version = "1"
+    Config = QwenLabellerConfig
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -177,7 +177,7 @@ def typical_activations(
     param = next(sae.parameters())
     with torch.no_grad():
         for _, chunk in activations.iter_chunks(batch_size):
-            x = torch.from_numpy(np.asarray(chunk, dtype=np.float32)).to(dev, param.dtype)
+            x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(dev, param.dtype)
             z = sae.encode(x)[:, cols.to(dev)].double().cpu().numpy()
             active = z > 0
             sums += np.where(active, z, 0).sum(0)
@@ -258,7 +258,7 @@ class DiffusionSteerer:
 
         a: Any = self.adapter
         enc, tok = a.encoders, a.tokenizers
-        kwargs: dict[str, Any] = {"torch_dtype": a.torch_dtype}
+        kwargs: dict[str, Any] = {"dtype": a.torch_dtype}
         if a.config.revision:
             kwargs["revision"] = a.config.revision
         if self.variant == "sd1":

@@ -6,7 +6,8 @@
 * :func:`content_pos` tags words as noun / adjective / adverb / other: with nltk's perceptron
   tagger when its data is installed (words tagged in their sentence), else with WordNet's parts
   of speech (a word is a noun, adjective or adverb if WordNet lists it as one; the first listed
-  wins in WordNet's noun, adjective, adverb order), else every non-stop word counts.
+  wins in WordNet's noun, adjective, adverb order), else ``unknown`` (only stop words are
+  filtered).
 * :func:`dominant_keywords` picks, for each feature, the keyword that best singles it out: the
   one with the highest inverse document frequency over all features' keyword lists (each
   feature's list is a document), ties broken by the labeller's own order.
@@ -101,13 +102,13 @@ def content_pos(
     wordnet: Any = "auto",
     context: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, str]:
-    """``{word: "noun" | "adj" | "adv" | "other" | "stop"}``.
+    """``{word: "noun" | "adj" | "adv" | "other" | "stop" | "unknown"}``.
 
     ``tagger`` is nltk's ``pos_tag`` (``"auto"``: when its data is installed; None: never);
     ``context`` maps a word to a sentence it occurs in, so the tagger sees it in context (a
     word's tag is the most common over the sentences given). ``wordnet`` is an nltk WordNet
     reader (``"auto"``: nltk's, or the one :mod:`saebench_vision_plugins.datasets.wordnet`
-    sets up), used when there is no tagger; with neither, every non-stop word is ``"noun"``.
+    sets up), used when there is no tagger; with neither, every non-stop word is ``"unknown"``.
     """
     out: dict[str, str] = {}
     rest = []
@@ -129,7 +130,7 @@ def content_pos(
     wn = _wordnet() if wordnet == "auto" else wordnet
     for w in rest:
         if wn is None:
-            out[w] = "noun"
+            out[w] = "unknown"
             continue
         pos = "other"
         for code, name in (("n", "noun"), ("a", "adj"), ("s", "adj"), ("r", "adv")):

@@ -1,0 +1,161 @@
+"""Steering's pure parts on hand examples: the t-test against scipy, word mapping, parts of
+speech with and without the tagger, IDF keyword choice, answer parsing, the CLIP labeller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from saebench_vision_plugins.steering import words as words_mod
+from saebench_vision_plugins.steering.configs import CLIPLabellerConfig
+from saebench_vision_plugins.steering.labellers import CLIPLabeller, parse_keywords
+from saebench_vision_plugins.steering.stats import paired_ttest
+from saebench_vision_plugins.steering.tiny import tiny_clip_tokenizer
+from saebench_vision_plugins.steering.words import content_pos, dominant_keywords, token_words
+from scipy import stats
+
+
+@pytest.mark.parametrize("n,shift", [(100, 0.012), (5, -0.3), (30, 0.0)])
+def test_paired_ttest_equals_scipy(n: int, shift: float) -> None:
+    rng = np.random.default_rng(n)
+    b = rng.normal(0.2, 0.03, size=n)
+    a = b + shift + rng.normal(0, 0.02, size=n)
+    ours = paired_ttest(a, b)
+    ref = stats.ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert ours.t == pytest.approx(ref.statistic, rel=1e-10)
+    assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-8)
+    assert (ours.ci_low, ours.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-10)
+    d = a - b
+    assert ours.mean_difference == pytest.approx(d.mean())
+    assert ours.effect_size == pytest.approx(d.mean() / d.std(ddof=1))
+    assert ours.n == n
+
+
+def test_paired_ttest_degenerate() -> None:
+    same = paired_ttest([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    assert same.t == 0 and same.p_value == 1.0
+    with pytest.raises(ValueError):
+        paired_ttest([1.0], [2.0])
+
+
+def test_tokens_map_to_whole_words() -> None:
+    tok = tiny_clip_tokenizer()  # byte-level, no merges: every letter is its own BPE piece
+    text = "An old man, wearing sun-glasses!"
+    enc = tok(text, return_offsets_mapping=True)
+    pieces = tok.convert_ids_to_tokens(enc["input_ids"])
+    mapped = token_words(text, enc["offset_mapping"])
+    assert len(mapped) == len(pieces)
+    assert mapped[0] is None and mapped[-1] is None  # start and end of text
+    got = [w for w in mapped if w is not None]
+    assert list(dict.fromkeys(got)) == ["an", "old", "man", "wearing", "sun-glasses"]
+    assert got.count("sun-glasses") == len("sun-glasses")  # 11 one-letter pieces, one word
+    assert mapped[pieces.index(",</w>")] is None  # punctuation is no word
+
+
+def test_pos_with_tagger_in_context() -> None:
+    calls: list[list[str]] = []
+
+    def tagger(tokens: list[str]) -> list[tuple[str, str]]:
+        calls.append(tokens)
+        table = {"old": "JJ", "man": "NN", "quickly": "RB", "runs": "VBZ"}
+        return [(t, table.get(t.lower(), "DT")) for t in tokens]
+
+    pos = content_pos(
+        ["old", "man", "quickly", "runs", "the", "42"],
+        tagger=tagger,
+        context={"old": ["an old man runs quickly"]},
+    )
+    assert pos == {
+        "old": "adj",
+        "man": "noun",
+        "quickly": "adv",
+        "runs": "other",
+        "the": "stop",
+        "42": "stop",
+    }
+    assert calls[0] == ["an", "old", "man", "runs", "quickly"]  # tagged in its sentence
+
+
+class _FakeWordNet:
+    """The few entries of WordNet the test needs (``synsets(word, pos)``)."""
+
+    table = {("elderly", "a"), ("elderly", "n"), ("glasses", "n"), ("quickly", "r"), ("run", "v")}
+
+    def synsets(self, word: str, pos: str) -> list[str]:
+        return [word] if (word, pos) in self.table else []
+
+
+def test_pos_without_tagger_data_uses_wordnet(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nltk
+
+    def missing(*_: Any, **__: Any) -> Any:
+        raise LookupError("Resource averaged_perceptron_tagger_eng not found.")
+
+    monkeypatch.setattr(nltk, "pos_tag", missing)
+    assert words_mod._nltk_tagger() is None
+    pos = content_pos(["elderly", "glasses", "quickly", "run", "of"], wordnet=_FakeWordNet())
+    assert pos == {
+        "elderly": "noun",
+        "glasses": "noun",
+        "quickly": "adv",
+        "run": "other",
+        "of": "stop",
+    }
+    assert content_pos(["glasses"], tagger=None, wordnet=None) == {"glasses": "unknown"}
+
+
+def test_dominant_keyword_by_idf() -> None:
+    answers = {
+        1: ["colorful", "elderly", "wrinkles"],
+        2: ["colorful", "anime"],
+        3: ["colorful", "sunglasses", "anime"],
+        4: [],
+    }
+    # colorful is everywhere (idf 0); anime in 2 of 3; elderly, sunglasses in one each
+    assert dominant_keywords(answers) == {1: "elderly", 2: "anime", 3: "sunglasses", 4: None}
+
+
+@pytest.mark.parametrize(
+    "reply,keywords,abstained",
+    [
+        ("KEYWORDS: elderly, wrinkles, grey hair", ["elderly", "wrinkles", "grey hair"], False),
+        ("**Keywords:** 1. Anime; 2. Cartoon.", ["anime", "cartoon"], False),
+        ("keywords: NONE", [], True),
+        ("I cannot see any clear difference between the two sets of pictures here.", [], True),
+        ("", [], True),
+        ("sunglasses, beach", ["sunglasses", "beach"], False),
+    ],
+)
+def test_parse_keywords(reply: str, keywords: list[str], abstained: bool) -> None:
+    answer = parse_keywords(reply)
+    assert answer.keywords == keywords and answer.abstained is abstained and answer.raw == reply
+
+
+class _Scorer:
+    """CLIP stand-in: word i has embedding e_i; an image is its stored vector."""
+
+    def __init__(self, vocab: list[str]) -> None:
+        self.vocab = vocab
+
+    def texts(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.vocab)))
+        for i, t in enumerate(texts):
+            out[i, self.vocab.index(t.removeprefix("a photo of "))] = 1
+        return out
+
+    def images(self, images: list[np.ndarray]) -> np.ndarray:
+        return np.stack(images)
+
+
+def test_clip_labeller_ranks_the_gain() -> None:
+    vocab = ["anime", "elderly", "red", "sunglasses"]
+    labeller = CLIPLabeller(CLIPLabellerConfig(vocabulary=vocab, top_k=2))
+    labeller._scorer = _Scorer(vocab)
+    orig = [np.array([0.5, 0.1, 0.8, 0.1]), np.array([0.5, 0.2, 0.7, 0.0])]
+    steer = [np.array([0.5, 0.9, 0.8, 0.3]), np.array([0.5, 0.7, 0.6, 0.2])]
+    answer = labeller.label(orig, steer)
+    assert answer.keywords == ["elderly", "sunglasses"] and not answer.abstained
+    flat = labeller.label(orig, orig)
+    assert flat.abstained and flat.keywords == []
