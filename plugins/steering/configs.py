@@ -19,6 +19,11 @@ class DiffusionSteeringConfig:
         help="split of prompts to steer (the paper: Midjourney prompts); the first "
         "`label_prompts` label each feature, the rest validate"
     )
+    validation_split: str | None = option(
+        None,
+        "split of prompts for the validation pairs; null: the prompts of prompt_split after "
+        "the first label_prompts",
+    )
     discovery_split: str | None = option(
         None,
         "split of captions for attribute discovery (the paper: MS-COCO); null: steer the "

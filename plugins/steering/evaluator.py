@@ -87,11 +87,11 @@ class DiffusionSteeringEvaluator(Evaluator):
         sae = ctx.sae
         if sae is None:
             return []
-        for split in (cfg.prompt_split, cfg.discovery_split):
+        for split in (cfg.prompt_split, cfg.discovery_split, cfg.validation_split):
             if split is not None and split not in ctx.splits:
                 raise ConfigError(
                     f"evaluator `{self.name}`: no split {split!r} in the suite "
-                    f"(splits: {', '.join(ctx.splits)}); fix prompt_split / discovery_split"
+                    f"(splits: {', '.join(ctx.splits)}); fix prompt_split / discovery_split / validation_split"
                 )
         adapter = ctx.adapter
         steerer = DiffusionSteerer(
@@ -158,12 +158,18 @@ class DiffusionSteeringEvaluator(Evaluator):
         report["scales"] = {str(f): s for f, s in scale_of.items()}
 
         prompts = [str(p) for p in ctx.dataset(cfg.prompt_split)]
-        if len(prompts) < cfg.label_prompts + 1:
+        label_prompts = prompts[: cfg.label_prompts]
+        if cfg.validation_split is not None:
+            val_prompts = [str(p) for p in ctx.dataset(cfg.validation_split)]
+            val_offset = 1_000_000  # seeds of validation images never collide with labelling's
+        else:
+            val_prompts, val_offset = prompts[cfg.label_prompts :], cfg.label_prompts
+        if len(label_prompts) < cfg.label_prompts or not val_prompts:
             raise ConfigError(
                 f"evaluator `{self.name}`: split {cfg.prompt_split!r} has {len(prompts)} prompts; "
-                f"it needs label_prompts ({cfg.label_prompts}) + at least 1 for validation"
+                f"it needs label_prompts ({cfg.label_prompts}) + at least 1 for validation, or "
+                f"a validation_split"
             )
-        label_prompts, val_prompts = prompts[: cfg.label_prompts], prompts[cfg.label_prompts :]
 
         def pair_images(prompt: str, seed: int, feature: int, strengths: list[float]) -> list[Any]:
             payload = base_key | {
@@ -268,6 +274,7 @@ class DiffusionSteeringEvaluator(Evaluator):
         labelled: list[int],
         attribute: dict[int, str | None],
         prompts: list[str],
+        seed_offset: int,
         pair_images: Any,
         report: dict[str, Any],
     ) -> list[Record]:
@@ -280,7 +287,7 @@ class DiffusionSteeringEvaluator(Evaluator):
             f = labelled[i % len(labelled)]
             p_index = i % len(prompts)
             prompt = prompts[p_index]
-            seed = cfg.seed + cfg.label_prompts + p_index
+            seed = cfg.seed + seed_offset + p_index
             orig, steered = pair_images(prompt, seed, f, [cfg.strength])
             attr_text = cfg.attribute_template.format(prompt=prompt, attribute=attribute[f])
             pairs.append((f, prompt, attr_text, orig, steered))
@@ -295,7 +302,7 @@ class DiffusionSteeringEvaluator(Evaluator):
             "clip_orig_attr": (i_orig * t_attr).sum(1),
         }
         preservation = (i_orig * i_steer).sum(1)
-        split = cfg.prompt_split
+        split = cfg.validation_split or cfg.prompt_split
         extra = {"clip": scorer.identity(), "strength": cfg.strength, "scale": cfg.scale}
         records = []
         for metric, values in sims.items():
