@@ -254,7 +254,7 @@ class DiffusionSteeringEvaluator(Evaluator):
         ]
         if labelled:
             records += self._validate(
-                ctx, cfg, labelled, attribute, val_prompts, pair_images, report
+                ctx, cfg, labelled, attribute, val_prompts, val_offset, pair_images, report
             )
             self._figures(
                 ctx, cfg, labelled, attribute, label_sets, label_prompts, pair_images, report
