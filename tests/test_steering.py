@@ -228,3 +228,73 @@ def test_steer_function_and_image_store(sd1: SDTextEncoderAdapter, tmp_path: Pat
     next(tmp_path.rglob("done.json")).unlink()
     store.get_or_make({"p": PROMPT}, make)
     assert len(calls) == 2
+
+
+def test_sd3_rows_map_to_words(sd3: SDTextEncoderAdapter) -> None:
+    from saebench_vision_plugins.steering.discovery import sd_row_offsets
+    from saebench_vision_plugins.steering.words import token_words, word_spans
+
+    from saebench_vision.interfaces import select_tokens
+
+    texts = ["an old man", "a red-car, at sunset"]
+    offsets = sd_row_offsets(sd3, "prompt-embeds")
+    with torch.inference_mode():
+        out = sd3.forward(sd3.preprocess(texts), ["prompt-embeds"])["prompt-embeds"]
+    _, item = select_tokens(out, "text")
+    for i, text in enumerate(texts):
+        mapped = token_words(text, offsets(text))
+        assert len(mapped) == int((item == i).sum())  # one word slot per cached row
+        n_clip = len(sd3.tokenizers["clip-l"](text)["input_ids"])
+        words = [w for _, _, w in word_spans(text)]
+        for part in (mapped[:n_clip], mapped[n_clip:]):  # CLIP-L's tokens, then T5's
+            assert list(dict.fromkeys(w for w in part if w)) == words
+        assert mapped[0] is None and mapped[n_clip - 1] is None and mapped[-1] is None
+
+
+class _IdentitySAE:
+    """encode(x) = x: hand-made activations are the latents."""
+
+    d_sae = 3
+
+    def to(self, device: Any) -> _IdentitySAE:
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _Rows(_Chunks):
+    def __init__(self, rows: np.ndarray, sample_index: np.ndarray) -> None:
+        super().__init__(rows)
+        self.sample_index = sample_index
+
+
+def test_discovery_on_a_hand_example(sd1: SDTextEncoderAdapter) -> None:
+    from saebench_vision_plugins.steering.discovery import discover, sd_row_offsets
+    from saebench_vision_plugins.steering.words import token_words
+
+    texts = ["an elderly man", "the elderly woman", "a red car"]
+    offsets = sd_row_offsets(sd1, "penultimate")
+    rows, index = [], []
+    for i, text in enumerate(texts):
+        for pos, word in enumerate(token_words(text, offsets(text))):
+            row = np.zeros(3, dtype=np.float32)
+            row[0] = 2.0 if word == "elderly" else 0.0  # an attribute feature
+            row[1] = 1.0 if pos == 0 else 0.0  # fires on the start token only
+            row[2] = 1.5 if word == "the" else 0.0  # a stop word
+            rows.append(row)
+            index.append(i)
+    found, candidates = discover(
+        _IdentitySAE(),
+        _Rows(np.stack(rows), np.array(index)),
+        texts,
+        offsets,
+        top_rows=32,
+        tagger=None,
+        wordnet=None,
+    )
+    by_feature = {fw.feature: fw for fw in found}
+    assert by_feature[0].top_word == "elderly" and by_feature[0].share == 1.0
+    assert by_feature[0].rows == len("elderly") * 2  # every letter piece of both captions
+    assert by_feature[1].top_word is None and by_feature[2].pos == "stop"
+    assert [c.feature for c in candidates] == [0]

@@ -159,3 +159,53 @@ def test_clip_labeller_ranks_the_gain() -> None:
     assert answer.keywords == ["elderly", "sunglasses"] and not answer.abstained
     flat = labeller.label(orig, orig)
     assert flat.abstained and flat.keywords == []
+
+
+class _Spy:
+    """Wraps a processor, recording the keyword arguments of its calls."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        return self.processor(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.processor, name)
+
+
+def test_qwen_labeller_on_a_tiny_model(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest_steering import build_qwen
+    from PIL import Image
+    from saebench_vision_plugins.steering.configs import QwenLabellerConfig
+    from saebench_vision_plugins.steering.labellers import QwenVLLabeller, qwen_prompt
+    from saebench_vision_plugins.steering.tiny import build_clip
+
+    from saebench_vision.errors import WeightsNotFoundError
+
+    folder = build_qwen(tmp_path / "qwen")
+    labeller = QwenVLLabeller(
+        QwenLabellerConfig(
+            model_id=str(folder), device="cpu", dtype="float32", image_size=56, max_new_tokens=6
+        )
+    )
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+    labeller._load()
+    spy = _Spy(labeller._processor)
+    labeller._processor = spy
+    answer = labeller.label(images[:2], images[2:])
+    # all four images reach the model, one vision block each, with the strict question
+    (call,) = spy.calls
+    assert len(call["images"]) == 4 and call["text"][0].count("<|vision_start|>") == 4
+    assert qwen_prompt(2, 2, 5) in call["text"][0] and "KEYWORDS: NONE" in call["text"][0]
+    # the random model's reply is kept raw and parsed: garbage abstains, never raises
+    assert answer.raw == labeller.ask(images, qwen_prompt(2, 2, 5))
+    assert answer.abstained or all(k.isascii() for k in answer.keywords)
+    monkeypatch.setattr(labeller, "ask", lambda imgs, q: "KEYWORDS: Elderly, wrinkles")
+    assert labeller.label(images[:2], images[2:]).keywords == ["elderly", "wrinkles"]
+    wrong = QwenVLLabeller(QwenLabellerConfig(model_id=str(build_clip(tmp_path / "clip"))))
+    with pytest.raises(WeightsNotFoundError, match="not Qwen2.5-VL"):
+        wrong.label(images[:1], images[1:2])

@@ -75,11 +75,15 @@ class CLIPLabeller(Labeller):
         return LabellerAnswer(keywords=best, abstained=not best, raw=raw)
 
 
+_WORDLIKE = re.compile(r"^[a-z][a-z0-9' \-]*$")
+
+
 def parse_keywords(text: str, max_keywords: int = 5) -> LabellerAnswer:
     """Keywords from a reply of the form ``KEYWORDS: a, b, c`` (or ``KEYWORDS: NONE``).
 
     Tolerates case, markdown, quotes, numbering and a missing prefix when the whole reply is a
-    short comma list; anything else (prose, empty) is an abstention.
+    short comma list of words; parts that are not words are dropped; anything else (prose,
+    empty, garbage) is an abstention.
     """
     raw = text
     clean = text.replace("*", "").replace("`", "").strip()
@@ -98,12 +102,11 @@ def parse_keywords(text: str, max_keywords: int = 5) -> LabellerAnswer:
     parts = [re.sub(r"^\s*(\d+[.)]\s*|[-•]\s*)", "", p) for p in re.split(r"[,;/]", body)]
     words = []
     for p in parts:
-        p = p.strip().strip("\"'.!").strip().lower()
-        if not p or len(p) > 40:
-            continue
+        p = " ".join(p.strip().strip("\"'.!").split()).lower()
         if p.upper() == ABSTAIN or p in {"none", "n/a", "no difference"}:
             return LabellerAnswer(keywords=[], abstained=True, raw=raw)
-        words.append(p)
+        if p and len(p) <= 40 and _WORDLIKE.match(p):
+            words.append(p)
     words = list(dict.fromkeys(words))[:max_keywords]
     return LabellerAnswer(keywords=words, abstained=not words, raw=raw)
 
