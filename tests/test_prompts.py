@@ -115,3 +115,22 @@ def test_builtin_corpus(tmp_path: Path) -> None:
         zf.writestr("clip_interrogator/data/flavors.txt", "highly detailed\nbokeh\nbokeh\n")
     flavors = PromptCorpusDataset(PromptCorpusConfig(source="flavors", flavors_path=str(wheel)))
     assert list(flavors) == ["highly detailed", "bokeh"]
+
+
+def test_hf_text_from_local_folders(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")  # optional extra `hf`
+    frame = {"prompt": TEXTS, "id": list(range(len(TEXTS)))}
+    datasets.Dataset.from_dict(frame).save_to_disk(str(tmp_path / "saved"))
+    want = ["a red car", "an old man, anime style", "sunset over the sea", "a cat"]
+    saved = HFTextDataset(HFTextConfig(dataset=str(tmp_path / "saved")))
+    assert list(saved) == want
+    (tmp_path / "files").mkdir()
+    pd.DataFrame({"caption": TEXTS}).to_csv(tmp_path / "files" / "train.csv", index=False)
+    files = HFTextDataset(
+        HFTextConfig(
+            dataset=str(tmp_path / "files"), column="caption", cache_dir=str(tmp_path / "hf")
+        )
+    )
+    assert list(files) == want
+    with pytest.raises(DatasetError, match="no column 'text'; columns: prompt, id"):
+        len(HFTextDataset(HFTextConfig(dataset=str(tmp_path / "saved"), column="text")))

@@ -71,6 +71,9 @@ class HFTextConfig(TextSelection):
     split: str = option("train", "the dataset split")
     name: str | None = option(None, "the dataset configuration name, if it has several")
     revision: str | None = option(None, "hub revision (branch, tag or commit) to pin")
+    cache_dir: str | None = option(
+        None, "where `datasets` keeps downloads and prepared files (default: its own cache)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

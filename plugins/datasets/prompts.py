@@ -300,6 +300,7 @@ class HFTextDataset(TextDataset):
                     self.config.name,
                     split=self.config.split,
                     revision=self.config.revision,
+                    cache_dir=self.config.cache_dir,
                 )
         except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
             text = " ".join(str(exc).split())[:160]

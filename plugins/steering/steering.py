@@ -59,7 +59,8 @@ class SteeringOptions:
 
     positions: Positions = "tokens"
     """``tokens``: every non-padding token; ``active``: tokens where the feature fires on the
-    unsteered prompt; ``all``: every position, padding included."""
+    unsteered prompt (the negative prompt, on which a feature rarely fires, is then moved at
+    its non-padding tokens); ``all``: every position, padding included."""
     negative: bool = True
     """Move the negative embedding by ``−delta`` under classifier-free guidance."""
     scale: ScaleMode = "active-mean"
@@ -174,7 +175,7 @@ def typical_activations(
     maxima = np.zeros(len(feats))
     kept: list[np.ndarray] = []
     dev = torch.device(device)
-    param = next(sae.parameters())
+    param = next(sae.to(dev).parameters())
     with torch.no_grad():
         for _, chunk in activations.iter_chunks(batch_size):
             x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(dev, param.dtype)
@@ -238,7 +239,7 @@ class DiffusionSteerer:
                 f"conditioned on; train the SAE on {' or '.join(allowed)} to steer"
             )
         self.adapter = adapter
-        self.sae = sae.eval()
+        self.sae = sae.eval()  # moved to the adapter's device where it is used
         self.layer = layer
         self.variant = str(variant)
         self.settings = settings or GenerationSettings()
@@ -347,6 +348,7 @@ class DiffusionSteerer:
     def delta(self, feature: int, strength: float, scale: float) -> torch.Tensor:
         """``λ · s_f · c_f`` (or ``λ · unit direction`` with ``scale: unit``)."""
         check_feature(self.sae, feature)
+        self.sae.to(self.adapter.device)
         if self.sae.d_in != self._width():
             raise ConfigError(
                 f"the SAE reads {self.sae.d_in}-wide activations but layer {self.layer!r} of model "
@@ -368,7 +370,7 @@ class DiffusionSteerer:
         self, cond: Conditioning, feature: int, strength: float, scale: float
     ) -> Conditioning:
         """``cond`` moved by ``strength`` along ``feature`` (positive up, negative down)."""
-        delta = self.delta(feature, strength, scale).to(cond.embeds.device)
+        delta = self.delta(feature, strength, scale).to(cond.embeds.device)  # SAE now there too
         opts = self.options
         mask = position_mask(
             cond.kinds, opts.positions, sae=self.sae, feature=feature, embeds=cond.embeds
