@@ -209,3 +209,14 @@ def test_qwen_labeller_on_a_tiny_model(tmp_path: Any, monkeypatch: pytest.Monkey
     wrong = QwenVLLabeller(QwenLabellerConfig(model_id=str(build_clip(tmp_path / "clip"))))
     with pytest.raises(WeightsNotFoundError, match="not Qwen2.5-VL"):
         wrong.label(images[:1], images[1:2])
+
+
+@pytest.mark.parametrize("prompts,features,n", [(4, 2, 8), (10, 3, 7), (3, 5, 20), (100, 20, 100)])
+def test_validation_pairs_are_distinct_and_spread(prompts: int, features: int, n: int) -> None:
+    from saebench_vision_plugins.steering.evaluator import validation_pairs
+
+    pairs = validation_pairs(prompts, features, n)
+    assert len(pairs) == min(n, prompts * features) == len(set(pairs))
+    used = [p for p, _ in pairs]
+    assert sorted(used[:prompts]) == list(range(min(prompts, len(used))))
+    assert all(0 <= f < features for _, f in pairs)

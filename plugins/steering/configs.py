@@ -57,7 +57,9 @@ class DiffusionSteeringConfig:
     )
     labeller_args: dict[str, Any] = option(factory=dict, help="the labeller's options")
     validation_pairs: int = option(
-        100, "prompt-attribute pairs in the paired t-test (the paper: n = 100)"
+        100,
+        "prompt-attribute pairs in the paired t-test (the paper: n = 100); distinct pairs, so "
+        "at most validation prompts x labelled features",
     )
     strength: float = option(
         10.0,

@@ -38,6 +38,21 @@ SIMILARITIES = {
 }
 
 
+def validation_pairs(n_prompts: int, n_features: int, n: int) -> list[tuple[int, int]]:
+    """``n`` distinct (prompt, feature) index pairs, at most ``n_prompts × n_features``.
+
+    Round ``r`` pairs prompt ``p`` with feature ``(p + r) mod n_features``: every prompt is used
+    once before any is reused, features take turns, and no pair repeats.
+    """
+    out = []
+    for r in range(n_features):
+        for p in range(n_prompts):
+            if len(out) == n:
+                return out
+            out.append((p, (p + r) % n_features))
+    return out
+
+
 def load_labeller(name: str, args: dict[str, Any], where: str) -> Any:
     """A labeller plugin instance by name, its args checked against its Config."""
     from saebench_vision.config import build_config
@@ -71,6 +86,10 @@ class DiffusionSteeringEvaluator(Evaluator):
     }
     headline = ("clip_steer_attr", "attr_gain", "attr_gain_p", "preservation")
 
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._pipelines: dict[int, Any] = {}
+
     def evaluate(self, ctx: EvalContext) -> list[Record]:
         from saebench_vision_plugins.steering.discovery import discover, sd_row_offsets
         from saebench_vision_plugins.steering.steering import (
@@ -94,10 +113,13 @@ class DiffusionSteeringEvaluator(Evaluator):
                     f"(splits: {', '.join(ctx.splits)}); fix prompt_split / discovery_split / validation_split"
                 )
         adapter = ctx.adapter
+        # One diffusion pipeline per adapter for the whole run (every SAE cell of the model).
+        cached = self._pipelines.get(id(adapter))
         steerer = DiffusionSteerer(
             adapter,
             sae,
             ctx.layer,
+            pipeline=cached,
             settings=GenerationSettings(
                 cfg.num_inference_steps, cfg.guidance_scale, cfg.height, cfg.width
             ),
@@ -283,9 +305,8 @@ class DiffusionSteeringEvaluator(Evaluator):
 
         scorer = CLIPScorer(cfg.clip_backend, cfg.clip_model, cfg.clip_pretrained, ctx.device)
         pairs = []
-        for i in range(cfg.validation_pairs):
-            f = labelled[i % len(labelled)]
-            p_index = i % len(prompts)
+        for p_index, f_index in validation_pairs(len(prompts), len(labelled), cfg.validation_pairs):
+            f = labelled[f_index]
             prompt = prompts[p_index]
             seed = cfg.seed + seed_offset + p_index
             orig, steered = pair_images(prompt, seed, f, [cfg.strength])
