@@ -90,7 +90,8 @@ def test_offline_suite(tmp_path: Path, models: dict[str, Path]) -> None:
     labelled = {f for f, v in report["labels"].items() if v["attribute"]}
     assert {str(p["feature"]) for p in pairs} <= labelled
     assert report["candidates"] and all(c["top_word"] for c in report["candidates"])
-    for name in ("steering_grid.png", "steering_sweep.png"):
+    per_feature = [f"feature_{f}.png" for f in sorted(labelled, key=int)[:3]]
+    for name in ["steering_grid.png", "steering_sweep.png", *per_feature]:
         with Image.open(report_file.parent / name) as img:
             assert img.width >= 128 * 2 and img.height > 128
     # a second suite with the same generation settings regenerates nothing

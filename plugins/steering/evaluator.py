@@ -406,6 +406,18 @@ class DiffusionSteeringEvaluator(Evaluator):
             made = pair_images(prompts[0], cfg.seed, f, sweep)
             sweep_rows.append(made[1:])
             sweep_labels.append(f"#{f} {attribute[f]}")
+            # the feature alone: its originals over its steered images, labelled with the attribute
+            orig, steered = label_sets[f]
+            per_feature = image_grid(
+                [list(orig), list(steered), made[1:]],
+                [f"#{f} {attribute[f]}"] + [""] * (max(len(orig), len(made) - 1) - 1),
+                [
+                    "original",
+                    f"steered lambda={cfg.strength:g}",
+                    "sweep " + ",".join(f"{s:g}" for s in sweep),
+                ],
+            )
+            files.append(str(save_png(per_feature, out / f"feature_{f}.png")))
         files.append(
             str(
                 save_png(

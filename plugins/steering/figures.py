@@ -16,11 +16,12 @@ def image_grid(
     column_labels: Sequence[str],
     row_labels: Sequence[str] = (),
 ) -> Image.Image:
-    """A grid, one labelled column per entry of ``column_labels``; small images are enlarged
-    (nearest neighbour) to ``MIN_CELL`` pixels so labels fit."""
+    """A grid, one labelled column per entry of ``column_labels`` (rows may differ in length);
+    small images are enlarged (nearest neighbour) to ``MIN_CELL`` pixels so labels fit."""
     side = max(MIN_CELL, max(im.width for row in rows for im in row))
     left = 0 if not row_labels else 6 * max(len(s) for s in row_labels) + 8
-    width = left + side * len(column_labels)
+    columns = max(len(column_labels), max(len(row) for row in rows))
+    width = left + side * columns
     height = LABEL_HEIGHT + side * len(rows)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
