@@ -220,3 +220,67 @@ def test_validation_pairs_are_distinct_and_spread(prompts: int, features: int, n
     used = [p for p, _ in pairs]
     assert sorted(used[:prompts]) == list(range(min(prompts, len(used))))
     assert all(0 <= f < features for _, f in pairs)
+
+
+def test_clip_scorer_matches_the_models_own_embeddings(tmp_path: Any) -> None:
+    import json
+
+    import open_clip
+    import torch
+    from PIL import Image
+    from saebench_vision_plugins.steering.scoring import CLIPScorer
+    from saebench_vision_plugins.steering.tiny import build_clip
+    from transformers import CLIPModel, CLIPProcessor
+
+    from saebench_vision.errors import WeightsNotFoundError
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    texts = ["a red car", "an old man", "sunset"]
+    folder = build_clip(tmp_path / "clip")
+    scorer = CLIPScorer("hf", str(folder))
+    got_i, got_t = scorer.images(images, batch_size=2), scorer.texts(texts, batch_size=2)
+    model, proc = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        out = model(**proc(text=texts, images=images, return_tensors="pt", padding=True))
+    ref_i = out.image_embeds / out.image_embeds.norm(dim=1, keepdim=True)
+    ref_t = out.text_embeds / out.text_embeds.norm(dim=1, keepdim=True)
+    np.testing.assert_allclose(got_i, ref_i.double().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_t, ref_t.double().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(WeightsNotFoundError, match="not CLIP"):
+        from conftest_steering import build_qwen
+
+        CLIPScorer("hf", str(build_qwen(tmp_path / "qwen"))).texts(["x"])
+    # open_clip: a tiny registered config with random weights
+    cfg = tmp_path / "tiny-steer-clip.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "embed_dim": 16,
+                "vision_cfg": {
+                    "image_size": 32,
+                    "layers": 1,
+                    "width": 32,
+                    "patch_size": 8,
+                    "head_width": 16,
+                },
+                "text_cfg": {
+                    "context_length": 77,
+                    "vocab_size": 49408,
+                    "width": 32,
+                    "heads": 2,
+                    "layers": 1,
+                },
+            }
+        )
+    )
+    open_clip.add_model_config(cfg)
+    oc = CLIPScorer("open-clip", "tiny-steer-clip")
+    emb_i, emb_t = oc.images(images), oc.texts(texts)
+    assert emb_i.shape == (3, 16) and emb_t.shape == (3, 16)
+    with torch.no_grad():
+        ref = oc._model.encode_text(open_clip.get_tokenizer("tiny-steer-clip")(texts))
+    np.testing.assert_allclose(
+        emb_t, (ref / ref.norm(dim=1, keepdim=True)).double().numpy(), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(np.linalg.norm(emb_i, axis=1), 1.0)
