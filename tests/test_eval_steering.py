@@ -104,3 +104,38 @@ def test_offline_suite(tmp_path: Path, models: dict[str, Path]) -> None:
     frame_b = runner_b.store.records_frame(suite_b.hash)
     rows_b = frame_b[frame_b.evaluator == "diffusion-steering"]
     assert {m: float(v) for m, v in zip(rows_b.metric, rows_b.value)} == pytest.approx(values)
+
+
+def test_given_features_attributes_and_validation_split(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    from saebench_vision.errors import ConfigError
+
+    path = _suite(tmp_path, models, "steer-given", tmp_path / "cache")
+    doc = yaml.safe_load(path.read_text())
+    args = doc["evaluators"][1]["args"]
+    del args["discovery_split"]
+    args.update(
+        features=[1, 2], attributes={"1": "anime"}, validation_split="captions", validation_pairs=5
+    )
+    path.write_text(yaml.safe_dump(doc))
+    suite, runner = _run(path)
+    frame = runner.store.records_frame(suite.hash)
+    rows = frame[frame.evaluator == "diffusion-steering"]
+    assert "candidate_features" not in set(rows.metric)  # no discovery
+    assert set(rows[rows.metric == "attr_gain"].split) == {"captions"}
+    report = json.loads(next((tmp_path / "steer-given").rglob("steering.json")).read_text())
+    assert report["labels"]["1"] == {
+        "attribute": "anime",
+        "answer": {"given": "anime"},
+        "words": None,
+    }
+    captions = set(runner.dataset("captions"))
+    assert len(report["pairs"]) == 5 and all(p["prompt"] in captions for p in report["pairs"])
+    assert all(p["t_attr"].endswith(", anime") for p in report["pairs"] if p["feature"] == 1)
+    # a split the suite lacks is named in one line
+    args["validation_split"] = "midjourney"
+    path.write_text(yaml.safe_dump(doc | {"name": "steer-bad", "output": str(tmp_path / "bad")}))
+    with pytest.raises(ConfigError, match="no split 'midjourney' in the suite") as err:
+        _run(path)
+    assert "\n" not in str(err.value)
