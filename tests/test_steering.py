@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest_steering import SIZE, build_sd1, build_sd3, tiny_sae
+from PIL import Image
 from saebench_vision_plugins.models.configs import SDTextEncoderConfig
 from saebench_vision_plugins.models.sd_text import SDTextEncoderAdapter
 from saebench_vision_plugins.steering.steering import (
@@ -298,3 +299,43 @@ def test_discovery_on_a_hand_example(sd1: SDTextEncoderAdapter) -> None:
     assert by_feature[0].rows == len("elderly") * 2  # every letter piece of both captions
     assert by_feature[1].top_word is None and by_feature[2].pos == "stop"
     assert [c.feature for c in candidates] == [0]
+
+
+_WRITER = """
+import sys, time
+from PIL import Image
+from saebench_vision_plugins.steering.steering import ImageStore
+store = ImageStore(sys.argv[1])
+def make(i):
+    time.sleep(0.02)
+    return [Image.new("RGB", (8, 8), (i, 0, 0)), Image.new("RGB", (8, 8), (0, i, 0))]
+for i in range(60):
+    store.get_or_make({"group": i}, lambda i=i: make(i))
+"""
+
+
+def test_sigkill_loses_at_most_the_call_in_flight(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)])
+    deadline = time.time() + 120
+    while len(list(tmp_path.rglob("done.json"))) < 10 and time.time() < deadline:
+        assert proc.poll() is None, "the writer ended before it was killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(tmp_path.rglob("done.json")))
+    assert 10 <= finished < 60
+    store = ImageStore(tmp_path)
+    made: list[int] = []
+    for i in range(60):
+        images = store.get_or_make(
+            {"group": i},
+            lambda i=i: made.append(i) or [Image.new("RGB", (8, 8), (i, 0, 0))] * 2,
+        )
+        assert np.asarray(images[0])[0, 0, 0] == i and len(images) == 2
+    assert len(made) == 60 - finished  # every finished group is reused, none half-read
