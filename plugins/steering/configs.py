@@ -48,8 +48,8 @@ class DiffusionSteeringConfig:
     )
     pos_tagger: Literal["auto", "nltk", "wordnet", "none"] = option(
         "auto",
-        "auto: nltk's tagger when its data is installed, else WordNet's parts of speech; none: "
-        "stop words only",
+        "auto: nltk's tagger when its data is installed, else WordNet's parts of speech; nltk: "
+        "the tagger or an error; wordnet: WordNet only; none: stop words only",
     )
     label_prompts: int = option(4, "prompts whose original and steered images the labeller sees")
     labeller: str = option(

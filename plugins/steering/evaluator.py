@@ -140,6 +140,16 @@ class DiffusionSteeringEvaluator(Evaluator):
             tagger: Any = {"auto": "auto", "nltk": "auto", "wordnet": None, "none": None}[
                 cfg.pos_tagger
             ]
+            if cfg.pos_tagger == "nltk":
+                from saebench_vision_plugins.steering.words import _nltk_tagger
+
+                tagger = _nltk_tagger()
+                if tagger is None:
+                    raise ConfigError(
+                        f"evaluator `{self.name}`: pos_tagger nltk: the tagger data is not "
+                        f"installed; run nltk.download('averaged_perceptron_tagger_eng') or use "
+                        f"pos_tagger: auto (WordNet's parts of speech)"
+                    )
             wordnet: Any = None if cfg.pos_tagger == "none" else "auto"
             found, candidates = discover(
                 sae,
