@@ -32,7 +32,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,9 +82,9 @@ class GenerationSettings:
 class Conditioning:
     """What the pipeline is called with, for a batch of prompts.
 
-    ``embeds`` is the steered layer's value (B, T, d) with ``kinds`` (B, T); ``pooled`` holds
-    SD 3's pooled embeddings when the steered layer is the joint one (and vice versa
-    ``joint`` when the pooled layer is steered).
+    ``embeds`` is the steered layer's value (B, T, d) with ``kinds`` (B, T); for SD 3,
+    ``other`` holds the input that is not steered (the pooled embeddings when the joint one is
+    steered, and the other way round), passed to the pipeline as it is.
     """
 
     embeds: torch.Tensor
@@ -93,7 +93,6 @@ class Conditioning:
     negative_kinds: torch.Tensor
     other: torch.Tensor | None = None
     negative_other: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
