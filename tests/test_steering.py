@@ -161,7 +161,11 @@ def test_bad_input_is_one_line(sd1: SDTextEncoderAdapter) -> None:
     with pytest.raises(ConfigError, match="not what the pipeline is conditioned on") as err:
         DiffusionSteerer(sd1, sae, "blocks.1", settings=SETTINGS)
     assert "\n" not in str(err.value)
-    steerer = DiffusionSteerer(sd1, sae, "penultimate", settings=SETTINGS)
+    with pytest.raises(ConfigError, match="trained on layer 'final' .* asked to steer layer 'pen"):
+        DiffusionSteerer(sd1, sae, "penultimate", sae_meta={"layer": "final", "model": "sd"})
+    steerer = DiffusionSteerer(
+        sd1, sae, "penultimate", settings=SETTINGS, sae_meta={"layer": "penultimate"}
+    )
     cond = steerer.conditioning([PROMPT])
     with pytest.raises(ConfigError, match="feature 64 is out of range .* 64 latents"):
         steerer.steer(cond, 64, 1.0, 1.0)

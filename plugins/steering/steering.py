@@ -211,7 +211,9 @@ class DiffusionSteerer:
     """Steered generation for one SAE on one conditioning layer of an ``sd-text-encoder``.
 
     ``adapter`` gives the text conditioning (its loaded encoders are reused by the pipeline);
-    ``pipeline`` is a diffusers pipeline, or None to load one from the adapter's ``model_id``.
+    ``pipeline`` is a diffusers pipeline, or None to load one from the adapter's ``model_id``;
+    ``sae_meta`` (the ``meta`` that :func:`saebench_vision.checkpoint.load_sae` returns) lets the
+    SAE's own layer be checked against ``layer``.
     """
 
     def __init__(
@@ -224,7 +226,16 @@ class DiffusionSteerer:
         settings: GenerationSettings | None = None,
         options: SteeringOptions | None = None,
         pipeline_id: str | None = None,
+        sae_meta: dict[str, Any] | None = None,
     ) -> None:
+        meta = sae_meta or {}
+        trained = meta.get("layer")
+        if trained is not None and trained != layer:
+            raise ConfigError(
+                f"the SAE was trained on layer {trained!r} of model `{meta.get('model')}` "
+                f"but is asked to steer layer {layer!r}; steer {trained!r} or use an SAE trained "
+                f"on {layer!r}"
+            )
         variant = getattr(adapter.config, "variant", None)
         allowed = CONDITIONING_LAYERS.get(str(variant))
         if allowed is None:
@@ -456,6 +467,7 @@ def steer(
     pipeline: Any = None,
     settings: GenerationSettings | None = None,
     options: SteeringOptions | None = None,
+    sae_meta: dict[str, Any] | None = None,
 ) -> tuple[Image.Image, Image.Image]:
     """Generate ``prompt`` unsteered and steered by ``strength`` along SAE ``feature``.
 
@@ -463,10 +475,17 @@ def steer(
     was trained on. ``strength`` is relative: it multiplies the feature's typical activation
     ``scale``, given directly or computed from ``activations`` (the cached training tokens,
     an ``ActivationSet``) as ``options.scale`` says; without either, ``scale`` is 1. Returns
-    ``(original, steered)`` PIL images made in one pipeline call from the same seed.
+    ``(original, steered)`` PIL images made in one pipeline call from the same seed. With
+    ``sae_meta`` (a checkpoint's meta), an SAE trained on another layer is refused.
     """
     steerer = DiffusionSteerer(
-        adapter, sae, layer, pipeline=pipeline, settings=settings, options=options
+        adapter,
+        sae,
+        layer,
+        pipeline=pipeline,
+        settings=settings,
+        options=options,
+        sae_meta=sae_meta,
     )
     if scale is None:
         scale = 1.0
