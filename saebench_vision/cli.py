@@ -7,6 +7,7 @@ imports them only when a cell actually has to be computed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -109,6 +110,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 types = field_types(cfg)
                 for name, f in config_fields(cfg).items():
                     default = f.default if f.default is not f.default_factory else "(required)"
+                    if f.default_factory is not dataclasses.MISSING:
+                        default = f.default_factory()
                     print(
                         f"  {name}: {describe_type(types[name])} = {default!r}  {f.metadata.get('help', '')}"
                     )
