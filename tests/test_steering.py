@@ -156,6 +156,33 @@ def test_sd3_joint_and_pooled(sd3: SDTextEncoderAdapter, layer: str) -> None:
     assert np.array_equal(np.asarray(plain[0]), original)
 
 
+def test_sd3_joint_with_pooled(sd3: SDTextEncoderAdapter, sd1: SDTextEncoderAdapter) -> None:
+    from saebench_vision_plugins.steering.steering import PooledSteering
+
+    joint, pooled = tiny_sae(64), tiny_sae(40, seed=1)
+    steerer = DiffusionSteerer(
+        sd3, joint, "prompt-embeds", settings=SETTINGS, pooled=PooledSteering(pooled, 7, 0.5)
+    )
+    cond = steerer.conditioning([PROMPT])
+    out = steerer.steer(cond, 2, 3.0, 1.0)
+    want = expected_delta(pooled, 7, 3.0, 0.5)
+    torch.testing.assert_close(out.other[0, 0] - cond.other[0, 0], want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.negative_other[0, 0] - cond.negative_other[0, 0], -want, rtol=1e-5, atol=1e-6
+    )
+    mask = cond.kinds != int(TokenKind.PAD)
+    torch.testing.assert_close(
+        (out.embeds - cond.embeds)[mask],
+        expected_delta(joint, 2, 3.0, 1.0).expand(int(mask.sum()), -1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    original, zero, steered = _images(steerer, [0.0, 8.0], feature=2)
+    assert np.array_equal(original, zero) and np.abs(original.astype(int) - steered).max() > 0
+    with pytest.raises(ConfigError, match="pooled steering goes with an SD 3 SAE"):
+        DiffusionSteerer(sd1, tiny_sae(32), "final", pooled=PooledSteering(pooled, 0))
+
+
 def test_bad_input_is_one_line(sd1: SDTextEncoderAdapter) -> None:
     sae = tiny_sae(32)
     with pytest.raises(ConfigError, match="not what the pipeline is conditioned on") as err:
