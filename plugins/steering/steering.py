@@ -514,7 +514,8 @@ def steer(
     ``scale``, given directly or computed from ``activations`` (the cached training tokens,
     an ``ActivationSet``) as ``options.scale`` says; without either, ``scale`` is 1. Returns
     ``(original, steered)`` PIL images made in one pipeline call from the same seed. With
-    ``sae_meta`` (a checkpoint's meta), an SAE trained on another layer is refused.
+    ``sae_meta`` (a checkpoint's meta), an SAE trained on another layer is refused; with
+    ``pooled`` (SD 3), the pooled embedding is steered too.
     """
     steerer = DiffusionSteerer(
         adapter,
@@ -524,6 +525,7 @@ def steer(
         settings=settings,
         options=options,
         sae_meta=sae_meta,
+        pooled=pooled,
     )
     if scale is None:
         scale = 1.0
