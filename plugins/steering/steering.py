@@ -8,7 +8,10 @@ activation space) and ``s_f`` the feature's typical activation. The SAE's recons
 is kept: ``x`` itself is moved, never replaced by ``decode(encode(x))``. Under classifier-free
 guidance the negative (unconditional) embedding moves the other way, ``x_neg − λ · s_f · c_f``,
 so guidance pushes away from the feature as well as towards it (the paper's "steer the
-negative embeddings away from the target feature").
+negative embeddings away from the target feature"). The negative embedding is the empty prompt
+encoded at the same layer as the prompt (diffusers' ``clip_skip`` path encodes the negative at
+the final layer even when the prompt uses the penultimate one; the same layer for both keeps
+the pair consistent, and λ = 0 is then exactly a pipeline conditioned on that layer).
 
 Why ``s_f``: decoder rows and activations have feature-dependent magnitudes, so an absolute λ
 means a different push for every feature. By default ``s_f`` is the feature's mean activation
