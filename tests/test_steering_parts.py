@@ -15,6 +15,8 @@ from saebench_vision_plugins.steering.tiny import tiny_clip_tokenizer
 from saebench_vision_plugins.steering.words import content_pos, dominant_keywords, token_words
 from scipy import stats
 
+from saebench_vision import hookimpl
+
 
 @pytest.mark.parametrize("n,shift", [(100, 0.012), (5, -0.3), (30, 0.0)])
 def test_paired_ttest_equals_scipy(n: int, shift: float) -> None:
@@ -284,3 +286,42 @@ def test_clip_scorer_matches_the_models_own_embeddings(tmp_path: Any) -> None:
         emb_t, (ref / ref.norm(dim=1, keepdim=True)).double().numpy(), rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(np.linalg.norm(emb_i, axis=1), 1.0)
+
+
+class _ApiLabellerPlugin:
+    """A third party's labeller (an API model, say), registered in-process."""
+
+    @staticmethod
+    @hookimpl
+    def register_labellers() -> dict[str, str]:
+        return {"api-vlm": "saebench_vision_plugins.steering.labellers:CLIPLabeller"}
+
+
+def test_labellers_are_a_component_kind(manager: Any) -> None:
+    from saebench_vision.errors import DuplicateComponentError, UnknownComponentError
+
+    registry = manager.registry()
+    assert registry.names("labeller") == ["clip", "qwen2.5-vl"]
+    assert registry.get("labeller", "clip").config_class().__name__ == "CLIPLabellerConfig"
+    with pytest.raises(UnknownComponentError, match="Unknown labeller 'qwen'. Did you mean"):
+        registry.get("labeller", "qwen")
+    manager.register(_ApiLabellerPlugin(), "api")
+    try:
+        assert "api-vlm" in manager.registry().names("labeller")
+        info = {row["name"]: row for row in manager.plugin_info()}
+        assert info["api"]["components"] == {"labeller": ["api-vlm"]}
+    finally:
+        manager.unregister("api")
+
+    class _Clash:
+        @staticmethod
+        @hookimpl
+        def register_labellers() -> dict[str, str]:
+            return {"clip": "x:Y"}
+
+    manager.register(_Clash(), "clash")
+    try:
+        with pytest.raises(DuplicateComponentError, match="labeller `clip` is registered twice"):
+            manager.registry()
+    finally:
+        manager.unregister("clash")
