@@ -7,6 +7,7 @@ imports them only when a cell actually has to be computed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -132,13 +133,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         from saebench_vision.config import config_fields, describe_type, field_types
 
         registry = manager.registry()
-        for kind in ("model", "sae", "dataset", "evaluator"):
+        for kind in ("model", "sae", "dataset", "evaluator", "labeller"):
             for entry in registry.entries(kind):
                 print(f"\n{kind} `{entry.name}` ({entry.plugin}): {entry.ref.target}")
                 cfg = entry.config_class()
                 types = field_types(cfg)
                 for name, f in config_fields(cfg).items():
                     default = f.default if f.default is not f.default_factory else "(required)"
+                    if f.default_factory is not dataclasses.MISSING:
+                        default = f.default_factory()
                     print(
                         f"  {name}: {describe_type(types[name])} = {default!r}  {f.metadata.get('help', '')}"
                     )

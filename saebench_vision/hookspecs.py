@@ -65,6 +65,22 @@ def register_evaluators() -> dict[str, Any]:
     """
 
 
+# --- steering ---------------------------------------------------------------------------------
+
+
+@hookspec
+def register_labellers() -> dict[str, Any]:
+    """Name the labellers this plugin provides (steering evaluators ask them what changed).
+
+    Same contract as :func:`register_models`; classes subclass
+    :class:`saebench_vision.interfaces.Labeller`. Evaluators name a labeller in their args
+    (``labeller: clip``) and look it up with ``registry().get("labeller", name)``.
+    """
+
+
+# --- lifecycle -----------------------------------------------------------------------------------
+
+
 @hookspec
 def register_figures() -> dict[str, str]:
     """Name the figures this plugin draws.

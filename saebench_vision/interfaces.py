@@ -434,3 +434,45 @@ class Evaluator(Component):
 
     def baseline(self, ctx: EvalContext) -> list[Record]:
         return []
+
+
+# --------------------------------------------------------------------------------------------
+# Steering: labellers (a fifth component kind, registered with ``register_labellers``)
+#
+# Evaluators that steer a generator (``diffusion-steering``) ask a labeller what tells a set of
+# original images from their steered versions. Labellers are components like the others: a
+# ``name``, a ``version`` (bump it when answers change: cached answers are keyed by it) and a
+# ``Config`` whose fields (model id, prompt, device) are part of the answer cache's key.
+
+
+@dataclass
+class LabellerAnswer:
+    """A labeller's reply: ``keywords`` in its order of importance, or ``abstained``.
+
+    ``raw`` is the model's text as given (kept with the results); an answer that cannot be
+    parsed is an abstention, never an error.
+    """
+
+    keywords: list[str]
+    abstained: bool = False
+    raw: str = ""
+
+
+class Labeller(Component):
+    """Names the attributes that set the ``steered`` images apart from the ``originals``.
+
+    ``label`` gets the two image sets in matching order (original ``i`` and steered ``i`` share
+    prompt and seed), the prompts they were made from, and ``hints``: candidate words for the
+    feature (e.g. the words it fires on), which a labeller may use or ignore. Returns a
+    :class:`LabellerAnswer`. Labellers load their model lazily, on the first call.
+    """
+
+    def label(
+        self,
+        originals: Sequence[Any],
+        steered: Sequence[Any],
+        *,
+        prompts: Sequence[str] = (),
+        hints: Sequence[str] = (),
+    ) -> LabellerAnswer:
+        raise NotImplementedError

@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin-saes", "saebench_vision_plugins.saes.hooks"),
     ("builtin-datasets", "saebench_vision_plugins.datasets.hooks"),
     ("builtin-evaluators", "saebench_vision_plugins.evaluators.hooks"),
+    ("builtin-steering", "saebench_vision_plugins.steering.hooks"),
 )
 """(plugin name, module) of the plugins that ship with saebench-vision."""
 

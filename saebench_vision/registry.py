@@ -19,10 +19,17 @@ KINDS: dict[str, str] = {
     "sae": "register_saes",
     "dataset": "register_datasets",
     "evaluator": "register_evaluators",
+    "labeller": "register_labellers",
 }
 """Component kind -> the discovery hook that registers it."""
 
-KIND_TITLES = {"model": "model", "sae": "SAE", "dataset": "dataset", "evaluator": "evaluator"}
+KIND_TITLES = {
+    "model": "model",
+    "sae": "SAE",
+    "dataset": "dataset",
+    "evaluator": "evaluator",
+    "labeller": "labeller",
+}
 
 
 @dataclass(frozen=True)

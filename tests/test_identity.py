@@ -21,6 +21,8 @@ from saebench_vision.suite import parse_suite
 RUNTIME = {
     ("model", "*"): {"device", "batch_size", "num_workers"},
     ("dataset", "quickdraw-emoji"): {"cache_dir"},
+    ("dataset", "hf-text"): {"cache_dir"},
+    ("evaluator", "diffusion-steering"): {"cache_dir"},
     ("evaluator", "reconstruction"): {"batch_size", "device"},
     ("evaluator", "ood-accuracy"): {"device"},
     ("evaluator", "ontology"): {"batch_size", "device"},
@@ -72,6 +74,9 @@ SPECIAL = {
     "scale": [[0.3, 0.6]],
     "classes": [["circle", "square"]],
     "prefix_fractions": [[0.25, 0.5, 1.0]],
+    "features": [[3, 5]],
+    "attributes": [{"3": "red"}],
+    "labeller_args": [{"top_k": 2}],
 }
 
 
@@ -96,6 +101,10 @@ def _variants(config_cls: type, base: dict[str, Any]) -> dict[str, dict[str, Any
 REQUIRED = {
     ("dataset", "imagenet-folder"): {"root": "."},
     ("dataset", "image-folder"): {"root": "."},
+    ("dataset", "prompt-file"): {"path": "prompts.txt"},
+    ("dataset", "coco-captions"): {"path": "captions.json"},
+    ("dataset", "hf-text"): {"dataset": "prompts"},
+    ("evaluator", "diffusion-steering"): {"prompt_split": "val"},
 }
 
 

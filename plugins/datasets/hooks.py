@@ -23,4 +23,17 @@ def register_datasets() -> dict[str, ComponentRef]:
         "quickdraw-emoji": ComponentRef(
             f"{_P}.quickdraw:QuickDrawEmojiDataset", config=f"{_P}.configs:QuickDrawEmojiConfig"
         ),
+        # Prompt and caption datasets (text items for text encoders).
+        "prompt-file": ComponentRef(
+            f"{_P}.prompts:PromptFileDataset", config=f"{_P}.prompt_configs:PromptFileConfig"
+        ),
+        "coco-captions": ComponentRef(
+            f"{_P}.prompts:COCOCaptionsDataset", config=f"{_P}.prompt_configs:COCOCaptionsConfig"
+        ),
+        "hf-text": ComponentRef(
+            f"{_P}.prompts:HFTextDataset", config=f"{_P}.prompt_configs:HFTextConfig"
+        ),
+        "prompt-corpus": ComponentRef(
+            f"{_P}.prompts:PromptCorpusDataset", config=f"{_P}.prompt_configs:PromptCorpusConfig"
+        ),
     }
