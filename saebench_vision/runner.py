@@ -248,6 +248,7 @@ class Runner:
         self.store = ResultsStore(suite.output)
         self._datasets: dict[str, Any] = {}
         self._cache: Any = None
+        self._plan: Plan | None = None
 
     def say(self, message: str) -> None:
         print(message, file=self.log, flush=True)
@@ -256,6 +257,7 @@ class Runner:
     def run(self) -> RunSummary:
         started = time.time()
         plan = plan_suite(self.suite, self.manager)
+        self._plan = plan
         cells = plan.cells
         self.store.register_suite(self.suite.hash, cells, plan.split_roles())
         done = self.store.done_cells(c.cell_id for c in cells)
@@ -470,6 +472,14 @@ class Runner:
             dataset_loader=self.dataset,
             adapter_loader=adapter_loader,
             output_dir=self.suite.output / "artifacts",
+            # Cross-layer access (EvalContext.layer_activations / suite_sae): see the block below.
+            layers=tuple(group.model.layers),
+            layer_activation_loader=lambda split, layer: self._layer_activations(
+                group, adapter, tokens, activations, split, layer
+            ),
+            sae_resolver=lambda layer, sae_id, label: self._suite_sae(
+                group, layer, sae_id, label, adapter, tokens, activations, torch, saes
+            ),
         )
         resolve = self._sae_class
         from tqdm.auto import tqdm
@@ -514,6 +524,76 @@ class Runner:
 
     def _sae_class(self, name: str) -> Any:
         return self.registry.get("sae", name).load()
+
+    # -- cross-layer access for evaluators (EvalContext.layer_activations / suite_sae) ------
+    # An evaluator that compares two layers (LLaVA's projector vs LM layer 6) reads another
+    # layer's activations and the suite's SAE on it. Both are resolved here from the plan: the
+    # other layer's activations are extracted (or found in the cache) on demand, and its SAE is
+    # the same sweep variant of the group (model, other layer, seed), trained now if its own
+    # group has not run yet (that group then finds it in the store).
+
+    def _layer_activations(
+        self,
+        group: Group,
+        adapter: Any,
+        tokens: str,
+        activations: dict[tuple[str, str], Any],
+        split: str,
+        layer: str,
+    ) -> Any:
+        if (split, layer) not in activations:
+            activations.update(self._ensure_activations(adapter, group.model, [layer], tokens))
+        return activations[(split, layer)]
+
+    def _suite_sae(
+        self,
+        group: Group,
+        layer: str,
+        sae_id: str,
+        label: str | None,
+        adapter: Any,
+        tokens: str,
+        activations: dict[tuple[str, str], Any],
+        torch: Any,
+        saes: dict[str, Any],
+    ) -> tuple[Any, str]:
+        from saebench_vision.checkpoint import load_sae
+
+        assert self._plan is not None
+        where = f"{self.suite.path}: {group.model.where}"
+        other = next(
+            (
+                g
+                for g in self._plan.groups
+                if g.model is group.model and g.layer == layer and g.seed == group.seed
+            ),
+            None,
+        )
+        if other is None:
+            raise SaebenchError(
+                f"{where}.layers: no SAE is trained on layer {layer!r} of {group.model.label} "
+                f"(layers: {', '.join(group.model.layers)}); add it to the layers"
+            )
+        if label is None:
+            mine = next((p for p in group.saes if p.sae_id == sae_id), None)
+            label = mine.variant.label if mine is not None else None
+        planned = next((p for p in other.saes if p.variant.label == label), None)
+        if planned is None and len(other.saes) == 1:
+            planned = other.saes[0]
+        if planned is None:
+            raise SaebenchError(
+                f"{where}: no SAE labelled {label!r} on layer {layer!r} (there: "
+                f"{', '.join(p.variant.label for p in other.saes)}); name one as the label"
+            )
+        if planned.sae_id not in saes:
+            path = self.store.sae_path(planned.sae_id)
+            if path is None or not path.exists():
+                train = self.suite.train_split.name
+                self._layer_activations(group, adapter, tokens, activations, train, layer)
+                saes.update(self._train_group(other, [planned], activations, torch))
+            else:
+                saes[planned.sae_id] = load_sae(path, self._sae_class)[0]
+        return saes[planned.sae_id], planned.sae_id
 
     def _train_group(
         self,
@@ -635,9 +715,11 @@ class _Lazy:
     def __init__(self, owner: _LazyWriters, layer: str) -> None:
         self._owner, self._layer = owner, layer
 
-    def append(self, rows: Any, sample_index: Any, labels: Any = None) -> None:
+    def append(
+        self, rows: Any, sample_index: Any, labels: Any = None, responses: Any = None
+    ) -> None:
         self._owner.writer(self._layer, rows.shape[1]).append(
-            rows, sample_index=sample_index, labels=labels
+            rows, sample_index=sample_index, labels=labels, responses=responses
         )
 
 

@@ -1,0 +1,79 @@
+"""Configs of the image-text datasets that wrap another labelled split. Light: stdlib only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from saebench_vision.config import option
+
+
+def check_inner_spec(spec: Any, field: str = "dataset") -> None:
+    """The wrapped split must be written ``{plugin: NAME, args: {...}}`` like any suite entry."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("plugin"), str):
+        raise ValueError(
+            f"{field}: {spec!r} is not a dataset entry; write {{plugin: NAME, args: {{...}}}} "
+            f"(e.g. {{plugin: shapes, args: {{split: val}}}})"
+        )
+    unknown = set(spec) - {"plugin", "args"}
+    if unknown:
+        raise ValueError(f"{field}: unknown key `{sorted(unknown)[0]}` (expected: plugin, args)")
+    if not isinstance(spec.get("args", {}) or {}, dict):
+        raise ValueError(f"{field}.args: must be a mapping, not {spec.get('args')!r}")
+
+
+@dataclass(frozen=True)
+class ImageCaptionsConfig:
+    """Captioning items ``{image, text: prompt}`` over a labelled image split (paper section 5).
+
+    The prompt never names the class: the model is asked to describe what it sees.
+    """
+
+    dataset: dict[str, Any] = option(
+        help="the labelled image split to caption, as a suite entry: {plugin: imagenet-folder, "
+        "args: {root: /data/imagenet/val}} (any labelled image dataset)"
+    )
+    prompt: str = option("Describe this image.", "the question asked with every image")
+    max_per_class: int | None = option(
+        None, "keep at most this many images per class (the first in the split's order)"
+    )
+    max_classes: int | None = option(
+        None, "keep only the first this many classes of the split's class list"
+    )
+
+    def __post_init__(self) -> None:
+        check_inner_spec(self.dataset)
+        if not self.prompt.strip():
+            raise ValueError("prompt: must not be empty")
+        for name in ("max_per_class", "max_classes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: {value} must be at least 1 (or null for all)")
+
+
+@dataclass(frozen=True)
+class ClassQuestionsConfig:
+    """Text-only questions about the classes of a labelled split ("What is a clock?")."""
+
+    dataset: dict[str, Any] = option(
+        help="the labelled split whose classes are asked about, as a suite entry (its class "
+        "names are used: ImageNet's are WordNet lemmas)"
+    )
+    templates: tuple[str, ...] = option(
+        ("What is a {name}?",),
+        "questions asked for every class; {name} is the class name (one item per class and "
+        "template)",
+    )
+    max_classes: int | None = option(
+        None, "keep only the first this many classes of the split's class list"
+    )
+
+    def __post_init__(self) -> None:
+        check_inner_spec(self.dataset)
+        if not self.templates:
+            raise ValueError("templates: give at least one question")
+        for template in self.templates:
+            if "{name}" not in template:
+                raise ValueError(f"templates: {template!r} lacks the {{name}} placeholder")
+        if self.max_classes is not None and self.max_classes < 1:
+            raise ValueError(f"max_classes: {self.max_classes} must be at least 1 (or null)")
