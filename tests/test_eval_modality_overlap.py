@@ -157,7 +157,12 @@ def _planted_context(tmp_path: Path, *, drop_text_class: bool = False):
     }
     splits = {"train": "train", "val": "eval", "questions": "eval"}
     return context(
-        tmp_path, acts=acts, datasets=datasets, splits=splits, sae=relu_identity_sae(d), layer="lm.1"
+        tmp_path,
+        acts=acts,
+        datasets=datasets,
+        splits=splits,
+        sae=relu_identity_sae(d),
+        layer="lm.1",
     )
 
 
