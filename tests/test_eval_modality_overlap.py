@@ -191,6 +191,15 @@ def test_evaluator_on_planted_classes(tmp_path: Path) -> None:
     assert cat["image_tokens"] == 12 and cat["text_tokens"] == 3
 
 
+def test_baseline_scores_the_raw_neurons(tmp_path: Path) -> None:
+    ctx = _planted_context(tmp_path).with_sae(None, "")
+    cfg = ModalityOverlapConfig(top_fraction=4 / 30, permutations=100, device="cpu")
+    records = {r.metric: r.value for r in ModalityOverlapEvaluator(cfg).baseline(ctx)}
+    # The planted neurons are the features themselves (negative values never count as active).
+    assert records["jaccard"] == 1.0 and records["null_jaccard"] == 0.0
+    assert records["shared_feature_fraction"] == pytest.approx(12 / 24)
+
+
 def test_class_without_items_on_one_side(tmp_path: Path) -> None:
     ctx = _planted_context(tmp_path, drop_text_class=True)
     cfg = ModalityOverlapConfig(top_fraction=4 / 30, permutations=10, device="cpu")

@@ -135,7 +135,9 @@ def test_greedy_responses_are_deterministic_and_stored(model_dir: Path, tmp_path
     assert cache.lookup("e" * 64).responses() == stored.responses()  # verified like a shard
 
 
-def _suite(model_dir: Path, tmp_path: Path, name: str, output: str) -> Path:
+def _suite(
+    model_dir: Path, tmp_path: Path, name: str, output: str, sweep: list[float] | None = None
+) -> Path:
     doc: dict[str, Any] = yaml.safe_load((REPO / "suites" / name).read_text())
     doc = copy.deepcopy(doc)
     doc["models"][0]["args"]["model_id"] = str(model_dir)
@@ -143,6 +145,9 @@ def _suite(model_dir: Path, tmp_path: Path, name: str, output: str) -> Path:
     for split in doc["datasets"].values():  # smaller than the shipped suite: a quick test
         inner = split["args"]["dataset"]["args"]
         inner["size"] = min(inner["size"], 36)
+    if sweep:
+        del doc["saes"][0]["args"]["l1_coefficient"]
+        doc["saes"][0]["sweep"] = {"l1_coefficient": sweep}
     path = tmp_path / f"{output}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -155,18 +160,28 @@ def _run(path: Path, manager: Any) -> tuple[Any, str]:
     return (summary, runner), log.getvalue()
 
 
+def _sae_records(runner: Any, baseline: bool = False) -> dict[str, float]:
+    query = (
+        "SELECT r.metric, r.value FROM records r JOIN cells c ON r.cell_id = c.cell_id "
+        f"WHERE c.sae_id {'=' if baseline else '!='} ''"
+    )
+    return dict(runner.store.db.execute(query).fetchall())
+
+
 def test_overlap_suite_end_to_end(model_dir: Path, tmp_path: Path, manager: Any) -> None:
     path = _suite(model_dir, tmp_path, "llava_tiny_overlap.yaml", "overlap")
     (summary, runner), log = _run(path, manager)
     assert summary.status == "finished" and summary.computed_cells == 2
-    rows = runner.store.db.execute(
-        "SELECT metric, value FROM records WHERE metric IN ('jaccard', 'p_value', 'n_classes')"
-    ).fetchall()
-    values = dict(rows)
+    values = _sae_records(runner)
+    baseline = _sae_records(runner, baseline=True)
+    assert baseline["n_classes"] == 18 and 0.0 <= baseline["jaccard"] <= 1.0
     assert 0.0 <= values["jaccard"] <= 1.0 and 0.0 < values["p_value"] <= 1.0
     assert values["n_classes"] == 18
-    [figure] = (tmp_path / "overlap" / "artifacts").glob("*/fig6.json")
-    classes = json.loads(figure.read_text())["classes"]
+    figures = [
+        json.loads(f.read_text()) for f in (tmp_path / "overlap").glob("artifacts/*/fig6.json")
+    ]
+    assert sorted(bool(f["sae_id"]) for f in figures) == [False, True]  # baseline and SAE
+    classes = next(f for f in figures if f["sae_id"])["classes"]
     assert len(classes) == 18 and all(c["image_tokens"] > 0 for c in classes)
     # The responses are stored beside the generated-token activations of every split.
     cache = ActivationCache(runner.cache_dir)
@@ -177,20 +192,28 @@ def test_overlap_suite_end_to_end(model_dir: Path, tmp_path: Path, manager: Any)
     again = _suite(model_dir, tmp_path, "llava_tiny_overlap.yaml", "overlap-again")
     (summary2, runner2), log2 = _run(again, manager)
     assert "extracting" in log and "extracting" not in log2
-    rows2 = dict(
-        runner2.store.db.execute(
-            "SELECT metric, value FROM records WHERE metric IN ('jaccard', 'p_value', 'n_classes')"
-        ).fetchall()
-    )
-    assert rows2 == values
+    assert _sae_records(runner2) == values
 
 
 def test_persistence_suite_end_to_end(model_dir: Path, tmp_path: Path, manager: Any) -> None:
-    path = _suite(model_dir, tmp_path, "llava_tiny_persistence.yaml", "persistence")
+    path = _suite(
+        model_dir, tmp_path, "llava_tiny_persistence.yaml", "persistence", sweep=[0.3, 1.0]
+    )
     (summary, runner), log = _run(path, manager)
-    assert summary.status == "finished" and summary.computed_cells == 4
-    # The projector cell asked for the lm.1 SAE before lm.1's own group ran: trained once.
-    assert log.count("training 1 SAE(s) on tiny-llava/lm.1") == 1
+    assert summary.status == "finished" and summary.computed_cells == 6  # 2 layers x (2 + baseline)
+    # The projector cells asked for the lm.1 SAEs before lm.1's own group ran: each trained once.
+    assert log.count("on tiny-llava/lm.1") == 2
+    # Each projector SAE is compared with the lm.1 SAE of the same sweep variant.
+    saes = {
+        sae_id: (layer, label)
+        for sae_id, layer, label in runner.store.db.execute("SELECT sae_id, layer, label FROM saes")
+    }
+    figures = list((tmp_path / "persistence" / "artifacts").glob("*/fig7.json"))
+    assert len(figures) == 2
+    for figure in figures:
+        data = json.loads(figure.read_text())
+        mine, partner = saes[data["from"]["sae_id"]], saes[data["to"]["sae_id"]]
+        assert mine[0] == "projector" and partner == ("lm.1", mine[1])
 
     def layer_records(layer: str) -> dict[str, float]:
         query = (
@@ -201,8 +224,9 @@ def test_persistence_suite_end_to_end(model_dir: Path, tmp_path: Path, manager: 
 
     records = layer_records("projector")
     assert 0.0 <= records["iou"] <= 1.0 and records["n_images"] == 18
+    assert records["p_value"] > 0
     assert layer_records("lm.1") == {}  # the partner's cells report nothing
     pngs = list((tmp_path / "persistence" / "artifacts").glob("*/fig7/*.png"))
-    assert len(pngs) == 4
+    assert len(pngs) == 8
     (summary2, _), _ = _run(path, manager)
     assert summary2.computed_cells == 0

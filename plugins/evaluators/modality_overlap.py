@@ -22,6 +22,8 @@ paper's top 1%) with a positive score form the set ``S_s(c)``. Then:
   ``shared_feature_fraction`` is the share of features active on either side whose ratio lies
   in ``shared_range`` ([0.2, 0.8]).
 
+The baseline row scores the raw neurons the same way (a dimension is "active" when positive).
+
 Memory: activations stream through the SAE in chunks; per class only running sums of size
 (classes x d_sae) are kept, never (tokens x d_sae). ``fig6.json`` (per class: the top features
 of both sides, their overlap, p-value and an example response of each side) goes to the cell's
@@ -42,7 +44,7 @@ from saebench_vision_plugins.evaluators.multimodal_configs import ModalityOverla
 
 from saebench_vision.cache import ActivationSet, atomic_write_text
 from saebench_vision.errors import ConfigError, DatasetError
-from saebench_vision.interfaces import SAE, EvalContext, Evaluator, Record
+from saebench_vision.interfaces import SAE, EvalContext, Evaluator, Record, resolve_device
 
 # --------------------------------------------------------------------------------------------
 # Statistics (pure numpy, tested against hand computations)
@@ -62,20 +64,24 @@ class ClassSums:
 
 
 def class_sums(
-    acts: ActivationSet, sae: SAE, n_classes: int, *, batch_size: int, device: str
+    acts: ActivationSet, sae: SAE | None, n_classes: int, *, batch_size: int, device: str
 ) -> ClassSums:
-    """Stream ``acts`` through ``sae``; accumulate latents per row label."""
+    """Stream ``acts`` through ``sae`` (None: the raw neurons); accumulate per row label."""
     labels = acts.labels
     if labels is None:
         raise DatasetError(f"activations {acts.key[:12]} have no labels; use a labelled split")
-    model, dev = prepare_sae(sae, device)
-    sums = torch.zeros((n_classes, sae.d_sae), dtype=torch.float64, device=dev)
+    if sae is not None:
+        model, dev = prepare_sae(sae, device)
+        width = sae.d_sae
+    else:
+        dev, width = resolve_device(device), acts.d
+    sums = torch.zeros((n_classes, width), dtype=torch.float64, device=dev)
     fires = torch.zeros_like(sums)
     with torch.no_grad():
         for start, chunk in acts.iter_chunks(batch_size):
             x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(dev)
             lab = torch.from_numpy(labels[start : start + len(chunk)]).to(dev)
-            z = model.encode(x).double()
+            z = (model.encode(x) if sae is not None else x).double()
             sums.index_add_(0, lab, z)
             fires.index_add_(0, lab, (z > 0).double())
     tokens = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -211,10 +217,13 @@ class ModalityOverlapEvaluator(Evaluator):
         "shared_feature_fraction",
     )
 
+    def baseline(self, ctx: EvalContext) -> list[Record]:
+        """The same statistics on the raw neurons (the layer's dimensions, "active" when
+        positive): how much of the overlap the SAE adds over the basis the model writes in."""
+        return self.evaluate(ctx)
+
     def evaluate(self, ctx: EvalContext) -> list[Record]:
         cfg: ModalityOverlapConfig = self.config
-        if ctx.sae is None:
-            return []
         image_split = pick_split(ctx, cfg.image_split, False, "image_split")
         text_split = pick_split(ctx, cfg.text_split, True, "text_split")
         image_ds, text_ds = ctx.dataset(image_split), ctx.dataset(text_split)
@@ -236,7 +245,8 @@ class ModalityOverlapEvaluator(Evaluator):
                     f"modality-overlap: split {split!r} is unlabelled; both sides need classes"
                 )
             acts = ctx.activations(split)
-            check_width(ctx.sae, acts, ctx, split)
+            if ctx.sae is not None:
+                check_width(ctx.sae, acts, ctx, split)
             sums = class_sums(
                 acts, ctx.sae, len(classes), batch_size=cfg.batch_size, device=cfg.device
             )
@@ -245,7 +255,7 @@ class ModalityOverlapEvaluator(Evaluator):
         img_idx = np.array([i for i, _ in paired], dtype=np.int64)
         txt_idx = np.array([t for _, t in paired], dtype=np.int64)
         img, txt = sides["image"][4], sides["text"][4]
-        k = max(1, math.ceil(cfg.top_fraction * ctx.sae.d_sae))
+        k = max(1, math.ceil(cfg.top_fraction * img.sums.shape[1]))
         img_scores = img.scores(cfg.score)[img_idx]
         txt_scores = txt.scores(cfg.score)[txt_idx]
         a, b = top_sets(img_scores, k), top_sets(txt_scores, k)

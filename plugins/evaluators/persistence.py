@@ -260,7 +260,12 @@ class PersistenceEvaluator(Evaluator):
                 f"feature at >= {cfg.min_correlation} on split {match_split!r}; lower "
                 f"args.min_correlation or check that both SAEs have live features"
             )
-        return self._score(ctx, cfg, split, maps(split, cfg.max_images), pairs, correlations)
+        records = self._score(
+            ctx, cfg, split, maps(split, cfg.max_images), pairs, correlations, partner_id
+        )
+        for record in records:
+            record.extra["partner_sae"] = partner_id
+        return records
 
     def _partner(self, ctx: EvalContext) -> tuple[SAE, str]:
         cfg: PersistenceConfig = self.config
@@ -320,6 +325,7 @@ class PersistenceEvaluator(Evaluator):
         images: Iterator[tuple[int, np.ndarray, np.ndarray]],
         pairs: np.ndarray,
         correlations: np.ndarray,
+        partner_id: str,
     ) -> list[Record]:
         rng = np.random.default_rng([ctx.seed, 7])
         per_image: list[dict[str, Any]] = []
@@ -412,7 +418,7 @@ class PersistenceEvaluator(Evaluator):
         figure = {
             "figure": "Olson et al. 2025, Fig. 7",
             "from": {"layer": cfg.from_layer, "sae_id": ctx.sae_id},
-            "to": {"layer": cfg.to_layer},
+            "to": {"layer": cfg.to_layer, "sae_id": partner_id},
             "split": split,
             "pairs": [
                 [int(p[0]), int(p[1]), round(float(c), 6)] for p, c in zip(pairs, correlations)

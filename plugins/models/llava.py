@@ -41,7 +41,7 @@ class LlavaAdapter(ModelAdapter):
     """
 
     name = "llava"
-    version = "1"
+    version = "2"  # 2: cache entries of generated tokens also hold the response texts
     Config = LlavaAdapterConfig
     input_kind = "image-text"
     default_tokens = "all"
