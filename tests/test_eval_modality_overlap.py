@@ -22,6 +22,7 @@ from saebench_vision_plugins.evaluators.multimodal_configs import ModalityOverla
 from scipy import stats
 
 from saebench_vision.errors import ConfigError, DatasetError
+from saebench_vision.interfaces import ClassInfo
 
 
 def test_overlap_with_itself_is_one_and_with_disjoint_set_zero() -> None:
@@ -206,6 +207,11 @@ def test_class_without_items_on_one_side(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"class 'owl' \(owl\) has no text items") as err:
         ModalityOverlapEvaluator(cfg).evaluate(ctx)
     assert "\n" not in str(err.value)
+    image_side = _planted_context(tmp_path / "image")
+    image_side.dataset("val")._classes.append(ClassInfo("emu", "emu"))  # no images of emus
+    image_side.dataset("questions")._classes.append(ClassInfo("emu", "emu"))
+    with pytest.raises(DatasetError, match=r"class 'emu' \(emu\) has no image items"):
+        ModalityOverlapEvaluator(cfg).evaluate(image_side)
     skip = ModalityOverlapConfig(top_fraction=4 / 30, permutations=10, missing_classes="skip")
     records = {r.metric: r.value for r in ModalityOverlapEvaluator(skip).evaluate(ctx)}
     assert records["n_classes"] == 2 and records["skipped_classes"] == 1

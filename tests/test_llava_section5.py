@@ -27,7 +27,7 @@ from saebench_vision_plugins.models.tiny_llava import build_tiny_llava
 
 from saebench_vision.cache import ActivationCache
 from saebench_vision.config import build_config
-from saebench_vision.errors import ConfigError, DatasetError, UnknownComponentError
+from saebench_vision.errors import ConfigError, DatasetError, SaebenchError
 from saebench_vision.interfaces import TokenKind
 from saebench_vision.runner import Runner
 from saebench_vision.suite import load_suite
@@ -89,14 +89,40 @@ def test_image_text_dataset_errors() -> None:
         ClassQuestionsDataset(
             ClassQuestionsConfig(dataset={"plugin": "shapes", "args": {"split": "ood-far"}})
         )
-    with pytest.raises(UnknownComponentError, match="args.dataset: Unknown dataset 'shapez'"):
-        ImageCaptionsDataset(ImageCaptionsConfig(dataset={"plugin": "shapez"}))
-    with pytest.raises(ConfigError, match=r"args.dataset.args: unknown key `sise`"):
-        ImageCaptionsDataset(ImageCaptionsConfig(dataset={"plugin": "shapes", "args": {"sise": 3}}))
+    with pytest.raises(DatasetError, match="unlabelled, so max_per_class and max_classes"):
+        ImageCaptionsDataset(
+            ImageCaptionsConfig(
+                dataset={"plugin": "shapes", "args": {"split": "ood-far"}}, max_per_class=2
+            )
+        )
+    # The nested entry is checked with the Config, before anything is opened.
+    with pytest.raises(ConfigError, match="dataset.plugin: Unknown dataset 'shapez'"):
+        build_config(ImageCaptionsConfig, {"dataset": {"plugin": "shapez"}})
+    with pytest.raises(ConfigError, match=r"dataset.args: unknown key `sise`"):
+        build_config(ImageCaptionsConfig, {"dataset": {"plugin": "shapes", "args": {"sise": 3}}})
     with pytest.raises(ConfigError, match="is not a dataset entry"):
         build_config(ImageCaptionsConfig, {"dataset": {"args": {}}}, where="datasets.val.args")
     with pytest.raises(ConfigError, match=r"lacks the \{name\} placeholder"):
         build_config(ClassQuestionsConfig, {"dataset": SHAPES, "templates": ["What?"]})
+
+
+def test_captions_of_an_unlabelled_split() -> None:
+    far = {"plugin": "shapes", "args": {"split": "ood-far", "size": 4, "image_size": 56}}
+    captions = ImageCaptionsDataset(ImageCaptionsConfig(dataset=far, prompt="What is shown?"))
+    assert len(captions) == 4 and captions.labels() is None and captions.classes() is None
+    assert captions[3]["text"] == "What is shown?" and captions[3]["image"].size == (56, 56)
+
+
+def test_nested_errors_name_the_suite_path(tmp_path: Path, manager: Any) -> None:
+    doc = yaml.safe_load((REPO / "suites" / "llava_tiny_persistence.yaml").read_text())
+    doc["datasets"]["val"]["args"]["dataset"]["args"]["splt"] = "val"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(SaebenchError) as err:
+        load_suite(path, manager.registry())
+    message = str(err.value)
+    assert message.startswith(f"{path}: datasets.val.args: dataset.args: unknown key `splt`")
+    assert "Did you mean: split?" in message and "\n" not in message
 
 
 def test_image_token_masks_match_the_processor(model_dir: Path) -> None:

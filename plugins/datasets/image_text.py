@@ -1,4 +1,4 @@
-"""Image-text datasets for multimodal LMs (paper section 5), built over any labelled split.
+"""Image-text datasets for multimodal LMs (paper section 5), built over another split.
 
 * ``image-captions``: ``{"image": <the split's image>, "text": "Describe this image."}``; the
   prompt does not name the class.
@@ -6,14 +6,14 @@
   with the class names of the wrapped split (WordNet lemmas for ImageNet ids).
 
 Both keep the wrapped split's classes (ids and names) and give every item its class label, so an
-evaluator pairs a class's image side with its text side by class id. The wrapped split is written
+evaluator pairs a class's image side with its text side by class id (captions of an unlabelled
+folder are unlabelled too: enough for patch maps, not for class pairing). The wrapped split is written
 like any suite entry (``dataset: {plugin: shapes, args: {split: val}}``) and opened through the
 plugin registry, and its identity is part of the wrapper's (and so of every cache key).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,18 +21,12 @@ from PIL import Image
 from saebench_vision_plugins.datasets.image_text_config import (
     ClassQuestionsConfig,
     ImageCaptionsConfig,
+    _registry,
 )
 
 from saebench_vision.config import build_config
 from saebench_vision.errors import DatasetError, SaebenchError
 from saebench_vision.interfaces import ClassInfo, Dataset
-
-
-@lru_cache(maxsize=1)
-def _registry() -> Any:
-    from saebench_vision.plugins import get_plugin_manager
-
-    return get_plugin_manager().registry()
 
 
 def open_inner(owner: str, spec: dict[str, Any]) -> Dataset:
@@ -63,7 +57,7 @@ def _labelled(owner: str, inner: Dataset, plugin: str) -> tuple[np.ndarray, list
 
 
 class ImageCaptionsDataset(Dataset):
-    """Every image of a labelled split, asked ``prompt``; labels and classes are the split's."""
+    """Every image of a split, asked ``prompt``; labels and classes are the split's (if any)."""
 
     name: ClassVar[str] = "image-captions"
     version: ClassVar[str] = "1"
@@ -79,22 +73,33 @@ class ImageCaptionsDataset(Dataset):
                 f"dataset `{self.name}`: args.dataset `{plugin}` is text-only; captions need "
                 f"an image split (e.g. imagenet-folder, shapes)"
             )
-        labels, classes = _labelled(self.name, self.inner, plugin)
-        keep_classes = len(classes) if config.max_classes is None else config.max_classes
-        self._classes = classes[:keep_classes]
-        chosen: list[int] = []
-        seen = np.zeros(len(classes), dtype=np.int64)
-        for index, label in enumerate(labels.tolist()):
-            if label >= keep_classes:
-                continue
-            if config.max_per_class is not None and seen[label] >= config.max_per_class:
-                continue
-            seen[label] += 1
-            chosen.append(index)
-        if not chosen:
+        self._classes: list[ClassInfo] | None = None
+        self._labels: np.ndarray | None = None
+        if self.inner.labels() is None:
+            # Unlabelled folders are fine for patch maps; per-class limits need classes.
+            if config.max_per_class is not None or config.max_classes is not None:
+                raise DatasetError(
+                    f"dataset `{self.name}`: args.dataset `{plugin}` is unlabelled, so "
+                    f"max_per_class and max_classes cannot apply; drop them"
+                )
+            self.indices = np.arange(len(self.inner), dtype=np.int64)
+        else:
+            labels, classes = _labelled(self.name, self.inner, plugin)
+            keep_classes = len(classes) if config.max_classes is None else config.max_classes
+            self._classes = classes[:keep_classes]
+            chosen: list[int] = []
+            seen = np.zeros(len(classes), dtype=np.int64)
+            for index, label in enumerate(labels.tolist()):
+                if label >= keep_classes:
+                    continue
+                if config.max_per_class is not None and seen[label] >= config.max_per_class:
+                    continue
+                seen[label] += 1
+                chosen.append(index)
+            self.indices = np.asarray(chosen, dtype=np.int64)
+            self._labels = labels[self.indices]
+        if len(self.indices) == 0:
             raise DatasetError(f"dataset `{self.name}`: args.dataset `{plugin}` has no images")
-        self.indices = np.asarray(chosen, dtype=np.int64)
-        self._labels = labels[self.indices]
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "inner": self.inner.identity()}
@@ -117,11 +122,11 @@ class ImageCaptionsDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"image": self.image(index), "text": self.config.prompt}
 
-    def labels(self) -> np.ndarray:
+    def labels(self) -> np.ndarray | None:
         return self._labels
 
-    def classes(self) -> list[ClassInfo]:
-        return list(self._classes)
+    def classes(self) -> list[ClassInfo] | None:
+        return None if self._classes is None else list(self._classes)
 
     def hierarchy(self) -> dict[str, list[str]] | None:
         return self.inner.hierarchy()

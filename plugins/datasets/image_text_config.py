@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from saebench_vision.config import option
+from saebench_vision.config import build_config, option
+from saebench_vision.errors import SaebenchError
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Any:
+    from saebench_vision.plugins import get_plugin_manager
+
+    return get_plugin_manager().registry()
 
 
 def check_inner_spec(spec: Any, field: str = "dataset") -> None:
-    """The wrapped split must be written ``{plugin: NAME, args: {...}}`` like any suite entry."""
+    """The wrapped split must be written ``{plugin: NAME, args: {...}}`` like any suite entry;
+    its plugin and options are checked here (light: only its Config is imported), so
+    ``saebench validate`` catches a wrong nested option before anything runs."""
     if not isinstance(spec, dict) or not isinstance(spec.get("plugin"), str):
         raise ValueError(
             f"{field}: {spec!r} is not a dataset entry; write {{plugin: NAME, args: {{...}}}} "
@@ -20,6 +31,17 @@ def check_inner_spec(spec: Any, field: str = "dataset") -> None:
         raise ValueError(f"{field}: unknown key `{sorted(unknown)[0]}` (expected: plugin, args)")
     if not isinstance(spec.get("args", {}) or {}, dict):
         raise ValueError(f"{field}.args: must be a mapping, not {spec.get('args')!r}")
+    plugin = spec["plugin"]
+    try:
+        entry = _registry().get("dataset", plugin, where=f"{field}.plugin")
+        build_config(
+            entry.config_class(),
+            dict(spec.get("args") or {}),
+            where=f"{field}.args",
+            what=f"dataset `{plugin}`",
+        )
+    except SaebenchError as exc:
+        raise ValueError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -30,8 +52,8 @@ class ImageCaptionsConfig:
     """
 
     dataset: dict[str, Any] = option(
-        help="the labelled image split to caption, as a suite entry: {plugin: imagenet-folder, "
-        "args: {root: /data/imagenet/val}} (any labelled image dataset)"
+        help="the image split to caption, as a suite entry: {plugin: imagenet-folder, args: "
+        "{root: /data/imagenet/val}} (any image dataset; labelled ones keep their classes)"
     )
     prompt: str = option("Describe this image.", "the question asked with every image")
     max_per_class: int | None = option(
