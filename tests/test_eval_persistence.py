@@ -171,3 +171,18 @@ def test_layers_images_and_foreign_partner(tmp_path: Path) -> None:
     wide = ctx.with_sae(relu_identity_sae(D * 2), "wide")
     with pytest.raises(ConfigError, match="takes width 16"):
         PersistenceEvaluator(PersistenceConfig()).evaluate(wide)
+
+
+def test_null_partners_are_uniform_over_the_other_active_features() -> None:
+    from saebench_vision_plugins.evaluators.persistence import null_partners
+
+    rng = np.random.default_rng(5)
+    active = np.array([2, 5, 7, 9])
+    matched = np.repeat(np.array([5, 3]), 4000)  # 5 is active, 3 is not
+    out = null_partners(active, matched, rng)
+    first, second = out[:4000], out[4000:]
+    assert set(first.tolist()) == {2, 7, 9}  # never the matched feature itself
+    assert np.allclose(np.bincount(first, minlength=10)[[2, 7, 9]] / 4000, 1 / 3, atol=0.03)
+    assert np.allclose(np.bincount(second, minlength=10)[active] / 4000, 1 / 4, atol=0.03)
+    assert null_partners(np.array([5]), np.array([5]), rng).tolist() == [-1]
+    assert null_partners(np.array([], dtype=np.int64), np.array([5]), rng).tolist() == [-1]

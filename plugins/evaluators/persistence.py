@@ -101,6 +101,21 @@ def sign_flip_p_value(diffs: np.ndarray, rng: np.random.Generator, n: int = 10_0
     return (1.0 + float((null >= observed - 1e-12).sum())) / (1.0 + n)
 
 
+def null_partners(active: np.ndarray, matched: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each matched to-layer feature, a uniformly random *other* feature from the sorted
+    ``active`` ids (-1 where there is none)."""
+    n = len(active)
+    pos = np.searchsorted(active, matched)
+    inside = (pos < n) & (active[np.minimum(pos, max(n - 1, 0))] == matched) if n else pos < 0
+    choices = n - inside.astype(np.int64)  # how many others each one may take
+    out = np.full(len(matched), -1, dtype=np.int64)
+    ok = choices > 0
+    r = np.floor(rng.random(len(matched)) * np.maximum(choices, 1)).astype(np.int64)
+    r = np.where(inside & (r >= pos), r + 1, r)  # skip the matched feature's own slot
+    out[ok] = active[r[ok]]
+    return out
+
+
 def image_rows(acts: ActivationSet) -> dict[int, tuple[int, int]]:
     """``{dataset item: (first row, end row)}``: an item's patch rows are contiguous."""
     index = acts.sample_index
@@ -339,16 +354,14 @@ class PersistenceEvaluator(Evaluator):
                 continue
             scores = patch_set_scores(a[:, present], b[:, present])
             # Null: the same from-layer feature with another to-layer feature active here.
-            active_b = np.nonzero((zb > cfg.threshold).any(0))[0]
-            null_iou, null_share = [], []
-            for m in np.nonzero(present)[0]:
-                others = active_b[active_b != pairs[m, 1]]
-                if len(others) == 0:
-                    continue
-                other = int(rng.choice(others))
-                null = patch_set_scores(a[:, [m]], (zb[:, [other]] > cfg.threshold))
-                null_iou.append(null["iou"][0])
-                null_share.append(null["persistence"][0])
+            others = null_partners(
+                np.nonzero((zb > cfg.threshold).any(0))[0], pairs[present, 1], rng
+            )
+            has_other = others >= 0
+            null = patch_set_scores(
+                a[:, present][:, has_other], zb[:, others[has_other]] > cfg.threshold
+            )
+            null_iou, null_share = null["iou"], null["persistence"]
             row = {
                 "item": item,
                 "pairs": int(present.sum()),
@@ -357,8 +370,10 @@ class PersistenceEvaluator(Evaluator):
                 "added_patch_fraction": float(np.nanmean(scores["added"]))
                 if np.isfinite(scores["added"]).any()
                 else float("nan"),
-                "iou_null": float(np.nanmean(null_iou)) if null_iou else float("nan"),
-                "persistence_null": float(np.nanmean(null_share)) if null_share else float("nan"),
+                "iou_null": float(np.nanmean(null_iou)) if len(null_iou) else float("nan"),
+                "persistence_null": float(np.nanmean(null_share))
+                if len(null_share)
+                else float("nan"),
             }
             if len(per_image) < cfg.figures:
                 strongest = int(np.argmax(np.where(present, za[:, pairs[:, 0]].sum(0), -np.inf)))
