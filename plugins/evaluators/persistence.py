@@ -64,31 +64,41 @@ def patch_set_scores(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class CorrelationAccumulator:
-    """Streaming Pearson correlation between two sets of columns observed on the same rows."""
+    """Streaming Pearson correlation between two sets of columns observed on the same rows.
 
-    def __init__(self, fa: int, fb: int) -> None:
+    Sums are float64 on ``device`` (the cross-product is the costly part: on a GPU it is
+    milliseconds per image at LLaVA's 576 patches and 2048 candidates)."""
+
+    def __init__(self, fa: int, fb: int, device: torch.device | str = "cpu") -> None:
         self.n = 0
-        self.sa, self.sb = np.zeros(fa), np.zeros(fb)
-        self.saa, self.sbb = np.zeros(fa), np.zeros(fb)
-        self.sab = np.zeros((fa, fb))
+        self.device = torch.device(device)
 
-    def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        x, y = x.astype(np.float64), y.astype(np.float64)
-        self.n += len(x)
-        self.sa += x.sum(0)
-        self.sb += y.sum(0)
-        self.saa += (x * x).sum(0)
-        self.sbb += (y * y).sum(0)
-        self.sab += x.T @ y
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
+        self.sa, self.sb = zeros(fa), zeros(fb)
+        self.saa, self.sbb = zeros(fa), zeros(fb)
+        self.sab = zeros(fa, fb)
+
+    def update(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> None:
+        xt = torch.as_tensor(x).to(self.device, torch.float64)
+        yt = torch.as_tensor(y).to(self.device, torch.float64)
+        self.n += len(xt)
+        self.sa += xt.sum(0)
+        self.sb += yt.sum(0)
+        self.saa += (xt * xt).sum(0)
+        self.sbb += (yt * yt).sum(0)
+        self.sab += xt.T @ yt
 
     def correlation(self) -> np.ndarray:
         n = max(self.n, 1)
         ma, mb = self.sa / n, self.sb / n
-        va = np.maximum(self.saa / n - ma * ma, 0.0)
-        vb = np.maximum(self.sbb / n - mb * mb, 0.0)
-        cov = self.sab / n - np.outer(ma, mb)
-        den = np.sqrt(np.outer(va, vb))
-        return np.divide(cov, den, out=np.zeros_like(cov), where=den > 1e-24)
+        va = (self.saa / n - ma * ma).clamp(min=0.0)
+        vb = (self.sbb / n - mb * mb).clamp(min=0.0)
+        cov = self.sab / n - torch.outer(ma, mb)
+        den = torch.sqrt(torch.outer(va, vb))
+        corr = torch.where(den > 1e-24, cov / den.clamp(min=1e-300), torch.zeros_like(cov))
+        return corr.cpu().numpy()
 
 
 def sign_flip_p_value(diffs: np.ndarray, rng: np.random.Generator, n: int = 10_000) -> float:
@@ -268,7 +278,7 @@ class PersistenceEvaluator(Evaluator):
                     zb = to_sae.encode(xb).float().cpu().numpy()
                 yield item, za, zb
 
-        pairs, correlations = self._match(cfg, lambda: maps(match_split, cfg.match_images))
+        pairs, correlations = self._match(cfg, lambda: maps(match_split, cfg.match_images), dev)
         if len(pairs) == 0:
             raise DatasetError(
                 f"persistence: no {cfg.from_layer} feature correlates with a {cfg.to_layer} "
@@ -302,7 +312,9 @@ class PersistenceEvaluator(Evaluator):
 
     @staticmethod
     def _match(
-        cfg: PersistenceConfig, images: Callable[[], Iterator[tuple[int, np.ndarray, np.ndarray]]]
+        cfg: PersistenceConfig,
+        images: Callable[[], Iterator[tuple[int, np.ndarray, np.ndarray]]],
+        device: torch.device,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(pairs (M, 2) of feature ids, their correlations)`` from one pass over the images
         for firing counts and one for correlations (the images are re-encoded, never held)."""
@@ -322,7 +334,7 @@ class PersistenceEvaluator(Evaluator):
         ca, cb = candidates(np.asarray(counts_a)), candidates(np.asarray(counts_b))
         if len(ca) == 0 or len(cb) == 0:
             return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-        acc = CorrelationAccumulator(len(ca), len(cb))
+        acc = CorrelationAccumulator(len(ca), len(cb), device)
         for _, za, zb in images():
             acc.update(za[:, ca], zb[:, cb])
         corr = acc.correlation()
