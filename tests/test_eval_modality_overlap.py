@@ -190,6 +190,10 @@ def test_evaluator_on_planted_classes(tmp_path: Path) -> None:
     assert cat["id"] == "cat" and cat["shared"] == [0, 1, 2, 3]
     assert cat["image_response"] == "a furry animal" and cat["text_response"] == "A cat is a pet."
     assert cat["image_tokens"] == 12 and cat["text_tokens"] == 3
+    lines = (ctx.output_dir / "responses-questions.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        {"item": 0, "class": "cat", "text": "A cat is a pet."}
+    ]
 
 
 def test_baseline_scores_the_raw_neurons(tmp_path: Path) -> None:
