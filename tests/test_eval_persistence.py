@@ -21,6 +21,7 @@ from saebench_vision_plugins.evaluators.persistence import (
 
 from saebench_vision.checkpoint import save_sae
 from saebench_vision.errors import ConfigError
+from saebench_vision.interfaces import EvalContext
 
 P, D = 16, 8  # a 4 x 4 patch grid, 8 features per SAE
 
@@ -186,3 +187,19 @@ def test_null_partners_are_uniform_over_the_other_active_features() -> None:
     assert np.allclose(np.bincount(second, minlength=10)[active] / 4000, 1 / 4, atol=0.03)
     assert null_partners(np.array([5]), np.array([5]), rng).tolist() == [-1]
     assert null_partners(np.array([], dtype=np.int64), np.array([5]), rng).tolist() == [-1]
+
+
+def test_context_refuses_layers_outside_the_suite(tmp_path: Path) -> None:
+    ctx, _, _ = _context(tmp_path)
+    assert ctx.suite_sae("lm.6")[1] == "sae-lm.6"
+    with pytest.raises(ConfigError, match="no SAE of this suite is trained on layer 'lm.9'"):
+        ctx.suite_sae("lm.9")
+    with pytest.raises(ConfigError, match="layer 'lm.9'"):
+        ctx.layer_activations("val", "lm.9")
+    bare = EvalContext(
+        model_name="m", layer="a", tokens="patch", seed=0, device="cpu", splits={},
+        activation_loader=None, dataset_loader=None, adapter_loader=None, output_dir=tmp_path,
+        layers=("a", "b"),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="gives evaluators no SAE"):
+        bare.suite_sae("b")

@@ -67,6 +67,12 @@ def test_questions_name_the_classes() -> None:
     assert questions[1] == "Draw a equilateral triangle."
     assert questions.labels()[:4].tolist() == [0, 0, 1, 1]
     assert questions.classes()[1].id == "right-triangle"
+    polite = ClassQuestionsDataset(
+        ClassQuestionsConfig(dataset=SHAPES, templates=("What is {article} {name}?",))
+    )
+    assert (
+        polite[0] == "What is an equilateral triangle?" and polite[1] == "What is a right triangle?"
+    )
     # Questions depend on the class list only: another size of the same split asks the same.
     same = ClassQuestionsDataset(
         ClassQuestionsConfig(
@@ -104,6 +110,8 @@ def test_image_text_dataset_errors() -> None:
         build_config(ImageCaptionsConfig, {"dataset": {"args": {}}}, where="datasets.val.args")
     with pytest.raises(ConfigError, match=r"lacks the \{name\} placeholder"):
         build_config(ClassQuestionsConfig, {"dataset": SHAPES, "templates": ["What?"]})
+    with pytest.raises(ConfigError, match="placeholder other than"):
+        build_config(ClassQuestionsConfig, {"dataset": SHAPES, "templates": ["{name} {kind}?"]})
 
 
 def test_captions_of_an_unlabelled_split() -> None:

@@ -137,6 +137,11 @@ def class_name(info: ClassInfo) -> str:
     return info.name.replace("_", " ").strip() or info.id
 
 
+def article(name: str) -> str:
+    """'an' before a vowel letter, else 'a' (by spelling: 'a unicorn' comes out 'an unicorn')."""
+    return "an" if name[:1].lower() in "aeiou" and name[:1] else "a"
+
+
 class ClassQuestionsDataset(Dataset):
     """One text-only question per (class, template) of a labelled split; label = the class."""
 
@@ -154,7 +159,7 @@ class ClassQuestionsDataset(Dataset):
         t = len(config.templates)
         self._labels = np.repeat(np.arange(len(self._classes), dtype=np.int64), t)
         self._texts = [
-            template.format(name=class_name(info))
+            template.format(name=class_name(info), article=article(class_name(info)))
             for info in self._classes
             for template in config.templates
         ]

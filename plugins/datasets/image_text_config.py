@@ -83,8 +83,8 @@ class ClassQuestionsConfig:
     )
     templates: tuple[str, ...] = option(
         ("What is a {name}?",),
-        "questions asked for every class; {name} is the class name (one item per class and "
-        "template)",
+        "questions asked for every class; {name} is the class name and {article} 'a' or 'an' "
+        "before it (by its first letter); one item per class and template",
     )
     max_classes: int | None = option(
         None, "keep only the first this many classes of the split's class list"
@@ -97,5 +97,12 @@ class ClassQuestionsConfig:
         for template in self.templates:
             if "{name}" not in template:
                 raise ValueError(f"templates: {template!r} lacks the {{name}} placeholder")
+            try:
+                template.format(name="clock", article="a")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"templates: {template!r} has a placeholder other than {{name}} and "
+                    f"{{article}} ({exc}); double literal braces as {{{{ }}}}"
+                ) from None
         if self.max_classes is not None and self.max_classes < 1:
             raise ValueError(f"max_classes: {self.max_classes} must be at least 1 (or null)")
