@@ -162,6 +162,10 @@ def test_layers_images_and_foreign_partner(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="is text-only"):
         PersistenceEvaluator(PersistenceConfig(split="questions")).evaluate(ctx)
+    generated = ctx.with_sae(ctx.sae, ctx.sae_id)
+    generated.tokens = "generated"
+    with pytest.raises(ConfigError, match="need tokens: patch"):
+        PersistenceEvaluator(PersistenceConfig()).evaluate(generated)
     later = ctx.with_sae(relu_identity_sae(D), "x")
     later.layer = "lm.6"
     assert PersistenceEvaluator(PersistenceConfig()).evaluate(later) == []

@@ -225,6 +225,11 @@ class PersistenceEvaluator(Evaluator):
                     f"{ctx.model_name} in this suite (layers: {', '.join(ctx.layers)}): no SAE "
                     f"is trained on it; add it to the model's layers"
                 )
+        if ctx.tokens != "patch":
+            raise ConfigError(
+                f"persistence: model {ctx.model_name} extracts tokens: {ctx.tokens}; patch maps "
+                f"need tokens: patch (one row per image patch)"
+            )
         if ctx.sae is None or ctx.layer != cfg.from_layer:
             return []
         split = cfg.split or next(iter(ctx.split_names("eval")), None)
