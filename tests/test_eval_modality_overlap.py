@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from multimodal_helpers import LabelledSplit, context, entry, relu_identity_sae
+from PIL import Image
 from saebench_vision_plugins.evaluators.modality_overlap import (
     ModalityOverlapEvaluator,
     class_sums,
@@ -190,6 +191,11 @@ def test_evaluator_on_planted_classes(tmp_path: Path) -> None:
     assert cat["id"] == "cat" and cat["shared"] == [0, 1, 2, 3]
     assert cat["image_response"] == "a furry animal" and cat["text_response"] == "A cat is a pet."
     assert cat["image_tokens"] == 12 and cat["text_tokens"] == 3
+    with Image.open(ctx.output_dir / "fig6.png") as png:
+        pixels = np.asarray(png.convert("RGB"))
+    label_width = 8 * len("cat") + 8
+    assert pixels[2 + 5, label_width + 3 * 12 + 5].tolist() == [250, 220, 30]  # 4th: shared
+    assert pixels.shape == (3 * 12 + 4, label_width + 4 * 12 + 4, 3)  # 3 classes, 4 features
     lines = (ctx.output_dir / "responses-questions.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == [
         {"item": 0, "class": "cat", "text": "A cat is a pet."}

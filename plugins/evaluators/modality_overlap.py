@@ -26,7 +26,8 @@ The baseline row scores the raw neurons the same way (a dimension is "active" wh
 
 Memory: activations stream through the SAE in chunks; per class only running sums of size
 (classes x d_sae) are kept, never (tokens x d_sae). ``fig6.json`` (per class: the top features
-of both sides, their overlap, p-value and an example response of each side) and
+of both sides, their overlap, p-value and an example response of each side), ``fig6.png`` (per
+class the union of its top sets: yellow shared, red image side only, blue text side only) and
 ``responses-<split>.jsonl`` (every response with its class) go to the cell's artifact folder.
 """
 
@@ -152,6 +153,31 @@ def modality_ratio(image: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.
     ratio = np.full(image.shape, np.nan)
     ratio[active] = image[active] / total[active]
     return ratio, active
+
+
+BOTH, IMAGE_ONLY, TEXT_ONLY = (250, 220, 30), (230, 40, 40), (40, 90, 240)
+
+
+def overlap_png(rows: list[tuple[str, np.ndarray, np.ndarray]], cell: int = 12) -> Any:
+    """Fig. 6 as a picture: one row per class (its name, then a cell per feature in the union
+    of its two top sets: yellow in both, red image side only, blue text side only)."""
+    from PIL import Image, ImageDraw
+
+    label_width = 8 * max((len(name) for name, _, _ in rows), default=4) + 8
+    widest = max((int((a | b).sum()) for _, a, b in rows), default=1)
+    image = Image.new(
+        "RGB", (label_width + max(widest, 1) * cell + 4, len(rows) * cell + 4), "white"
+    )
+    draw = ImageDraw.Draw(image)
+    for r, (name, a, b) in enumerate(rows):
+        y = 2 + r * cell
+        draw.text((2, y), name, fill="black")
+        both, only_a, only_b = np.nonzero(a & b)[0], np.nonzero(a & ~b)[0], np.nonzero(b & ~a)[0]
+        colours = [BOTH] * len(both) + [IMAGE_ONLY] * len(only_a) + [TEXT_ONLY] * len(only_b)
+        for i, colour in enumerate(colours):
+            x = label_width + i * cell
+            draw.rectangle((x, y, x + cell - 2, y + cell - 2), fill=colour)
+    return image
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,6 +458,8 @@ class ModalityOverlapEvaluator(Evaluator):
         atomic_write_text(
             ctx.output_dir / "fig6.json", json.dumps(figure, indent=1, ensure_ascii=False)
         )
+        shown = [(r["name"], a[i], b[i]) for i, r in enumerate(rows)][: cfg.classes_in_png]
+        overlap_png(shown).save(ctx.output_dir / "fig6.png")
         # Every response beside the figure, with its class, so a reader can check what LLaVA
         # said about each class on each side (the cache holds the same texts by item index).
         for role in ("image", "text"):

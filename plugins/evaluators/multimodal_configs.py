@@ -56,6 +56,7 @@ class ModalityOverlapConfig:
         "leaves it out (and reports how many were left out)",
     )
     top_in_artifact: int = option(20, "Fig. 6 data: the top features listed per class and side")
+    classes_in_png: int = option(24, "fig6.png: the first this many classes, one row each")
     batch_size: int = option(4096, "activation rows per chunk streamed through the SAE")
     device: str = option("auto", "torch device for encoding: cpu, cuda, auto")
 
