@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 from saebench_vision.config import build_config, option
 from saebench_vision.errors import SaebenchError
@@ -51,6 +51,9 @@ class ImageCaptionsConfig:
     The prompt never names the class: the model is asked to describe what it sees.
     """
 
+    modality: ClassVar[str] = "image-text"
+    """What the dataset's items are, readable without importing the implementation."""
+
     dataset: dict[str, Any] = option(
         help="the image split to caption, as a suite entry: {plugin: imagenet-folder, args: "
         "{root: /data/imagenet/val}} (any image dataset; labelled ones keep their classes)"
@@ -76,6 +79,8 @@ class ImageCaptionsConfig:
 @dataclass(frozen=True)
 class ClassQuestionsConfig:
     """Text-only questions about the classes of a labelled split ("What is a clock?")."""
+
+    modality: ClassVar[str] = "text"
 
     dataset: dict[str, Any] = option(
         help="the labelled split whose classes are asked about, as a suite entry (its class "
