@@ -25,6 +25,8 @@ RUNTIME = {
     ("evaluator", "ood-accuracy"): {"device"},
     ("evaluator", "ontology"): {"batch_size", "device"},
     ("evaluator", "layer-sweep"): {"batch_size", "device"},
+    ("evaluator", "modality-overlap"): {"batch_size", "device"},
+    ("evaluator", "persistence"): {"device"},
     ("training", ""): {"device", "checkpoint_every", "fuse", "parallel_saes"},
 }
 
@@ -72,6 +74,9 @@ SPECIAL = {
     "scale": [[0.3, 0.6]],
     "classes": [["circle", "square"]],
     "prefix_fractions": [[0.25, 0.5, 1.0]],
+    "dataset": [{"plugin": "shapes", "args": {"split": "val"}}],
+    "templates": [["What is {article} {name}?"]],
+    "shared_range": [[0.25, 0.75]],
 }
 
 
@@ -96,6 +101,8 @@ def _variants(config_cls: type, base: dict[str, Any]) -> dict[str, dict[str, Any
 REQUIRED = {
     ("dataset", "imagenet-folder"): {"root": "."},
     ("dataset", "image-folder"): {"root": "."},
+    ("dataset", "image-captions"): {"dataset": {"plugin": "shapes", "args": {"split": "train"}}},
+    ("dataset", "class-questions"): {"dataset": {"plugin": "shapes", "args": {"split": "train"}}},
 }
 
 

@@ -23,4 +23,12 @@ def register_datasets() -> dict[str, ComponentRef]:
         "quickdraw-emoji": ComponentRef(
             f"{_P}.quickdraw:QuickDrawEmojiDataset", config=f"{_P}.configs:QuickDrawEmojiConfig"
         ),
+        "image-captions": ComponentRef(
+            f"{_P}.image_text:ImageCaptionsDataset",
+            config=f"{_P}.image_text_config:ImageCaptionsConfig",
+        ),
+        "class-questions": ComponentRef(
+            f"{_P}.image_text:ClassQuestionsDataset",
+            config=f"{_P}.image_text_config:ClassQuestionsConfig",
+        ),
     }
