@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from saebench_vision_plugins.datasets.image_text import ClassQuestionsDataset, ImageCaptionsDataset
 from saebench_vision_plugins.datasets.image_text_config import (
     ClassQuestionsConfig,
@@ -340,3 +341,24 @@ def test_persistence_plan_trains_the_partner_layer_first(
         ws.suite_sae(model, 0, "projector", "lm.2", mine.sae_id, None)
     with pytest.raises(SaebenchError, match="so that the plan extracts it"):
         ws.layer_activations(model, "projector", "lm.1", "val")
+
+
+def test_captions_of_a_folder_follow_its_files(tmp_path: Path, monkeypatch: Any) -> None:
+    """The wrapped folder's fingerprint and resolved root enter the cache key, not the spelling
+    of its entry: edited images are re-extracted, the same folder read from elsewhere is not."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 90, 0, 0)).save(folder / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+
+    def captions(root: str) -> ImageCaptionsDataset:
+        spec = {"plugin": "image-folder", "args": {"root": root}}
+        return ImageCaptionsDataset(build_config(ImageCaptionsConfig, {"dataset": spec}))
+
+    relative, absolute = captions("images"), captions(str(folder))
+    assert relative.identity() == absolute.identity()
+    before = relative.fingerprint()
+    assert before is not None and before == relative.inner.fingerprint()
+    Image.new("RGB", (9, 9)).save(folder / "0.png")
+    assert captions("images").fingerprint() != before

@@ -102,7 +102,15 @@ class ImageCaptionsDataset(Dataset):
             raise DatasetError(f"dataset `{self.name}`: args.dataset `{plugin}` has no images")
 
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "inner": self.inner.identity()}
+        # The wrapped split counts by its own identity (resolved paths, runtime fields left
+        # out), not by how its entry is spelled.
+        base = super().identity()
+        config = {k: v for k, v in base["config"].items() if k != "dataset"}
+        return {**base, "config": config, "inner": self.inner.identity()}
+
+    def fingerprint(self) -> str | None:
+        """The wrapped split's (its files on disk, for folder datasets)."""
+        return self.inner.fingerprint()
 
     def __len__(self) -> int:
         return len(self.indices)
