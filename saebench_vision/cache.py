@@ -28,6 +28,8 @@ from saebench_vision.errors import CacheError
 ENV_CACHE_DIR = "SAEBENCH_VISION_CACHE"
 FORMAT_VERSION = 1
 SHARD_BYTES = 64 * 2**20
+RESPONSES_FILE = "responses.json"
+"""Per dataset item, the text a generating model produced (``{item index: text}``)."""
 
 
 def default_cache_dir() -> Path:
@@ -102,6 +104,14 @@ class ActivationSet:
         file = self.path / "labels.npy"
         return np.load(file) if file.exists() else None
 
+    def responses(self) -> dict[int, str] | None:
+        """What the model generated for each dataset item (``{item: text}``), or None when the
+        entry holds no generated tokens. Stored as ``responses.json`` beside the shards."""
+        file = self.path / RESPONSES_FILE
+        if not file.exists():
+            return None
+        return {int(k): v for k, v in json.loads(file.read_text(encoding="utf-8")).items()}
+
     @property
     def sample_index(self) -> np.ndarray:
         return np.load(self.path / "sample_index.npy")
@@ -145,9 +155,19 @@ class EntryWriter:
         self._shards: list[dict[str, Any]] = []
         self._labels: list[np.ndarray] = []
         self._index: list[np.ndarray] = []
+        self._responses: dict[int, str] = {}
         self.n = 0
 
-    def append(self, rows: np.ndarray, sample_index: np.ndarray, labels: np.ndarray | None) -> None:
+    def append(
+        self,
+        rows: np.ndarray,
+        sample_index: np.ndarray,
+        labels: np.ndarray | None,
+        responses: dict[int, str] | None = None,
+    ) -> None:
+        """Add rows; ``responses`` maps dataset items to the text the model generated for them."""
+        if responses:
+            self._responses.update({int(k): str(v) for k, v in responses.items()})
         rows = np.asarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.d:
             raise CacheError(
@@ -193,7 +213,12 @@ class EntryWriter:
         np.save(self.tmp / "sample_index.npy", np.concatenate(self._index))
         if self._labels:
             np.save(self.tmp / "labels.npy", np.concatenate(self._labels))
-        extra_files = [f for f in ("sample_index.npy", "labels.npy") if (self.tmp / f).exists()]
+        if self._responses:
+            texts = {str(k): self._responses[k] for k in sorted(self._responses)}
+            atomic_write_text(self.tmp / RESPONSES_FILE, json.dumps(texts, ensure_ascii=False))
+        extra_files = [
+            f for f in ("sample_index.npy", "labels.npy", RESPONSES_FILE) if (self.tmp / f).exists()
+        ]
         manifest = {
             "format": FORMAT_VERSION,
             "key": self.key,

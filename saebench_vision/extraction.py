@@ -88,10 +88,14 @@ def extract_activations(
                 for layer in layers:
                     rows, item = select_tokens(outputs[layer], tokens)
                     sample_index = indices[item.cpu().numpy()]
+                    responses = outputs[layer].responses
                     writers[layer].append(
                         rows.cpu().numpy(),
                         sample_index=sample_index,
                         labels=None if labels is None else labels[sample_index],
+                        responses=None
+                        if responses is None
+                        else dict(zip(indices.tolist(), responses)),
                     )
                 bar.update(len(indices))
     finally:

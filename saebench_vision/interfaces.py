@@ -53,16 +53,26 @@ TOKEN_SELECTIONS: dict[str, str] = {
 
 @dataclass
 class LayerOutput:
-    """One layer's activations for a batch: ``values`` (B, T, d) and ``kinds`` (B, T) TokenKind."""
+    """One layer's activations for a batch: ``values`` (B, T, d) and ``kinds`` (B, T) TokenKind.
+
+    ``responses`` (optional): per batch item, the text the model generated (multimodal LMs with
+    ``GENERATED`` tokens); extraction stores it with the cache entry so users can read what the
+    model said.
+    """
 
     values: torch.Tensor
     kinds: torch.Tensor
+    responses: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 3 or self.kinds.shape != self.values.shape[:2]:
             raise ValueError(
                 f"LayerOutput needs values (B, T, d) and kinds (B, T); got {tuple(self.values.shape)} "
                 f"and {tuple(self.kinds.shape)}"
+            )
+        if self.responses is not None and len(self.responses) != self.values.shape[0]:
+            raise ValueError(
+                f"LayerOutput: {len(self.responses)} responses for a batch of {self.values.shape[0]}"
             )
 
 
@@ -355,6 +365,9 @@ class EvalContext:
         output_dir: Path,
         sae: SAE | None = None,
         sae_id: str = "",
+        layers: Sequence[str] = (),
+        layer_activation_loader: Any = None,
+        sae_resolver: Any = None,
     ) -> None:
         self.model_name = model_name
         self.layer = layer
@@ -368,6 +381,10 @@ class EvalContext:
         self.output_dir = output_dir
         self.sae = sae
         self.sae_id = sae_id
+        self.layers: tuple[str, ...] = tuple(layers) or (layer,)
+        """Every layer of this cell's model in the suite (in suite order)."""
+        self._layer_activation_loader = layer_activation_loader
+        self._sae_resolver = sae_resolver
 
     def with_sae(self, sae: SAE | None, sae_id: str) -> EvalContext:
         clone = object.__new__(EvalContext)
@@ -406,6 +423,42 @@ class EvalContext:
                 out[start : start + len(chunk)] = z.float().cpu().numpy()
         return out
 
+    # -- other layers of the same model, and the suite's SAEs on them ----------------------
+    # For evaluators that compare layers (e.g. how visual features persist from LLaVA's
+    # projector into its language model); they declare the layers in Evaluator.reads_layers.
+    # The runner resolves both; they are optional for other hosts, which then answer with a
+    # one-line error.
+
+    def layer_activations(self, split: str, layer: str) -> ActivationSet:
+        """The cached activations of ``split`` at another ``layer`` of this cell's model (same
+        token selection). ``layer`` must be one of :attr:`layers`."""
+        if layer == self.layer:
+            return self.activations(split)
+        self._check_layer(layer)
+        if self._layer_activation_loader is None:
+            raise ConfigError(f"this runner gives evaluators no activations of layer {layer!r}")
+        return self._layer_activation_loader(split, layer)
+
+    def suite_sae(self, layer: str, *, label: str | None = None) -> tuple[SAE, str]:
+        """``(sae, sae_id)``: the suite's SAE on ``layer`` of this model and seed, loaded from
+        its checkpoint. ``label`` picks a sweep variant by its label (``relu[expansion=8]``);
+        by default, the variant with this cell's SAE's label. The layer must be one the
+        evaluator declares in :meth:`Evaluator.reads_layers`, so that it is trained before the
+        cell runs. Raises a one-line :class:`~saebench_vision.errors.ConfigError` when no SAE
+        of the suite is trained on that layer."""
+        self._check_layer(layer)
+        if self._sae_resolver is None:
+            raise ConfigError(f"this runner gives evaluators no SAE of layer {layer!r}")
+        sae, sae_id = self._sae_resolver(layer, self.sae_id, label)
+        return sae, sae_id
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise ConfigError(
+                f"model `{self.model_name}`: no SAE of this suite is trained on layer {layer!r} "
+                f"(the suite's layers: {', '.join(self.layers)}); add it to the model's layers"
+            )
+
 
 class Evaluator(Component):
     """Scores one (model, layer, SAE) cell and returns long-form :class:`Record` s.
@@ -429,6 +482,20 @@ class Evaluator(Component):
 
         Default: none. E.g. a probe evaluator returns ``("train",)``; one that reads only the
         in-distribution test split returns ``("eval",)``.
+        """
+        return ()
+
+    def reads_layers(self, layer: str, layers: Sequence[str]) -> tuple[str, ...]:
+        """Other layers of the same model whose activations and suite SAEs a cell on ``layer``
+        reads (:meth:`EvalContext.layer_activations`, :meth:`EvalContext.suite_sae`);
+        ``layers`` are the model's layers in the suite.
+
+        Default: none. The plan extracts the layers named here with the cell's own and makes
+        the cell (its SAE's and its baseline) wait for the training of every SAE of those
+        layers for the same model and seed, so that any executor finds them trained. Layers
+        outside ``layers`` are ignored here (the evaluator reports them when it runs). E.g. an
+        evaluator comparing a projector with an LM layer returns ``("lm.6",)`` for
+        ``layer == "projector"``.
         """
         return ()
 

@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,52 +362,83 @@ class Schedule:
         self.needs[step.id] = needs
 
 
-def schedule(plan: Plan, done: set[str], trained: set[str]) -> Schedule:
+LayerReads = Callable[[ModelSpec, str, EvaluatorSpec], Sequence[str]]
+"""``(model, layer, evaluator) -> layers``: the other layers of the model whose activations and
+SAEs a cell of that evaluator on ``layer`` reads (see ``Evaluator.reads_layers``)."""
+
+
+def schedule(
+    plan: Plan, done: set[str], trained: set[str], reads: LayerReads | None = None
+) -> Schedule:
     """The steps that compute every cell not in ``done``. ``trained`` holds the ids of SAEs
-    whose checkpoints already exist. Order: per model, every split's extraction (all needed
-    layers in one pass), then per (layer, seed) group one training pass per recipe, then its
-    cells; an executor that runs steps one after another in this order extracts, trains and
-    loads everything once."""
+    whose checkpoints already exist; ``reads`` says which other layers of its model a cell
+    reads: those layers are extracted with the others, and the cell needs the training of every
+    SAE of the (model, other layer, seed) group. Order: per model, every split's extraction
+    (all needed layers in one pass), then per (layer, seed) group the training passes of the
+    groups its cells read, one training pass per recipe, then its cells; an executor that runs
+    steps one after another in this order extracts each split once and trains each SAE once
+    (an SAE of another layer is read back from its checkpoint)."""
     suite = plan.suite
     out = Schedule()
     for model in suite.models:
-        groups = [
-            g
-            for g in plan.groups
-            if g.model is model and any(c.key.cell_id not in done for c in g.cells)
-        ]
-        if not groups:
+        groups = [g for g in plan.groups if g.model is model]
+        where = {(g.layer, g.seed): g for g in groups}
+        pending = {id(g): [c for c in g.cells if c.key.cell_id not in done] for g in groups}
+        needed: dict[int, dict[str, PlannedSAE]] = {id(g): {} for g in groups}
+        read: dict[str, list[Group]] = {}
+        for group in groups:
+            for c in pending[id(group)]:
+                if c.sae is not None:
+                    needed[id(group)][c.sae.sae_id] = c.sae
+                others: list[Group] = []
+                for layer in reads(model, group.layer, c.evaluator) if reads else ():
+                    other = where.get((layer, group.seed))
+                    if other is not None and other is not group and other not in others:
+                        others.append(other)
+                        # Which variant the evaluator asks for is known only when it runs.
+                        needed[id(other)].update({p.sae_id: p for p in other.saes})
+                read[c.key.cell_id] = others
+        layers_used = {g.layer for g in groups if pending[id(g)]}
+        layers_used |= {o.layer for others in read.values() for o in others}
+        if not layers_used:
             continue
-        layers = tuple(sorted({g.layer for g in groups}, key=list(model.layers).index))
+        layers = tuple(sorted(layers_used, key=list(model.layers).index))
         extracts = {}
         for split in suite.datasets:
             step = ExtractStep(model, split.name, layers)
             extracts[split.name] = step.id
             out.add(step, [])
+        producer: dict[str, str] = {}
+        trained_groups: set[int] = set()
+        layer_inputs = [extracts[s.name] for s in suite.datasets]
         for group in groups:
-            pending = [c for c in group.cells if c.key.cell_id not in done]
-            needed = {c.sae.sae_id: c.sae for c in pending if c.sae is not None}
-            by_recipe: dict[str, list[PlannedSAE]] = {}
-            for planned in needed.values():
-                if planned.sae_id not in trained:
-                    # Group by the whole recipe, runtime fields too: one pass, one device.
-                    recipe = content_key(config_as_dict(suite.training_config(planned.variant)))
-                    by_recipe.setdefault(recipe, []).append(planned)
-            producer: dict[str, str] = {}
-            for members in by_recipe.values():
-                train_step = TrainStep(
-                    model,
-                    group.layer,
-                    group.seed,
-                    tuple(
-                        (p.sae_id, p.variant, json.dumps(p.config_identity, default=str))
-                        for p in members
-                    ),
-                )
-                out.add(train_step, [extracts[suite.train_split.name]])
-                producer.update({p.sae_id: train_step.id for p in members})
-            layer_inputs = [extracts[s.name] for s in suite.datasets]
-            for c in pending:
+            if not pending[id(group)]:
+                continue  # a group only read by others is trained where it is first read
+            # The groups this group's cells read first, then its own: each group once.
+            first = [o for c in pending[id(group)] for o in read[c.key.cell_id]] + [group]
+            for trainee in first:
+                if id(trainee) in trained_groups:
+                    continue
+                trained_groups.add(id(trainee))
+                by_recipe: dict[str, list[PlannedSAE]] = {}
+                for planned in needed[id(trainee)].values():
+                    if planned.sae_id not in trained:
+                        # Group by the whole recipe, runtime fields too: one pass, one device.
+                        recipe = content_key(config_as_dict(suite.training_config(planned.variant)))
+                        by_recipe.setdefault(recipe, []).append(planned)
+                for members in by_recipe.values():
+                    train_step = TrainStep(
+                        model,
+                        trainee.layer,
+                        trainee.seed,
+                        tuple(
+                            (p.sae_id, p.variant, json.dumps(p.config_identity, default=str))
+                            for p in members
+                        ),
+                    )
+                    out.add(train_step, [extracts[suite.train_split.name]])
+                    producer.update({p.sae_id: train_step.id for p in members})
+            for c in pending[id(group)]:
                 sae_id = c.sae.sae_id if c.sae is not None else ""
                 eval_step = EvaluateStep(
                     model,
@@ -417,9 +449,11 @@ def schedule(plan: Plan, done: set[str], trained: set[str]) -> Schedule:
                     sae_id,
                     c.sae.variant.plugin if c.sae is not None else "",
                 )
-                out.add(
-                    eval_step, layer_inputs + ([producer[sae_id]] if sae_id in producer else [])
-                )
+                needs = list(layer_inputs)
+                for sid in [sae_id] + [p.sae_id for o in read[c.key.cell_id] for p in o.saes]:
+                    if sid in producer and producer[sid] not in needs:
+                        needs.append(producer[sid])
+                out.add(eval_step, needs)
     return out
 
 

@@ -35,7 +35,7 @@ from saebench_vision.plan import (
 from saebench_vision.plugins import PluginManager
 from saebench_vision.registry import KIND_TITLES
 from saebench_vision.results import CellKey, ResultsStore
-from saebench_vision.suite import ComponentSpec, ModelSpec, Suite
+from saebench_vision.suite import ComponentSpec, EvaluatorSpec, ModelSpec, Suite
 
 __all__ = [
     "BASELINE",
@@ -57,11 +57,12 @@ def preflight(
     datasets: bool = False,
     devices: bool = True,
     cache_dir: Path | None = None,
-) -> None:
+) -> dict[str, Any]:
     """Checks that need the components but no weights or data: every ``device`` option against
     this machine (``devices=False`` skips that, for runs whose steps execute on other
     machines), every model's layer names, and (``datasets=True``) that every split can be
-    opened. Imports the implementations (and torch); writes nothing."""
+    opened. Imports the implementations (and torch); writes nothing. Returns the evaluators it
+    built, by label."""
     from saebench_vision.interfaces import resolve_device
 
     registry = manager.registry()
@@ -107,6 +108,7 @@ def preflight(
                 except SaebenchError as exc:
                     raise SaebenchError(f"{suite.path}: {spec.where}: {exc}") from None
     check_roles(suite, evaluators)
+    return {e.label: evaluator for e, (_, evaluator) in zip(suite.evaluators, evaluators)}
 
 
 @dataclass
@@ -149,6 +151,7 @@ class Runner:
         self.address = address if address is not None else suite.executor.get("address")
         self.store = ResultsStore(suite.output)
         self._workspace: Any = None
+        self._plan: Plan | None = None
         self._run_id = ""
         self._done: set[str] = set()
         self.failures: list[tuple[str, str]] = []
@@ -219,16 +222,21 @@ class Runner:
             if self.executor_name == "ray"
             else None,
         )
-        preflight(
+        evaluators = preflight(
             self.suite, self.manager, devices=executor.name == "local", cache_dir=self.cache_dir
         )
+
+        def reads(model: ModelSpec, layer: str, spec: EvaluatorSpec) -> tuple[str, ...]:
+            return tuple(evaluators[spec.label].reads_layers(layer, tuple(model.layers)))
+
         trained = {
             p.sae_id
             for g in plan.groups
             for p in g.saes
             if (path := self.store.sae_path(p.sae_id)) is not None and path.exists()
         }
-        executor.execute(schedule(plan, self._done, trained), self)
+        self._plan = plan
+        executor.execute(schedule(plan, self._done, trained, reads), self)
 
     def workspace(self) -> Any:
         """The in-process workspace of the local executor (built once per runner)."""
@@ -241,6 +249,7 @@ class Runner:
                 cache_dir=self.cache_dir,
                 progress=self.progress,
                 log=self.log,
+                plan=self._plan,
             )
         return self._workspace
 

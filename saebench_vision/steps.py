@@ -25,9 +25,11 @@ from saebench_vision.errors import SaebenchError
 from saebench_vision.plan import (
     EvaluateStep,
     ExtractStep,
+    Plan,
     Step,
     TrainStep,
     derive_seed,
+    plan_suite,
     sae_dir,
 )
 from saebench_vision.plugins import PluginManager
@@ -62,9 +64,11 @@ class Workspace:
         cache_dir: Path | None = None,
         progress: bool = False,
         log: TextIO | None = None,
+        plan: Plan | None = None,
     ) -> None:
         self.suite = suite
         self.manager = manager
+        self._plan = plan
         self.registry = manager.registry()
         self.cache = ActivationCache(cache_dir or suite.cache_dir, verify=suite.cache_verify)
         self.progress = progress
@@ -124,6 +128,13 @@ class Workspace:
     def sae_class(self, name: str) -> Any:
         return self.registry.get("sae", name).load()
 
+    @property
+    def plan(self) -> Plan:
+        """The suite's plan (the driver's, or planned again here: planning is pure)."""
+        if self._plan is None:
+            self._plan = plan_suite(self.suite, self.manager)
+        return self._plan
+
     # -- activations ------------------------------------------------------------------------
     def activation_key(self, model: ModelSpec, layer: str, split: str) -> str:
         """The cache key of one (model, layer, tokens, split): the adapter's and the dataset's
@@ -182,14 +193,83 @@ class Workspace:
                 dataset_loader=self.dataset,
                 adapter_loader=adapter_loader,
                 output_dir=self.suite.output / "artifacts",
+                layers=tuple(model.layers),
+                layer_activation_loader=lambda split, other: self.layer_activations(
+                    model, layer, other, split
+                ),
+                sae_resolver=lambda other, sae_id, label: self.suite_sae(
+                    model, seed, layer, other, sae_id, label
+                ),
             )
         return self._contexts[memo]
 
+    def layer_activations(self, model: ModelSpec, layer: str, other: str, split: str) -> Any:
+        """For a cell of (model, layer): the activations of ``split`` at layer ``other``."""
+        memo = (model.label, other, split)
+        if memo not in self._activations:
+            entry = self.cache.lookup(self.activation_key(model, other, split))
+            if entry is None:
+                raise SaebenchError(
+                    f"activations of {model.label}/{other} on {split} are not extracted: an "
+                    f"evaluator that reads layer {other!r} from {layer!r} must name it in "
+                    "Evaluator.reads_layers, so that the plan extracts it"
+                )
+            self._activations[memo] = entry
+        return self._activations[memo]
+
+    def suite_sae(
+        self,
+        model: ModelSpec,
+        seed: int,
+        layer: str,
+        other: str,
+        sae_id: str,
+        label: str | None,
+    ) -> tuple[Any, str]:
+        """For a cell of (model, layer, seed) with SAE ``sae_id`` (empty for the baseline): the
+        suite's SAE on layer ``other`` of the same model and seed, the sweep variant labelled
+        ``label`` (by default the cell's own label; the only one when the layer has one). It
+        was trained by an earlier step (the plan orders it so when the evaluator declares the
+        layer in ``reads_layers``); here it is only loaded from its checkpoint."""
+        where = f"{self.suite.path}: {model.where}"
+        groups = [g for g in self.plan.groups if g.model.label == model.label and g.seed == seed]
+        target = next((g for g in groups if g.layer == other), None)
+        if target is None or not target.saes:
+            raise SaebenchError(
+                f"{where}.layers: no SAE is trained on layer {other!r} of {model.label} "
+                f"(layers: {', '.join(model.layers)}); add it to the layers"
+            )
+        if label is None:
+            mine = next(
+                (p for g in groups if g.layer == layer for p in g.saes if p.sae_id == sae_id),
+                None,
+            )
+            label = mine.variant.label if mine is not None else None
+        planned = next((p for p in target.saes if p.variant.label == label), None)
+        if planned is None and len(target.saes) == 1:
+            planned = target.saes[0]
+        if planned is None:
+            raise SaebenchError(
+                f"{where}: no SAE labelled {label!r} on layer {other!r} (there: "
+                f"{', '.join(p.variant.label for p in target.saes)}); name one as the label"
+            )
+        if not sae_dir(self.suite.output, planned.sae_id).exists():
+            raise SaebenchError(
+                f"SAE {planned.sae_id} ({planned.variant.label} on {model.label}/{other}) is not "
+                f"trained yet: an evaluator that reads layer {other!r} from {layer!r} must name it "
+                "in Evaluator.reads_layers, so that the plan trains it first"
+            )
+        # Kept beside the current group's SAEs (and dropped with them) without switching groups.
+        return self._load_sae(planned.sae_id), planned.sae_id
+
     def sae(self, model: ModelSpec, layer: str, seed: int, sae_id: str) -> Any:
         """A trained SAE: from this process's last training pass, else from its checkpoint."""
+        self._enter_group((model.label, layer, seed))
+        return self._load_sae(sae_id)
+
+    def _load_sae(self, sae_id: str) -> Any:
         from saebench_vision.checkpoint import load_sae
 
-        self._enter_group((model.label, layer, seed))
         if sae_id not in self._saes:
             path = sae_dir(self.suite.output, sae_id)
             if not path.exists():
@@ -435,7 +515,9 @@ class _Lazy:
     def __init__(self, owner: _LazyWriters, layer: str) -> None:
         self._owner, self._layer = owner, layer
 
-    def append(self, rows: Any, sample_index: Any, labels: Any = None) -> None:
+    def append(
+        self, rows: Any, sample_index: Any, labels: Any = None, responses: Any = None
+    ) -> None:
         self._owner.writer(self._layer, rows.shape[1]).append(
-            rows, sample_index=sample_index, labels=labels
+            rows, sample_index=sample_index, labels=labels, responses=responses
         )

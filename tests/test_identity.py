@@ -27,6 +27,8 @@ RUNTIME = {
     ("evaluator", "ood-accuracy"): {"device"},
     ("evaluator", "ontology"): {"batch_size", "device"},
     ("evaluator", "layer-sweep"): {"batch_size", "device"},
+    ("evaluator", "modality-overlap"): {"batch_size", "device"},
+    ("evaluator", "persistence"): {"device"},
     ("training", ""): {"device", "checkpoint_every", "fuse", "parallel_saes"},
 }
 
@@ -77,6 +79,9 @@ SPECIAL = {
     "features": [[3, 5]],
     "attributes": [{"3": "red"}],
     "labeller_args": [{"top_k": 2}],
+    "dataset": [{"plugin": "shapes", "args": {"split": "val"}}],
+    "templates": [["What is {article} {name}?"]],
+    "shared_range": [[0.25, 0.75]],
 }
 
 
@@ -105,6 +110,8 @@ REQUIRED = {
     ("dataset", "coco-captions"): {"path": "captions.json"},
     ("dataset", "hf-text"): {"dataset": "prompts"},
     ("evaluator", "diffusion-steering"): {"prompt_split": "val"},
+    ("dataset", "image-captions"): {"dataset": {"plugin": "shapes", "args": {"split": "train"}}},
+    ("dataset", "class-questions"): {"dataset": {"plugin": "shapes", "args": {"split": "train"}}},
 }
 
 

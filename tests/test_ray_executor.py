@@ -5,6 +5,7 @@ the others finish, and runs resumed across executors."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import threading
@@ -237,3 +238,38 @@ def test_storage_probe_names_what_a_node_cannot_read(tmp_path):
         str(stale),
         str(tmp_path / "missing"),
     ]
+
+
+def test_tiny_persistence_suite_on_ray_matches_local(cluster, tmp_path):
+    """Section 5.2 across layers: the projector's cells read lm.1's SAE, trained by another
+    task (the plan makes them wait for it) and loaded from its checkpoint by the worker."""
+    from saebench_vision_plugins.models.tiny_llava import build_tiny_llava
+
+    model_dir = build_tiny_llava(tmp_path / "tiny-llava")
+    doc = yaml.safe_load((TESTS.parent / "suites" / "llava_tiny_persistence.yaml").read_text())
+    doc["models"][0]["args"]["model_id"] = str(model_dir)
+    for split in doc["datasets"].values():
+        split["args"]["dataset"]["args"]["size"] = 24
+    doc["evaluators"][0]["args"] |= {"figures": 1, "cell_pixels": 4}
+    boards = {}
+    for executor in ("local", "ray"):
+        folder = tmp_path / executor
+        doc |= {"output": str(folder / "out"), "cache_dir": str(folder / "cache")}
+        path = tmp_path / f"{executor}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        manager = get_plugin_manager(load_entrypoints=False)
+        runner = Runner(
+            load_suite(path, manager.registry()),
+            manager,
+            progress=False,
+            executor=executor,
+            log=open(os.devnull, "w"),
+        )
+        summary = runner.run()
+        assert (summary.status, summary.computed_cells, summary.failures) == ("finished", 4, [])
+        saes = dict(runner.store.db.execute("SELECT sae_id, layer FROM saes").fetchall())
+        (figure,) = (folder / "out" / "artifacts").glob("*/fig7.json")
+        data = json.loads(figure.read_text())
+        assert (saes[data["from"]["sae_id"]], saes[data["to"]["sae_id"]]) == ("projector", "lm.1")
+        boards[executor] = _board(runner)
+    assert "iou" in boards["local"] and boards["ray"] == boards["local"]

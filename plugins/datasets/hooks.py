@@ -36,4 +36,12 @@ def register_datasets() -> dict[str, ComponentRef]:
         "prompt-corpus": ComponentRef(
             f"{_P}.prompts:PromptCorpusDataset", config=f"{_P}.prompt_configs:PromptCorpusConfig"
         ),
+        "image-captions": ComponentRef(
+            f"{_P}.image_text:ImageCaptionsDataset",
+            config=f"{_P}.image_text_config:ImageCaptionsConfig",
+        ),
+        "class-questions": ComponentRef(
+            f"{_P}.image_text:ClassQuestionsDataset",
+            config=f"{_P}.image_text_config:ClassQuestionsConfig",
+        ),
     }

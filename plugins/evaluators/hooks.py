@@ -24,6 +24,14 @@ def register_evaluators() -> dict[str, ComponentRef]:
         "layer-sweep": ComponentRef(
             f"{_P}.layer_sweep:LayerSweepEvaluator", config=f"{_P}.configs:LayerSweepConfig"
         ),
+        "modality-overlap": ComponentRef(
+            f"{_P}.modality_overlap:ModalityOverlapEvaluator",
+            config=f"{_P}.multimodal_configs:ModalityOverlapConfig",
+        ),
+        "persistence": ComponentRef(
+            f"{_P}.persistence:PersistenceEvaluator",
+            config=f"{_P}.multimodal_configs:PersistenceConfig",
+        ),
     }
 
 

@@ -41,7 +41,7 @@ class LlavaAdapter(ModelAdapter):
     """
 
     name = "llava"
-    version = "1"
+    version = "2"  # 2: cache entries of generated tokens also hold the response texts
     Config = LlavaAdapterConfig
     input_kind = "image-text"
     default_tokens = "all"
@@ -193,8 +193,10 @@ class LlavaAdapter(ModelAdapter):
             inputs["pixel_values"] = batch["pixel_values"].to(device, self.torch_dtype)
         prompt_len = inputs["input_ids"].shape[1]
         input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        responses: list[str] | None = None
         if self.config.generate_tokens > 0:
             input_ids, mask = self._generate(inputs)
+            responses = self._decode(input_ids[:, prompt_len:], mask[:, prompt_len:])
 
         lm = self.model.model.language_model
         modules: dict[str, torch.nn.Module] = {"projector": self.model.model.multi_modal_projector}
@@ -230,7 +232,16 @@ class LlavaAdapter(ModelAdapter):
                 # Zero the padding so that no NaN or junk from masked rows leaks into means.
                 values = captured[name].masked_fill((kinds == TokenKind.PAD).unsqueeze(-1), 0)
                 out[name] = LayerOutput(values=values, kinds=kinds)
+            out[name].responses = responses
         return out
+
+    def _decode(self, response: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """The response texts: generated tokens up to the first EOS, special tokens dropped."""
+        tokenizer = self.processor.tokenizer
+        return [
+            tokenizer.decode(row[keep.bool()].tolist(), skip_special_tokens=True).strip()
+            for row, keep in zip(response.cpu(), mask.cpu())
+        ]
 
     def _projector_tokens(
         self, features: torch.Tensor | None, has_image: torch.Tensor
