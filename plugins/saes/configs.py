@@ -68,6 +68,23 @@ class ReLUConfig(BaseSAEConfig):
 class GatedConfig(ReLUConfig):
     """Gated SAE (paper eq. 5; Rajamanoharan et al. 2024) with its auxiliary gate loss."""
 
+    aux_coefficient: float = option(
+        1.0, "weight of the auxiliary reconstruction through the gate path (paper: 1)"
+    )
+    aux_decoder: Literal["frozen", "shared"] = option(
+        "frozen",
+        "decoder of the auxiliary reconstruction: frozen (a stop-gradient copy, the paper's) "
+        "or shared (gradients reach the decoder too, as in SAELens)",
+    )
+    gate_bias_init: float = option(
+        0.0, "initial gate bias b_gate, in normalised input space (SAELens: 0)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.aux_coefficient < 0:
+            raise ValueError(f"`aux_coefficient` must be >= 0, got {self.aux_coefficient!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class JumpReLUConfig(BaseSAEConfig):
