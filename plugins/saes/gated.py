@@ -24,8 +24,10 @@ class GatedSAE(BuiltinSAE):
     ``π_gate = W_enc (x - b_dec) + b_gate``, ``π_mag = exp(r_mag) ⊙ W_enc (x - b_dec) + b_mag``,
     ``z = 1[π_gate > 0] ⊙ ReLU(π_mag)``. The loss adds ``λ ‖ReLU(π_gate)‖₁`` (weighted by decoder
     row norms in ``weighted-l1`` mode, so that shrinking the gate cannot dodge the penalty) and
-    the auxiliary reconstruction ``‖x - (W_dec ReLU(π_gate) + b_dec)‖²`` through a frozen copy of
-    the decoder, which gives the gate its gradient. ``b_enc`` is unused (kept at zero).
+    ``aux_coefficient`` times the auxiliary reconstruction ``‖x - (W_dec ReLU(π_gate) + b_dec)‖²``,
+    which gives the gate its gradient, through the shared decoder (SAELens) or a frozen copy of
+    it (the paper; ``aux_decoder="frozen"``): see :mod:`..configs` for the default. ``b_enc``
+    is unused (kept at zero).
     """
 
     name: ClassVar[str] = "gated"

@@ -44,6 +44,7 @@ class TopKSAE(BuiltinSAE):
             "aux_k",
             "dead_after",
             "threshold_momentum",
+            "threshold_window",
             "inference",
             "sparse_backend",
         }
@@ -310,7 +311,14 @@ class BatchTopKSAE(TopKSAE):
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
         positive = values[values > 0]
         if positive.numel():
-            m = self.config.threshold_momentum
+            # The first estimate is taken as it is: a running mean started at 0 would lag for
+            # about 1 / momentum steps, and encode far too densely after a short training.
+            if bool(self.threshold == 0):
+                self.threshold.copy_(positive.min())
+                return
+            m = float(self.config.threshold_momentum)
+            if m <= 0:
+                m = min(1.0, code.n_rows / max(1, int(self.config.threshold_window)))
             self.threshold.mul_(1 - m).add_(m * positive.min())
 
 
