@@ -281,8 +281,8 @@ class SAE(nn.Module):
     ``loss``. Inputs and outputs are in the activation space the SAE was trained on; any input
     normalisation is held in the ``input_scale`` buffer and undone by the SAE itself.
 
-    Everything below ``loss`` is optional: each method has a default that works for any SAE,
-    and an SAE overrides the ones it can do better. The trainer calls nothing else.
+    The methods in the sections marked optional have defaults that work for any SAE; an SAE
+    overrides the ones it can do better. The trainer and the checkpoint code call nothing else.
 
     * Training: :meth:`train_terms` (loss on a normalised batch; default: through ``loss``),
       :meth:`init_b_dec` (``b_dec_init`` other than zeros), :meth:`before_optimizer_step`
