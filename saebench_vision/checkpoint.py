@@ -5,20 +5,11 @@ This project's format stores the SAE's ``state_dict`` as is (``sae_weights.safet
 the caller's ``meta``. Writes go to a temporary folder that is renamed into place, so a reader
 sees the old checkpoint or the new one, never half of one.
 
-The SAELens format (``save_saelens``/``load_saelens``) uses SAELens's field names and layout
-(``W_enc`` is ``(d_in, d_sae)``, ``W_dec`` is ``(d_sae, d_in)``) with the input scale folded into
-the weights (as SAELens does on save), for the architectures both support:
-
-====================  ================================
-here                  SAELens ``architecture``
-====================  ================================
-relu                  standard
-topk                  topk
-gated                 gated
-jumprelu              jumprelu
-batch-topk            jumprelu (learnt threshold)
-matryoshka            jumprelu (learnt threshold)
-====================  ================================
+The SAELens format (``save_saelens``/``load_saelens``) is SAELens v6's inference checkpoint.
+This module knows only its container (``cfg.json`` fields shared by every architecture and the
+weights file); each SAE class says how it maps to it (:meth:`SAE.to_saelens`,
+:meth:`SAE.from_saelens`, :attr:`SAE.saelens_architectures`), so a third-party SAE can export
+and load too.
 """
 
 from __future__ import annotations
@@ -27,7 +18,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +34,6 @@ FORMAT = "saebench-vision-sae"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
-
-TO_SAELENS = {
-    "relu": "standard",
-    "topk": "topk",
-    "gated": "gated",
-    "jumprelu": "jumprelu",
-    "batch-topk": "jumprelu",
-    "matryoshka": "jumprelu",
-}
-FROM_SAELENS = {"standard": "relu", "topk": "topk", "gated": "gated", "jumprelu": "jumprelu"}
 
 
 class CheckpointError(SaebenchError):
@@ -111,14 +92,15 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def _construct(cls: Any, d_in: int, config: Any, d_sae: int) -> SAE:
-    sae = cls(d_in, config)
+    sae: SAE = cls(d_in, config)
     if sae.d_sae != d_sae:
-        resize = getattr(sae, "resize_latents", None)
-        if not callable(resize):
+        try:
+            sae.resize_latents(d_sae)
+        except NotImplementedError as exc:
             raise CheckpointError(
-                f"SAE `{cls.name}` with d_in {d_in} has {sae.d_sae} latents, the checkpoint {d_sae}"
-            )
-        resize(d_sae)
+                f"SAE `{cls.name}` with d_in {d_in} has {sae.d_sae} latents, the checkpoint "
+                f"{d_sae} ({exc})"
+            ) from exc
     return sae
 
 
@@ -198,47 +180,28 @@ def load_sae(directory: Path, resolve: Callable[[str], type]) -> tuple[SAE, dict
 
 
 def save_saelens(model: SAE, directory: Path, metadata: dict[str, Any] | None = None) -> None:
-    """Write ``model`` as a SAELens v6 inference checkpoint (input scale folded into the weights)."""
-    sae: Any = model
-    arch = TO_SAELENS.get(sae.name)
-    if arch is None:
-        raise CheckpointError(
-            f"SAE `{sae.name}` has no SAELens counterpart (supported: {', '.join(TO_SAELENS)})"
-        )
-    s = float(sae.input_scale)
-    W_enc, W_dec = sae.W_enc.detach().float(), sae.W_dec.detach().float()
-    tensors: dict[str, torch.Tensor] = {
-        "W_enc": (W_enc * s).T,
-        "W_dec": W_dec / s,
-        "b_dec": sae.b_dec.detach().float() / s,
-    }
-    if arch == "gated":
-        for key in ("b_gate", "r_mag", "b_mag"):
-            tensors[key] = getattr(sae, key).detach().float()
-    else:
-        tensors["b_enc"] = sae.b_enc.detach().float()
-    if sae.name == "jumprelu":
-        tensors["threshold"] = sae.threshold.detach().float()
-    elif arch == "jumprelu":
-        tensors["threshold"] = torch.full((sae.d_sae,), float(sae.threshold))
-    cfg: dict[str, Any] = {
-        "architecture": arch,
-        "d_in": sae.d_in,
-        "d_sae": sae.d_sae,
+    """Write ``model`` as a SAELens v6 inference checkpoint, through :meth:`SAE.to_saelens`."""
+    try:
+        cfg, tensors = model.to_saelens()
+    except NotImplementedError as exc:
+        raise CheckpointError(f"cannot export to SAELens: {exc}") from exc
+    cfg = {
+        "d_in": model.d_in,
+        "d_sae": model.d_sae,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": bool(sae.config.apply_b_dec_to_input),
+        "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": {
-            "saebench_vision_architecture": sae.name,
-            "saebench_vision_config": config_as_dict(sae.config),
-            **(metadata or {}),
-        },
+        **cfg,
     }
-    if arch == "topk":
-        cfg.update(k=int(sae.config.k), rescale_acts_by_decoder_norm=False)
-    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+    cfg["metadata"] = {
+        "saebench_vision_architecture": model.name,
+        "saebench_vision_config": config_as_dict(model.config),
+        **dict(cfg.get("metadata") or {}),
+        **(metadata or {}),
+    }
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
@@ -247,16 +210,20 @@ def save_saelens(model: SAE, directory: Path, metadata: dict[str, Any] | None = 
     _write_dir_atomically(Path(directory), write)
 
 
-def load_saelens(directory: Path, resolve: Callable[[str], type]) -> SAE:
-    """Load a SAELens (v5 or v6) ``standard``/``topk``/``gated``/``jumprelu`` checkpoint."""
+def load_saelens(directory: Path, classes: Iterable[type[SAE]]) -> SAE:
+    """Load a SAELens (v5 or v6) checkpoint with the first of ``classes`` whose
+    ``saelens_architectures`` names its ``architecture`` (see :meth:`SAE.from_saelens`)."""
     directory = Path(directory)
     cfg = _read_cfg(directory)
     where = directory / CONFIG_FILE
     arch = str(cfg.get("architecture", "standard"))
-    name = FROM_SAELENS.get(arch)
-    if name is None:
+    candidates = list(classes)
+    cls = next((c for c in candidates if arch in getattr(c, "saelens_architectures", ())), None)
+    if cls is None:
+        known = sorted({a for c in candidates for a in getattr(c, "saelens_architectures", ())})
         raise CheckpointError(
-            f"{where}: SAELens architecture {arch!r} is not supported (supported: {', '.join(FROM_SAELENS)})"
+            f"{where}: SAELens architecture {arch!r} is not supported "
+            f"(supported: {', '.join(known) or 'none'})"
         )
     norm = cfg.get("normalize_activations", "none") or "none"
     if norm not in ("none", "expected_average_only_in"):
@@ -265,47 +232,15 @@ def load_saelens(directory: Path, resolve: Callable[[str], type]) -> SAE:
             f"does not implement; fold it into the weights first"
         )
     try:
-        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+        int(cfg["d_in"]), int(cfg["d_sae"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: missing or bad d_in/d_sae ({exc})") from exc
-    cls: Any = resolve(name)
-    args: dict[str, Any] = {
-        "expansion": max(1, round(d_sae / d_in)),
-        "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
-    }
-    if name == "topk":
-        args.update(k=int(cfg.get("k", 100)), decoder_norm="free")
-        if cfg.get("rescale_acts_by_decoder_norm"):
-            raise CheckpointError(
-                f"{where}: rescale_acts_by_decoder_norm=true is not supported; fold the decoder "
-                f"norms into the weights first (SAELens fold_W_dec_norm)"
-            )
-    config = build_config(cls.Config, args, where=str(where), what=f"SAE `{name}`")
-    sae: Any = _construct(cls, d_in, config, d_sae)
-    raw = {k: v.float() for k, v in _read_weights(directory).items()}
-    if "log_threshold" in raw and "threshold" not in raw:
-        raw["threshold"] = raw.pop("log_threshold").exp()
-    wanted = ["W_enc", "W_dec", "b_dec"] + (
-        ["b_gate", "r_mag", "b_mag"] if name == "gated" else ["b_enc"]
-    )
-    if name == "jumprelu":
-        wanted.append("threshold")
-    missing = [k for k in wanted if k not in raw]
-    if missing:
+    tensors = {k: v.float() for k, v in _read_weights(directory).items()}
+    try:
+        sae = cls.from_saelens(cfg, tensors)
+    except (ValueError, KeyError, NotImplementedError) as exc:
         raise CheckpointError(
-            f"{directory / WEIGHTS_FILE}: missing tensors {', '.join(missing)} for SAELens {arch!r}"
-        )
-    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    for key, shape in expected.items():
-        if tuple(raw[key].shape) != shape:
-            raise CheckpointError(
-                f"{directory / WEIGHTS_FILE}: {key} has shape {tuple(raw[key].shape)}, expected {shape}"
-            )
-    with torch.no_grad():
-        sae.W_enc.copy_(raw["W_enc"].T)
-        sae.W_dec.copy_(raw["W_dec"])
-        sae.b_dec.copy_(raw["b_dec"])
-        for key in wanted[3:]:
-            getattr(sae, key).copy_(raw[key])
-        sae.input_scale.fill_(1.0)
+            f"{directory / WEIGHTS_FILE}: cannot load as SAELens {arch!r} with SAE "
+            f"`{cls.name}`: {exc}"
+        ) from exc
     return sae.eval()

@@ -11,10 +11,10 @@ This module imports torch; the CLI imports it only when a run needs it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -282,17 +282,58 @@ class SAEOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class TrainTerms:
+    """One SAE's share of a training forward pass, in normalised space (:meth:`SAE.train_terms`).
+
+    ``fired`` counts, per latent, the samples of the batch it was active on (for dead and
+    dense latent tracking); ``dense_z`` builds the (B, d_sae) code on demand, since sparse
+    paths need never materialise it. ``loss`` is this SAE's loss (for a fused group's backward
+    pass use :attr:`GroupTerms.loss`).
+    """
+
+    loss: torch.Tensor
+    x_hat: torch.Tensor
+    fired: torch.Tensor
+    dense_z: Callable[[], torch.Tensor]
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class GroupTerms:
+    """A fused group's step (:meth:`SAE.group_terms`): ``loss`` is the sum of the members'
+    losses (backward is called on it once), ``items`` each member's terms, in order."""
+
+    loss: torch.Tensor
+    items: list[TrainTerms]
+
+
 class SAE(nn.Module):
     """A sparse autoencoder over ``d_in``-wide activations with ``d_sae`` latents.
 
-    Subclasses implement ``encode``, ``pre_activations``, ``decode`` and ``loss``. Inputs and
-    outputs are in the activation space the SAE was trained on; any input normalisation is
-    held in the ``input_scale`` buffer and undone by the SAE itself.
+    Subclasses implement ``encode``, ``pre_activations``, ``decode``, ``decoder_directions`` and
+    ``loss``. Inputs and outputs are in the activation space the SAE was trained on; any input
+    normalisation is held in the ``input_scale`` buffer and undone by the SAE itself.
+
+    The methods in the sections marked optional have defaults that work for any SAE; an SAE
+    overrides the ones it can do better. The trainer and the checkpoint code call nothing else.
+
+    * Training: :meth:`train_terms` (loss on a normalised batch; default: through ``loss``),
+      :meth:`init_b_dec` (``b_dec_init`` other than zeros), :meth:`before_optimizer_step`
+      (e.g. project gradients) and :meth:`on_step_end` (e.g. renormalise rows).
+    * Fused sweeps: SAEs whose :meth:`fusion_key` is equal (not None) train as one group with
+      stacked parameters through the classmethods :meth:`group_terms` and
+      :meth:`before_group_optimizer_step`; :meth:`stacked_params` is an SAE as a group of one.
+    * Checkpoints: :meth:`resize_latents` (a checkpoint's width is not ``d_in x expansion``),
+      :meth:`to_saelens` / :meth:`from_saelens` with :attr:`saelens_architectures` (SAELens v6
+      format, so any SAE, built in or not, can be exported and loaded).
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = SAEConfig
+    saelens_architectures: ClassVar[tuple[str, ...]] = ()
+    """SAELens ``architecture`` values :meth:`from_saelens` loads (empty: none)."""
 
     def __init__(self, d_in: int, config: Any) -> None:
         super().__init__()
@@ -319,15 +360,98 @@ class SAE(nn.Module):
         """Training loss on a batch; ``sparsity_scale`` in [0, 1] is the warm-up factor."""
         raise NotImplementedError
 
-    def on_step_end(self) -> None:
-        """Called after each optimiser step (e.g. to renormalise decoder rows)."""
-
     def decoder_directions(self) -> torch.Tensor:
         """(d_sae, d_in) directions each latent writes, for steering and analysis."""
         raise NotImplementedError
 
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "config": config_as_dict(self.config)}
+
+    # -- optional: training ------------------------------------------------------------------
+
+    def train_terms(self, xn: torch.Tensor, *, sparsity_scale: float = 1.0) -> TrainTerms:
+        """Loss and statistics of a batch ``xn`` already multiplied by ``input_scale``.
+
+        The default calls :meth:`loss` on the raw batch; override it to skip the round trip
+        or to avoid building the dense code.
+        """
+        scale = cast(torch.Tensor, self.input_scale)
+        out = self.loss(xn / scale, sparsity_scale=sparsity_scale)
+        metrics = dict(out.metrics)
+        metrics.setdefault("loss", out.loss.detach())
+        z = out.z.detach()
+        return TrainTerms(out.loss, out.x_hat * scale, (z != 0).sum(0), lambda: z, metrics)
+
+    def init_b_dec(self, value: torch.Tensor) -> None:
+        """Set the decoder bias to ``value`` (normalised space), for ``b_dec_init`` other than
+        zeros. The default refuses, since an SAE without this method has no bias to set."""
+        raise ConfigError(
+            f"SAE `{self.name}` cannot initialise a decoder bias (it does not implement "
+            f"init_b_dec); set b_dec_init: zeros"
+        )
+
+    def before_optimizer_step(self) -> None:
+        """Called with the gradients in place, before each optimiser step (default: nothing)."""
+
+    def on_step_end(self) -> None:
+        """Called after each optimiser step (e.g. to renormalise decoder rows)."""
+
+    # -- optional: fused sweeps ------------------------------------------------------------
+
+    def fusion_key(self) -> str | None:
+        """SAEs with equal keys may train as one fused group (default None: never fused).
+
+        SAEs of one key must have the same parameter names and shapes, and their class must
+        implement :meth:`group_terms`.
+        """
+        return None
+
+    @classmethod
+    def group_terms(
+        cls,
+        saes: Sequence[SAE],
+        params: dict[str, torch.Tensor],
+        xn: torch.Tensor,
+        sparsity_scale: float,
+    ) -> GroupTerms:
+        """The training step of a fused group on a normalised batch ``xn``; ``params`` maps each
+        parameter name to the members' parameters stacked along a new leading dimension."""
+        raise NotImplementedError(f"SAE `{cls.name}` has a fusion_key but no group_terms")
+
+    @classmethod
+    def before_group_optimizer_step(
+        cls, saes: Sequence[SAE], params: dict[str, nn.Parameter]
+    ) -> None:
+        """:meth:`before_optimizer_step` for a fused group, whose gradients live on the stacked
+        ``params`` (default: nothing)."""
+
+    def stacked_params(self) -> dict[str, torch.Tensor]:
+        """This SAE's parameters as a group of one (differentiable views)."""
+        return {name: p.unsqueeze(0) for name, p in self.named_parameters()}
+
+    # -- optional: checkpoints -------------------------------------------------------------
+
+    def resize_latents(self, d_sae: int) -> None:
+        """Rebuild the parameters for ``d_sae`` latents, for checkpoints whose width is not
+        ``d_in x expansion`` (the default cannot)."""
+        raise NotImplementedError(f"SAE `{self.name}` cannot change its number of latents")
+
+    def to_saelens(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """This SAE as a SAELens v6 inference checkpoint: ``(cfg, tensors)``.
+
+        ``cfg`` holds at least ``architecture`` (``standard``, ``topk``, ``gated``,
+        ``jumprelu``) and the architecture's fields; tensors use SAELens's names and layout
+        (``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in)) with ``input_scale`` folded in.
+        ``d_in``, ``d_sae``, dtype and metadata are added by the caller. The default refuses.
+        """
+        raise NotImplementedError(f"SAE `{self.name}` has no SAELens counterpart")
+
+    @classmethod
+    def from_saelens(cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SAE:
+        """An SAE equal to the SAELens checkpoint ``cfg`` + ``tensors`` (float32, CPU), for an
+        ``architecture`` in :attr:`saelens_architectures`. Raise ``ValueError`` with a short
+        reason for a checkpoint that cannot be represented."""
+        raise NotImplementedError(f"SAE `{cls.name}` cannot load SAELens checkpoints")
 
 
 @dataclass

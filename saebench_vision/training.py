@@ -8,8 +8,8 @@ warm-up, 20% linear decay, 5% sparsity-coefficient warm-up, 3 epochs, batch 64).
 Sweeps: SAEs of one architecture and shape can be stacked into a group whose products run as
 batched matmuls (``fuse``; on by default on CUDA, where many small steps are launch-bound), and
 on the CPU independent groups train side by side, one thread each (``parallel_saes``). Each
-group has its own fused Adam. The built-ins' TopK family touches only the kept latents after
-the encoder's forward product (see ``saebench_vision_plugins.saes.sparse``).
+group has its own fused Adam. What an SAE may provide for this (a loss in normalised space, a
+fused group step, gradient projections) is the optional part of :class:`~.interfaces.SAE`.
 
 Determinism: SAEs start from the weights they were constructed with (construct them under a
 seeded torch RNG; the built-ins initialise from it), the data order is a pure function of
@@ -240,6 +240,21 @@ def total_steps(n_rows: int, config: TrainingConfig) -> int:
 # Initialisation
 
 
+def geometric_median(x: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm in float64 (dictionary_learning's and SAELens v5's ``b_dec`` init)."""
+    x = x.double()
+    y = x.mean(0)
+    for _ in range(iters):
+        dist = (x - y).norm(dim=1).clamp_min(eps)
+        w = 1.0 / dist
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - y).norm() <= eps * max(1.0, float(y.norm())):
+            y = new
+            break
+        y = new
+    return y.float()
+
+
 def _init_saes(saes: Sequence[SAE], sample: torch.Tensor, config: TrainingConfig) -> float:
     """Set every SAE's ``input_scale`` and ``b_dec`` from a data sample; returns the scale."""
     scale = 1.0
@@ -256,18 +271,9 @@ def _init_saes(saes: Sequence[SAE], sample: torch.Tensor, config: TrainingConfig
         if how == "zeros":
             continue
         if how not in medians:
-            if how == "mean":
-                medians[how] = sample_n.mean(0)
-            else:
-                from saebench_vision_plugins.saes.base import geometric_median
-
-                medians[how] = geometric_median(sample_n)
-        init = getattr(sae, "init_b_dec", None)
-        if callable(init):
-            init(medians[how])
-        elif isinstance(getattr(sae, "b_dec", None), torch.Tensor):
-            with torch.no_grad():
-                cast(torch.Tensor, sae.b_dec).copy_(medians[how])
+            medians[how] = sample_n.mean(0) if how == "mean" else geometric_median(sample_n)
+        with torch.no_grad():
+            sae.init_b_dec(medians[how])
     return scale
 
 
@@ -367,16 +373,15 @@ class _Tracker:
 class _Group:
     """SAEs that take their step together.
 
-    A fused group (same architecture and shape, ``group_terms`` available) keeps its members'
-    parameters stacked in one tensor per name; each member's parameters are views into it, so
-    the optimiser updates the stack and the members see the new values. A lone SAE, or any
-    SAE without ``group_terms``, is a group of one with its own parameters.
+    A fused group (SAEs of one :meth:`~saebench_vision.interfaces.SAE.fusion_key`) keeps its
+    members' parameters stacked in one tensor per name; each member's parameters are views
+    into it, so the optimiser updates the stack and the members see the new values. Any other
+    SAE is a group of one with its own parameters.
     """
 
     def __init__(self, saes: list[SAE], stack: bool) -> None:
         self.saes = saes
         self.stacked: dict[str, torch.nn.Parameter] = {}
-        self.fused = callable(getattr(type(saes[0]), "group_terms", None))
         if stack and len(saes) > 1:
             for name, first in saes[0].named_parameters():
                 members = [dict(s.named_parameters())[name] for s in saes]
@@ -396,38 +401,24 @@ class _Group:
         self, x: torch.Tensor, xn: torch.Tensor, scale: float
     ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Forward and backward; returns each member's (metrics, fired counts)."""
-        if self.fused:
-            cls: Any = type(self.saes[0])
-            params = dict(self.stacked) if self.stacked else self.saes[0].stacked_params()  # type: ignore[operator]
-            terms = cls.group_terms(self.saes, params, xn, scale)
+        if self.stacked:
+            terms = type(self.saes[0]).group_terms(self.saes, dict(self.stacked), xn, scale)
             terms.loss.backward()
             return [(t.metrics, t.fired) for t in terms.items]
         out: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
         for sae in self.saes:
-            terms_fn = getattr(sae, "train_terms", None)
-            if callable(terms_fn):
-                t = terms_fn(xn, sparsity_scale=scale)
-                t.loss.backward()
-                out.append((t.metrics, t.fired))
-                continue
-            res = sae.loss(x, sparsity_scale=scale)
-            res.loss.backward()
-            metrics = dict(res.metrics)
-            metrics.setdefault("loss", res.loss.detach())
-            out.append((metrics, (res.z.detach() > 0).sum(0)))
+            t = sae.train_terms(xn, sparsity_scale=scale)
+            t.loss.backward()
+            out.append((t.metrics, t.fired))
         return out
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
         if self.stacked:
-            w = self.stacked.get("W_dec")
-            if w is not None and w.grad is not None and getattr(self.saes[0], "unit_norm", False):
-                w.grad.sub_((w.grad * w).sum(-1, keepdim=True) * w)
+            type(self.saes[0]).before_group_optimizer_step(self.saes, self.stacked)
             return
         for sae in self.saes:
-            fn = getattr(sae, "before_optimizer_step", None)
-            if callable(fn):
-                fn()
+            sae.before_optimizer_step()
 
     def unstack(self) -> None:
         """Give every member its own storage again."""
@@ -446,11 +437,10 @@ def _groups(saes: list[SAE], config: TrainingConfig, device: torch.device) -> li
     by_key: dict[str, list[SAE]] = {}
     order: list[str | int] = []
     for i, sae in enumerate(saes):
-        key_fn = getattr(sae, "fusion_key", None)
-        if not callable(key_fn):
+        key = sae.fusion_key()
+        if key is None:
             order.append(i)
             continue
-        key = key_fn()
         if key not in by_key:
             by_key[key] = []
             order.append(key)

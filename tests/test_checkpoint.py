@@ -28,6 +28,7 @@ from saebench_vision.checkpoint import (
     save_saelens,
 )
 from saebench_vision.errors import SaebenchError
+from saebench_vision.interfaces import SAE
 
 CLASSES = {
     c.name: c for c in (ReLUSAE, TopKSAE, GatedSAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE)
@@ -123,7 +124,7 @@ def test_saelens_round_trip(tmp_path, cls, config):
     tensors = load_file(str(tmp_path / "lens" / "sae_weights.safetensors"))
     assert tensors["W_enc"].shape == (6, sae.d_sae) and tensors["W_dec"].shape == (sae.d_sae, 6)
     assert cfg["d_sae"] == sae.d_sae and cfg["apply_b_dec_to_input"] is True
-    loaded = load_saelens(tmp_path / "lens", resolve)
+    loaded = load_saelens(tmp_path / "lens", CLASSES.values())
     x = torch.randn(7, 6)
     # Exact: the weights are copied, never recomputed, when the input scale is 1.
     assert torch.equal(loaded.encode(x), sae.encode(x))
@@ -170,7 +171,7 @@ def test_loads_a_saelens_checkpoint_written_by_saelens_conventions(tmp_path):
             }
         )
     )
-    sae = load_saelens(folder, resolve)
+    sae = load_saelens(folder, CLASSES.values())
     assert sae.d_sae == d_sae and sae.name == "jumprelu"
     t = {k: v.half().float() for k, v in tensors.items()}
     x = torch.randn(3, d_in)
@@ -182,4 +183,195 @@ def test_loads_a_saelens_checkpoint_written_by_saelens_conventions(tmp_path):
         json.dumps({"architecture": "transcoder", "d_in": 4, "d_sae": 10})
     )
     with pytest.raises(CheckpointError, match="transcoder"):
-        load_saelens(folder, resolve)
+        load_saelens(folder, CLASSES.values())
+
+
+# --------------------------------------------------------------------------------------------
+# SAELens's own formulas, written out from its documented maths (sae_lens/saes/*.py, v6):
+# sae_in = x - b_dec · apply_b_dec_to_input; standard: ReLU(sae_in W_enc + b_enc);
+# jumprelu: ReLU(pre) · 1[pre > threshold]; gated: 1[sae_in W_enc + b_gate > 0] ·
+# ReLU(sae_in (W_enc ⊙ exp(r_mag)) + b_mag); topk: ReLU of the k largest of pre (times
+# ‖W_dec‖ per latent with rescale_acts_by_decoder_norm, which then decodes (z / ‖W_dec‖) W_dec).
+# Decode: z W_dec + b_dec.
+
+
+def lens_encode(cfg: dict, t: dict, x: torch.Tensor) -> torch.Tensor:
+    sae_in = x - t["b_dec"] * float(cfg.get("apply_b_dec_to_input", True))
+    arch = cfg["architecture"]
+    if arch == "gated":
+        active = (sae_in @ t["W_enc"] + t["b_gate"] > 0).float()
+        return active * torch.relu(sae_in @ (t["W_enc"] * t["r_mag"].exp()) + t["b_mag"])
+    pre = sae_in @ t["W_enc"] + t["b_enc"]
+    if arch == "standard":
+        return torch.relu(pre)
+    if arch == "jumprelu":
+        return torch.relu(pre) * (pre > t["threshold"]).float()
+    assert arch == "topk"
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        pre = pre * t["W_dec"].norm(dim=-1)
+    top = pre.topk(cfg["k"], dim=-1)
+    return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+
+def lens_decode(cfg: dict, t: dict, z: torch.Tensor) -> torch.Tensor:
+    if cfg["architecture"] == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        z = z / t["W_dec"].norm(dim=-1)
+    return z @ t["W_dec"] + t["b_dec"]
+
+
+@pytest.mark.parametrize("cls,config", ALL, ids=[c.name for c, _ in ALL])
+def test_saelens_export_matches_saelens_formulas(tmp_path, cls, config):
+    sae = randomised(cls, config, scale=1.7)
+    save_saelens(sae, tmp_path / "lens", {"note": "x"})
+    cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
+    t = load_file(str(tmp_path / "lens" / "sae_weights.safetensors"))
+    assert cfg["metadata"]["note"] == "x" and cfg["metadata"]["saebench_vision_architecture"]
+    x = torch.randn(9, 6) * 2 + 0.5
+    z = sae.encode(x)
+    assert (z != 0).any()
+    torch.testing.assert_close(lens_encode(cfg, t, x), z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lens_decode(cfg, t, z), sae.decode(z), rtol=1e-5, atol=1e-5)
+    if cls.name == "topk":
+        # Exact with or without SAELens's default rescaling: never read as rescaled by mistake.
+        assert cfg["rescale_acts_by_decoder_norm"] is False and cfg["k"] == config.k
+
+
+def _write_lens(folder, cfg: dict, tensors: dict) -> None:
+    folder.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(folder / "sae_weights.safetensors")
+    )
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+LENS = {
+    "standard": ({}, ("b_enc",)),
+    "topk": ({"k": 3, "rescale_acts_by_decoder_norm": False}, ("b_enc",)),
+    "topk-rescaled": ({"k": 3, "rescale_acts_by_decoder_norm": True}, ("b_enc",)),
+    "gated": ({}, ("b_gate", "r_mag", "b_mag")),
+    "jumprelu": ({}, ("b_enc", "threshold")),
+}
+
+
+@pytest.mark.parametrize("kind", list(LENS))
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_loads_saelens_checkpoints_as_saelens_computes_them(tmp_path, kind, apply_b_dec):
+    torch.manual_seed(1)
+    d_in, d_sae = 5, 13  # not a multiple, as in many released SAEs
+    extra, names = LENS[kind]
+    cfg = {
+        "architecture": kind.split("-")[0],
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": "none",
+        **extra,
+    }
+    t = {
+        "W_enc": torch.randn(d_in, d_sae),
+        # Decoder rows of very different norms, so rescaling by them changes the top k.
+        "W_dec": torch.randn(d_sae, d_in) * torch.logspace(-1, 1, d_sae).unsqueeze(1),
+        "b_dec": torch.randn(d_in) * 0.3,
+    }
+    for name in names:
+        t[name] = torch.randn(d_sae) * (0.3 if name != "threshold" else 0.1) + (
+            0.2 if name == "threshold" else 0.0
+        )
+    _write_lens(tmp_path / "lens", cfg, t)
+    sae = load_saelens(tmp_path / "lens", CLASSES.values())
+    assert sae.d_sae == d_sae
+    x = torch.randn(40, d_in)
+    want = lens_encode(cfg, t, x)
+    got = sae.encode(x)
+    assert (want != 0).any()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.decode(got), lens_decode(cfg, t, want), rtol=1e-5, atol=1e-5)
+    if kind == "topk-rescaled":
+        plain = {**cfg, "rescale_acts_by_decoder_norm": False}
+        assert not torch.equal(lens_encode(plain, t, x) != 0, want != 0)
+        # Loaded with the norms folded in: unit rows, and it exports back exactly.
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(d_sae))
+        save_saelens(sae, tmp_path / "back")
+        cfg2 = json.loads((tmp_path / "back" / "cfg.json").read_text())
+        t2 = load_file(str(tmp_path / "back" / "sae_weights.safetensors"))
+        torch.testing.assert_close(lens_encode(cfg2, t2, x), want, rtol=1e-5, atol=1e-5)
+        # Unit rows: SAELens's default (rescaled) reading of the export gives the same code.
+        torch.testing.assert_close(
+            lens_encode({**cfg2, "rescale_acts_by_decoder_norm": True}, t2, x),
+            want,
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+def test_saelens_refusals_name_the_reason(tmp_path):
+    sae = randomised(BatchTopKSAE, BatchTopKConfig(expansion=2, k=3, inference="batch-topk"))
+    with pytest.raises(CheckpointError, match="inference: batch-topk"):
+        save_saelens(sae, tmp_path / "a")
+    t = {"W_enc": torch.randn(4, 8), "W_dec": torch.randn(8, 4), "b_dec": torch.zeros(4)}
+    _write_lens(tmp_path / "g", {"architecture": "gated", "d_in": 4, "d_sae": 8}, t)
+    with pytest.raises(CheckpointError, match="missing tensors b_gate, r_mag, b_mag") as info:
+        load_saelens(tmp_path / "g", CLASSES.values())
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="supported: none"):
+        load_saelens(tmp_path / "g", [])
+
+
+class _Scaler(SAE):
+    """A third-party SAE (not built in): z = ReLU(a ⊙ x), x̂ = z / a, with its own SAELens map."""
+
+    name = "scaler"
+    saelens_architectures = ("standard",)
+
+    def __init__(self, d_in, config) -> None:
+        super().__init__(d_in, config)
+        self.d_sae = d_in
+        self.a = torch.nn.Parameter(torch.rand(d_in) + 0.5)
+
+    def encode(self, x):
+        return torch.relu(x * self.a)
+
+    def decode(self, z):
+        return z / self.a
+
+    def to_saelens(self):
+        d = self.d_in
+        a = self.a.detach()
+        tensors = {
+            "W_enc": torch.diag(a),
+            "W_dec": torch.diag(1 / a),
+            "b_enc": torch.zeros(d),
+            "b_dec": torch.zeros(d),
+        }
+        return {"architecture": "standard", "apply_b_dec_to_input": False}, tensors
+
+    @classmethod
+    def from_saelens(cls, cfg, tensors):
+        from saebench_vision.config import SAEConfig
+
+        sae = cls(int(cfg["d_in"]), SAEConfig(expansion=1))
+        with torch.no_grad():
+            sae.a.copy_(torch.diagonal(tensors["W_enc"]))
+        return sae
+
+
+def test_a_third_party_sae_exports_and_loads_through_its_own_methods(tmp_path):
+    from saebench_vision.config import SAEConfig
+
+    sae = _Scaler(4, SAEConfig(expansion=1))
+    save_saelens(sae, tmp_path / "lens")
+    cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
+    t = load_file(str(tmp_path / "lens" / "sae_weights.safetensors"))
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(lens_encode(cfg, t, x), sae.encode(x))
+    loaded = load_saelens(tmp_path / "lens", [_Scaler])
+    assert isinstance(loaded, _Scaler)
+    torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+
+    class Closed(_Scaler):
+        name = "closed"
+        to_saelens = SAE.to_saelens
+
+    with pytest.raises(CheckpointError, match="`closed` has no SAELens counterpart"):
+        save_saelens(Closed(4, SAEConfig(expansion=1)), tmp_path / "x")

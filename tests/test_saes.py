@@ -137,8 +137,12 @@ def test_relu_loss_matches_hand_computation():
     assert_same_gradients(plain, out.loss, expected)
 
 
-def test_gated_loss_matches_hand_computation():
-    sae = _tiny(GatedSAE, GatedConfig(expansion=2, l1_coefficient=0.3))
+@pytest.mark.parametrize("aux_decoder", ["shared", "frozen"])
+def test_gated_loss_matches_hand_computation(aux_decoder):
+    config = GatedConfig(
+        expansion=2, l1_coefficient=0.3, aux_coefficient=0.7, aux_decoder=aux_decoder
+    )
+    sae = _tiny(GatedSAE, config)
     x = torch.randn(6, 3)
     out = sae.loss(x)
     xc = x - sae.b_dec
@@ -148,21 +152,22 @@ def test_gated_loss_matches_hand_computation():
     x_hat = z @ sae.W_dec + sae.b_dec
     l1 = (torch.relu(gate) * sae.W_dec.norm(dim=1)).sum(1).mean()
     aux = ((torch.relu(gate) @ sae.W_dec + sae.b_dec - x) ** 2).sum(1).mean()
-    expected = ((x - x_hat) ** 2).sum(1).mean() + 0.3 * l1 + aux
+    main = ((x - x_hat) ** 2).sum(1).mean() + 0.3 * l1
+    expected = main + 0.7 * aux
     torch.testing.assert_close(out.loss, expected)
-    # The reference detaches the decoder in the auxiliary term, as the Gated SAE paper does.
-    reference = (
-        expected
-        - aux
-        + ((torch.relu(gate) @ sae.W_dec.detach() + sae.b_dec.detach() - x) ** 2).sum(1).mean()
-    )
+    # frozen: the decoder is detached in the auxiliary term, as the Gated SAE paper does;
+    # shared: gradients of the auxiliary term reach the decoder too, as in SAELens.
+    frozen_aux = ((torch.relu(gate) @ sae.W_dec.detach() + sae.b_dec.detach() - x) ** 2).sum(1)
+    reference = main + 0.7 * frozen_aux.mean() if aux_decoder == "frozen" else expected
     assert_same_gradients(sae, out.loss, reference)
     torch.testing.assert_close(out.z, z)
     torch.testing.assert_close(sae.encode(x), z)
-    # The auxiliary loss reaches the gate but not the decoder.
     (total,) = torch.autograd.grad(out.loss, [sae.W_dec])
-    (without_aux,) = torch.autograd.grad(((x - x_hat) ** 2).sum(1).mean() + 0.3 * l1, [sae.W_dec])
-    torch.testing.assert_close(total, without_aux)
+    (without_aux,) = torch.autograd.grad(main, [sae.W_dec])
+    if aux_decoder == "frozen":
+        torch.testing.assert_close(total, without_aux)
+    else:
+        assert not torch.allclose(total, without_aux)
 
 
 def test_jumprelu_loss_and_threshold_gradient():
@@ -276,7 +281,15 @@ def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():
     terms = sae.train_terms(x)
     assert float(terms.metrics["l0"]) <= 2.0
     assert int((terms.dense_z() > 0).sum()) == int(terms.fired.sum())
-    assert float(sae.threshold) > 0
+    # The first estimate is the batch's smallest kept positive activation itself ...
+    kept = terms.dense_z()
+    first = kept[kept > 0].min()
+    torch.testing.assert_close(sae.threshold, first)
+    # ... later ones a running mean with the configured momentum.
+    x2 = torch.randn(16, 8)
+    kept2 = sae.train_terms(x2).dense_z()
+    m = 16 / sae.config.threshold_window  # momentum 0: batch size / window
+    torch.testing.assert_close(sae.threshold, (1 - m) * first + m * kept2[kept2 > 0].min())
     sae.eval()
     pre = sae.pre_activations(x)
     torch.testing.assert_close(sae.encode(x), pre * (pre > sae.threshold))
@@ -284,7 +297,7 @@ def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():
 
 def test_unit_norm_decoder_is_kept_and_gradient_projected():
     torch.manual_seed(0)
-    sae = TopKSAE(4, TopKConfig(expansion=2, k=2))
+    sae = TopKSAE(4, TopKConfig(expansion=2, k=2, decoder_norm="unit"))
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(8))
     sae.train_terms(torch.randn(5, 4)).loss.backward()
     sae.before_optimizer_step()

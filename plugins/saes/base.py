@@ -18,40 +18,23 @@ products run as a few large batched matmuls instead of many small ones.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from saebench_vision.config import config_as_dict
-from saebench_vision.interfaces import SAE, SAEOutput
+from saebench_vision.config import build_config, config_as_dict
+from saebench_vision.interfaces import SAE, GroupTerms, SAEOutput, TrainTerms
+from saebench_vision.training import geometric_median
 
-
-@dataclass
-class TrainTerms:
-    """One SAE's share of a training forward pass, in normalised space.
-
-    ``fired`` counts, per latent, the samples of the batch it was active on (for dead and
-    dense latent tracking); ``dense_z`` builds the (B, d_sae) code on demand, since the sparse
-    paths never materialise it. ``loss`` is this SAE's loss (for the group's backward pass use
-    :attr:`GroupTerms.loss`).
-    """
-
-    loss: torch.Tensor
-    x_hat: torch.Tensor
-    fired: torch.Tensor
-    dense_z: Callable[[], torch.Tensor]
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class GroupTerms:
-    """A group's step: ``loss`` (the sum of the members' losses, to call backward on once)."""
-
-    loss: torch.Tensor
-    items: list[TrainTerms]
+__all__ = [
+    "BuiltinSAE",
+    "GroupTerms",
+    "Params",
+    "TrainTerms",
+    "geometric_median",
+]
 
 
 Params = dict[str, torch.Tensor]
@@ -258,15 +241,21 @@ class BuiltinSAE(SAE):
         )
 
     @classmethod
-    def group_terms(
+    def group_terms(  # type: ignore[override]
         cls, saes: Sequence[BuiltinSAE], params: Params, xn: torch.Tensor, sparsity_scale: float
     ) -> GroupTerms:
         """The training step of ``saes`` (one class, one shape) on a normalised batch ``xn``."""
         raise NotImplementedError
 
-    def stacked_params(self) -> Params:
-        """This SAE's parameters as a group of one (differentiable views)."""
-        return {name: p.unsqueeze(0) for name, p in self.named_parameters()}
+    @classmethod
+    @torch.no_grad()
+    def before_group_optimizer_step(  # type: ignore[override]
+        cls, saes: Sequence[BuiltinSAE], params: dict[str, nn.Parameter]
+    ) -> None:
+        """With unit-norm rows, drop the stacked gradient's component along each row."""
+        w = params.get("W_dec")
+        if saes[0].unit_norm and w is not None and w.grad is not None:
+            project_out_parallel(w, w.grad)
 
     def train_terms(self, xn: torch.Tensor, *, sparsity_scale: float = 1.0) -> TrainTerms:
         """Loss and statistics of a normalised batch ``xn`` (B, d_in)."""
@@ -353,6 +342,73 @@ class BuiltinSAE(SAE):
         w = self.W_dec.detach()
         return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
+    # -- SAELens ------------------------------------------------------------------------------
+
+    saelens_architecture: ClassVar[str] = ""
+    """The SAELens ``architecture`` :meth:`to_saelens` writes (empty: no counterpart)."""
+    saelens_tensors: ClassVar[tuple[str, ...]] = ("b_enc",)
+    """Per-latent tensors copied as they are, besides ``W_enc``, ``W_dec`` and ``b_dec``."""
+
+    def to_saelens(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        if not self.saelens_architecture:
+            return super().to_saelens()
+        s = float(self.input_scale)
+        tensors = {
+            "W_enc": (self.W_enc.detach().float() * s).T,
+            "W_dec": self.W_dec.detach().float() / s,
+            "b_dec": self.b_dec.detach().float() / s,
+        }
+        for key in self.saelens_tensors:
+            tensors[key] = getattr(self, key).detach().float()
+        cfg: dict[str, Any] = {
+            "architecture": self.saelens_architecture,
+            "apply_b_dec_to_input": bool(self.config.apply_b_dec_to_input),
+        }
+        return cfg, tensors
+
+    @classmethod
+    def saelens_config_args(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Config arguments read from a SAELens ``cfg.json`` (besides width and ``b_dec``)."""
+        return {}
+
+    @classmethod
+    def saelens_tensors_in(
+        cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """SAELens tensors in the form :meth:`from_saelens` copies (renames, folds)."""
+        return tensors
+
+    @classmethod
+    def from_saelens(cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SAE:
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+        args = {
+            "expansion": max(1, round(d_sae / d_in)),
+            "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+            **cls.saelens_config_args(cfg),
+        }
+        config = build_config(cls.Config, args, where="cfg.json", what=f"SAE `{cls.name}`")
+        sae = cls(d_in, config)
+        if sae.d_sae != d_sae:
+            sae.resize_latents(d_sae)
+        raw = cls.saelens_tensors_in(cfg, dict(tensors))
+        wanted = ("W_enc", "W_dec", "b_dec", *cls.saelens_tensors)
+        missing = [k for k in wanted if k not in raw]
+        if missing:
+            raise ValueError(f"missing tensors {', '.join(missing)}")
+        expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+        expected.update({k: (d_sae,) for k in cls.saelens_tensors})
+        for key, shape in expected.items():
+            if tuple(raw[key].shape) != shape:
+                raise ValueError(f"{key} has shape {tuple(raw[key].shape)}, expected {shape}")
+        with torch.no_grad():
+            sae.W_enc.copy_(raw["W_enc"].T)
+            sae.W_dec.copy_(raw["W_dec"])
+            sae.b_dec.copy_(raw["b_dec"])
+            for key in cls.saelens_tensors:
+                getattr(sae, key).copy_(raw[key])
+            sae.input_scale.fill_(1.0)
+        return sae
+
     # -- decoder-norm constraint --------------------------------------------------------------
 
     @torch.no_grad()
@@ -392,21 +448,6 @@ def dense_items(
         metrics.update({k: v[i].detach() for k, v in extra.items()})
         items.append(TrainTerms(losses[i], x_hat[i], fired[i], lambda i=i: zd[i], metrics))
     return items
-
-
-def geometric_median(x: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
-    """Weiszfeld's algorithm in float64 (dictionary_learning's and SAELens v5's ``b_dec`` init)."""
-    x = x.double()
-    y = x.mean(0)
-    for _ in range(iters):
-        dist = (x - y).norm(dim=1).clamp_min(eps)
-        w = 1.0 / dist
-        new = (w[:, None] * x).sum(0) / w.sum()
-        if (new - y).norm() <= eps * max(1.0, float(y.norm())):
-            y = new
-            break
-        y = new
-    return y.float()
 
 
 def default_aux_k(d_in: int, configured: int) -> int:

@@ -24,14 +24,19 @@ class GatedSAE(BuiltinSAE):
     ``π_gate = W_enc (x - b_dec) + b_gate``, ``π_mag = exp(r_mag) ⊙ W_enc (x - b_dec) + b_mag``,
     ``z = 1[π_gate > 0] ⊙ ReLU(π_mag)``. The loss adds ``λ ‖ReLU(π_gate)‖₁`` (weighted by decoder
     row norms in ``weighted-l1`` mode, so that shrinking the gate cannot dodge the penalty) and
-    the auxiliary reconstruction ``‖x - (W_dec ReLU(π_gate) + b_dec)‖²`` through a frozen copy of
-    the decoder, which gives the gate its gradient. ``b_enc`` is unused (kept at zero).
+    ``aux_coefficient`` times the auxiliary reconstruction ``‖x - (W_dec ReLU(π_gate) + b_dec)‖²``,
+    which gives the gate its gradient, through the shared decoder (SAELens) or a frozen copy of
+    it (the paper; ``aux_decoder="frozen"``): see :mod:`..configs` for the default. ``b_enc``
+    is unused (kept at zero).
     """
 
     name: ClassVar[str] = "gated"
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = GatedConfig
     per_sae_fields: ClassVar[frozenset[str]] = frozenset({"b_dec_init", "l1_coefficient"})
+    saelens_architecture: ClassVar[str] = "gated"
+    saelens_architectures: ClassVar[tuple[str, ...]] = ("gated",)
+    saelens_tensors: ClassVar[tuple[str, ...]] = ("b_gate", "r_mag", "b_mag")
 
     def _init_extra(self) -> None:
         n = self.d_sae
@@ -42,7 +47,7 @@ class GatedSAE(BuiltinSAE):
 
     @torch.no_grad()
     def _reset_extra(self) -> None:
-        self.b_gate.zero_()
+        self.b_gate.fill_(float(self.config.gate_bias_init))
         self.r_mag.zero_()
         self.b_mag.zero_()
 
@@ -74,9 +79,13 @@ class GatedSAE(BuiltinSAE):
         weighted = saes[0].config.decoder_norm == "weighted-l1"
         x_hat, l1 = DecodeWithL1.apply(z, gate_act, P["W_dec"], P["b_dec"], weighted)
         mse = group_mse(x_hat, xn)
-        frozen = {"W_dec": P["W_dec"].detach(), "b_dec": P["b_dec"].detach()}
-        aux = group_mse(cls.group_decode(gate_act, frozen), xn)
+        if saes[0].config.aux_decoder == "frozen":
+            dec = {"W_dec": P["W_dec"].detach(), "b_dec": P["b_dec"].detach()}
+        else:
+            dec = {"W_dec": P["W_dec"], "b_dec": P["b_dec"]}
+        aux = group_mse(cls.group_decode(gate_act, dec), xn)
         lam = cls.coefficients(saes, "l1_coefficient", mse) * sparsity_scale
-        losses = mse + lam * l1 + aux
+        aux_coef = cls.coefficients(saes, "aux_coefficient", mse)
+        losses = mse + lam * l1 + aux_coef * aux
         extra = {"l1": l1, "aux_reconstruction": aux}
         return GroupTerms(losses.sum(), dense_items(saes, losses, mse, x_hat, z, extra))

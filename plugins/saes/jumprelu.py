@@ -63,6 +63,18 @@ class JumpReLUSAE(BuiltinSAE):
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = JumpReLUConfig
     per_sae_fields: ClassVar[frozenset[str]] = frozenset({"b_dec_init", "l0_coefficient"})
+    saelens_architecture: ClassVar[str] = "jumprelu"
+    saelens_architectures: ClassVar[tuple[str, ...]] = ("jumprelu",)
+    saelens_tensors: ClassVar[tuple[str, ...]] = ("b_enc", "threshold")
+
+    @classmethod
+    def saelens_tensors_in(
+        cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """SAELens v5 stored ``log_threshold``; v6 stores ``threshold``."""
+        if "log_threshold" in tensors and "threshold" not in tensors:
+            tensors["threshold"] = tensors.pop("log_threshold").exp()
+        return tensors
 
     def _init_extra(self) -> None:
         self.threshold = nn.Parameter(torch.full((self.d_sae,), float(self.config.init_threshold)))

@@ -28,6 +28,8 @@ class ReLUSAE(BuiltinSAE):
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = ReLUConfig
     per_sae_fields: ClassVar[frozenset[str]] = frozenset({"b_dec_init", "l1_coefficient"})
+    saelens_architecture: ClassVar[str] = "standard"
+    saelens_architectures: ClassVar[tuple[str, ...]] = ("standard",)
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)

@@ -10,7 +10,7 @@ In a fused group the members' codes are stacked into one code over the stacked w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from saebench_vision_plugins.saes.base import (
@@ -44,13 +44,48 @@ class TopKSAE(BuiltinSAE):
             "aux_k",
             "dead_after",
             "threshold_momentum",
+            "threshold_window",
             "inference",
             "sparse_backend",
         }
     )
 
+    saelens_architecture: ClassVar[str] = "topk"
+    saelens_architectures: ClassVar[tuple[str, ...]] = ("topk",)
+
     def _init_extra(self) -> None:
         self.register_buffer("samples_since_fired", torch.zeros(self.d_sae, dtype=torch.int64))
+
+    # -- SAELens -------------------------------------------------------------------------------
+
+    def to_saelens(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Selection is on the raw pre-activations here, so SAELens must not rescale them by
+        the decoder norms: ``rescale_acts_by_decoder_norm`` is written as false."""
+        cfg, tensors = super().to_saelens()
+        cfg.update(k=int(self.config.k), rescale_acts_by_decoder_norm=False)
+        return cfg, tensors
+
+    @classmethod
+    def saelens_config_args(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        rescale = bool(cfg.get("rescale_acts_by_decoder_norm", False))
+        return {"k": int(cfg.get("k", 100)), "decoder_norm": "unit" if rescale else "free"}
+
+    @classmethod
+    def saelens_tensors_in(
+        cls, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """With ``rescale_acts_by_decoder_norm`` SAELens selects the top k of
+        ``pre · ‖W_dec‖`` and decodes ``(z / ‖W_dec‖) W_dec``: folding the norms into the
+        encoder (SAELens's ``fold_W_dec_norm``) gives unit decoder rows and the same code."""
+        if not cfg.get("rescale_acts_by_decoder_norm", False):
+            return tensors
+        if not all(k in tensors for k in ("W_enc", "W_dec", "b_enc")):
+            return tensors
+        norms = tensors["W_dec"].norm(dim=1)
+        tensors["W_dec"] = tensors["W_dec"] / norms.clamp_min(1e-30).unsqueeze(1)
+        tensors["W_enc"] = tensors["W_enc"] * norms.unsqueeze(0)
+        tensors["b_enc"] = tensors["b_enc"] * norms
+        return tensors
 
     @torch.no_grad()
     def _reset_extra(self) -> None:
@@ -237,6 +272,20 @@ class BatchTopKSAE(TopKSAE):
     name: ClassVar[str] = "batch-topk"
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = BatchTopKConfig
+    saelens_architectures: ClassVar[tuple[str, ...]] = ()
+
+    def to_saelens(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """A JumpReLU SAE with the learnt threshold on every latent (as SAELens saves its
+        BatchTopK SAEs); exact for ``inference: threshold``, which encodes the same way."""
+        if self.config.inference != "threshold":
+            raise NotImplementedError(
+                f"SAE `{self.name}` with inference: {self.config.inference} has no SAELens "
+                f"counterpart (use inference: threshold)"
+            )
+        cfg, tensors = BuiltinSAE.to_saelens(self)
+        cfg["architecture"] = "jumprelu"
+        tensors["threshold"] = torch.full((self.d_sae,), float(self.threshold))
+        return cfg, tensors
 
     def _init_extra(self) -> None:
         super()._init_extra()
@@ -262,7 +311,14 @@ class BatchTopKSAE(TopKSAE):
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
         positive = values[values > 0]
         if positive.numel():
-            m = self.config.threshold_momentum
+            # The first estimate is taken as it is: a running mean started at 0 would lag for
+            # about 1 / momentum steps, and encode far too densely after a short training.
+            if bool(self.threshold == 0):
+                self.threshold.copy_(positive.min())
+                return
+            m = float(self.config.threshold_momentum)
+            if m <= 0:
+                m = min(1.0, code.n_rows / max(1, int(self.config.threshold_window)))
             self.threshold.mul_(1 - m).add_(m * positive.min())
 
 

@@ -1,0 +1,308 @@
+"""SAE quality at an equal training budget, measured on planted dictionaries, beside throughput.
+
+The data are built here, independently of the trainer, from a dictionary known by construction:
+
+* ``features`` unit directions drawn uniformly on the sphere of R^d (the ground truth);
+* each feature fires independently with a power-law probability ``p_i ∝ (i + 1)^-alpha``,
+  scaled so that ``mean_active`` features are active per row on average (clipped at 1);
+* an active feature's magnitude is Exponential(1); Gaussian noise of std ``noise`` is added;
+* the rows are rescaled so that E‖x‖² = d, and the last ``held_out`` rows are held out.
+
+Every SAE trains for the same budget (``epochs`` passes at batch ``batch`` and learning rate
+``lr``, the project's schedule otherwise) and is measured on the held-out rows:
+
+* **FVU**: Σ‖x - x̂‖² / Σ‖x - x̄‖² (1 - explained variance);
+* **L0**: mean number of active latents per row;
+* **dead**: fraction of latents that never fire on the held-out rows;
+* **MMCS**: mean over planted directions of the best cosine with any decoder row;
+* for SAEs with a sparsity coefficient (``relu``, ``gated``, ``jumprelu``), a small sweep of
+  that coefficient gives FVU **interpolated at matched L0** (linearly in log L0) at the TopK
+  SAE's k, so that architectures are compared at equal sparsity;
+* **throughput**: training samples per second per SAE, on the same line.
+
+    python benchmarks/quality.py --quick                 # a few minutes on 2 CPU cores
+    python benchmarks/quality.py                         # the issue's size: N=200k x 768, 6144 latents
+    python benchmarks/quality.py --batch 64 --lr 1e-4    # the paper's batch size
+    python benchmarks/quality.py --arch topk --set topk:decoder_norm=unit   # another convention
+
+The figures are printed, never asserted: targets belong in the report, not in unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from saebench_vision_plugins.saes.configs import (
+    BatchTopKConfig,
+    GatedConfig,
+    JumpReLUConfig,
+    MatryoshkaConfig,
+    ReLUConfig,
+    TopKConfig,
+)
+from saebench_vision_plugins.saes.gated import GatedSAE
+from saebench_vision_plugins.saes.jumprelu import JumpReLUSAE
+from saebench_vision_plugins.saes.relu import ReLUSAE
+from saebench_vision_plugins.saes.topk import BatchTopKSAE, MatryoshkaSAE, TopKSAE
+
+from saebench_vision.config import TrainingConfig, build_config, config_as_dict
+from saebench_vision.interfaces import SAE
+from saebench_vision.training import train_saes, tune_cpu_allocator
+
+ARCHS: dict[str, tuple[type, type, str | None]] = {
+    # name: (class, config, sparsity coefficient swept for matched-L0 interpolation)
+    "topk": (TopKSAE, TopKConfig, None),
+    "batch-topk": (BatchTopKSAE, BatchTopKConfig, None),
+    "matryoshka": (MatryoshkaSAE, MatryoshkaConfig, None),
+    "relu": (ReLUSAE, ReLUConfig, "l1_coefficient"),
+    "gated": (GatedSAE, GatedConfig, "l1_coefficient"),
+    "jumprelu": (JumpReLUSAE, JumpReLUConfig, "l0_coefficient"),
+}
+SWEEPS: dict[str, tuple[float, ...]] = {
+    "relu": (3.0, 6.0, 12.0),
+    "gated": (3.0, 6.0, 12.0),
+    "jumprelu": (0.3, 1.0, 3.0),
+}
+"""Coefficients of the sweep; the middle one is the headline row (the issue's ``l1 6``)."""
+
+
+@dataclass(frozen=True)
+class Planted:
+    """Planted-dictionary data: ``train``/``test`` rows and the ground-truth ``directions``."""
+
+    train: np.ndarray
+    test: np.ndarray
+    directions: np.ndarray
+    probabilities: np.ndarray
+
+
+def planted_data(
+    *,
+    n: int,
+    d: int,
+    features: int,
+    mean_active: float,
+    alpha: float,
+    noise: float,
+    held_out: int,
+    seed: int,
+    chunk: int = 8192,
+) -> Planted:
+    """Generate the planted data (see the module docstring); numpy only, seeded."""
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((features, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    weights = (np.arange(features) + 1.0) ** -alpha
+    # Scale to the requested mean, redistributing what clipping at 1 removes.
+    p = weights * mean_active / weights.sum()
+    for _ in range(50):
+        clipped = np.minimum(p, 1.0)
+        if clipped.sum() >= mean_active * (1 - 1e-9) or (clipped < 1).sum() == 0:
+            break
+        free = clipped < 1
+        p = clipped.copy()
+        p[free] *= (mean_active - clipped[~free].sum()) / clipped[free].sum()
+    p = np.minimum(p, 1.0)
+    x = np.empty((n, d), dtype=np.float32)
+    dirs32 = directions.astype(np.float32)
+    for lo in range(0, n, chunk):
+        rows = min(chunk, n - lo)
+        active = rng.random((rows, features), dtype=np.float32) < p.astype(np.float32)
+        codes = np.where(active, rng.exponential(1.0, (rows, features)).astype(np.float32), 0.0)
+        block = codes.astype(np.float32) @ dirs32
+        block += rng.normal(0.0, noise, (rows, d)).astype(np.float32)
+        x[lo : lo + rows] = block
+    x *= np.float32(math.sqrt(d / float((x.astype(np.float64) ** 2).sum(1).mean())))
+    return Planted(x[: n - held_out], x[n - held_out :], directions, p)
+
+
+@torch.no_grad()
+def measure(sae: SAE, test: np.ndarray, directions: np.ndarray) -> dict[str, float]:
+    """Held-out FVU, L0, dead fraction, and MMCS against the planted directions."""
+    x_all = torch.from_numpy(test)
+    mean = x_all.double().mean(0)
+    err = total = 0.0
+    l0 = 0.0
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    for lo in range(0, len(test), 2048):
+        x = x_all[lo : lo + 2048]
+        z = sae.encode(x)
+        x_hat = sae.decode(z)
+        err += float((x - x_hat).double().pow(2).sum())
+        total += float((x.double() - mean).pow(2).sum())
+        active = z != 0
+        l0 += float(active.sum())
+        fired |= active.any(0)
+    rows = sae.decoder_directions().double()
+    cos = torch.from_numpy(directions) @ rows.T
+    return {
+        "fvu": err / total,
+        "l0": l0 / len(test),
+        "dead": float((~fired).double().mean()),
+        "mmcs": float(cos.max(1).values.mean()),
+    }
+
+
+def interpolate_at(l0s: list[float], fvus: list[float], target: float) -> float | None:
+    """FVU at ``target`` L0, linear in log L0 between the bracketing sweep points (no
+    extrapolation: None when the sweep does not bracket the target)."""
+    pts = sorted((a, b) for a, b in zip(l0s, fvus) if a > 0)
+    for (a0, f0), (a1, f1) in zip(pts, pts[1:]):
+        if a0 <= target <= a1:
+            if a1 == a0:
+                return f0
+            t = (math.log(target) - math.log(a0)) / (math.log(a1) - math.log(a0))
+            return f0 + t * (f1 - f0)
+    return None
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``ARCH:key=value`` overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        try:
+            arch, rest = item.split(":", 1)
+            key, value = rest.split("=", 1)
+        except ValueError:
+            sys.exit(f"--set {item!r}: expected ARCH:key=value, e.g. topk:decoder_norm=unit")
+        if arch not in ARCHS:
+            sys.exit(f"--set {item!r}: unknown architecture {arch!r} (have: {', '.join(ARCHS)})")
+        out.setdefault(arch, {})[key] = yaml.safe_load(value)
+    return out
+
+
+def build(arch: str, d: int, args: dict[str, Any]) -> SAE:
+    cls, config_cls, _ = ARCHS[arch]
+    config = build_config(config_cls, args, where="--set", what=f"SAE `{arch}`")
+    return cls(d, config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a small size for iterating")
+    ap.add_argument("--n", type=int, default=None, help="rows, held-out included (200000)")
+    ap.add_argument("--d", type=int, default=None, help="input width (768)")
+    ap.add_argument("--features", type=int, default=None, help="planted directions (4 d)")
+    ap.add_argument("--expansion", type=int, default=8, help="latents = expansion x d")
+    ap.add_argument("--mean-active", type=float, default=16.0)
+    ap.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of p_i")
+    ap.add_argument("--noise", type=float, default=0.01)
+    ap.add_argument("--held-out", type=int, default=None, help="held-out rows (10000)")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--batch", type=int, default=None, help="batch size (4096; quick: 1024)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--k", type=int, default=32, help="k of the TopK family (matched L0)")
+    ap.add_argument("--arch", action="append", choices=list(ARCHS), help="default: all")
+    ap.add_argument("--set", action="append", default=[], metavar="ARCH:key=value")
+    ap.add_argument(
+        "--training",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="another TrainingConfig field, e.g. sparsity_warmup_fraction=0",
+    )
+    ap.add_argument("--no-sweep", action="store_true", help="only the headline coefficient")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    size = (
+        dict(n=65_000, d=256, held_out=5_000, batch=1024)
+        if a.quick
+        else dict(n=200_000, d=768, held_out=10_000, batch=4096)
+    )
+    n = a.n or size["n"]
+    d = a.d or size["d"]
+    held_out = a.held_out or size["held_out"]
+    batch = a.batch or size["batch"]
+    features = a.features or 4 * d
+    archs = a.arch or list(ARCHS)
+    sets = parse_sets(a.set)
+    if a.device == "cpu":
+        tune_cpu_allocator()
+
+    t0 = time.perf_counter()
+    data = planted_data(
+        n=n,
+        d=d,
+        features=features,
+        mean_active=a.mean_active,
+        alpha=a.alpha,
+        noise=a.noise,
+        held_out=held_out,
+        seed=a.seed,
+    )
+    import yaml
+
+    extra = {}
+    for item in a.training:
+        key, _, value = item.partition("=")
+        extra[key] = yaml.safe_load(value)
+    config = build_config(
+        TrainingConfig,
+        {"epochs": a.epochs, "batch_size": batch, "lr": a.lr, "device": a.device, **extra},
+        where="--training",
+        what="training",
+    )
+    steps = max(1, round(a.epochs * len(data.train) / batch))
+    print(
+        f"planted data: N={n} (held out {held_out}) x d={d}, {features} directions, "
+        f"mean active {float(data.probabilities.sum()):.1f}, alpha {a.alpha}, noise {a.noise} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    print(
+        f"budget: {a.epochs:g} epoch(s), batch {batch}, lr {a.lr:g}, {steps} steps; "
+        f"d_sae = {d * a.expansion}; device {a.device}; torch threads {torch.get_num_threads()}"
+    )
+    header = (
+        f"{'SAE':<34}{'FVU':>7}{'L0':>8}{'dead':>7}{'MMCS':>7}"
+        f"{'FVU@L0=' + str(a.k):>12}{'samples/s':>11}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for arch in archs:
+        base = {"expansion": a.expansion, **sets.get(arch, {})}
+        coef = ARCHS[arch][2]
+        if arch in ("topk", "batch-topk", "matryoshka"):
+            base.setdefault("k", a.k)
+        values = SWEEPS.get(arch, (None,))
+        if coef is not None and coef in base:
+            values = (base.pop(coef),)
+        elif a.no_sweep and coef is not None:
+            values = (values[len(values) // 2],)
+        torch.manual_seed(a.seed)
+        saes = [build(arch, d, {**base, **({coef: v} if coef else {})}) for v in values]
+        stats = train_saes(saes, data.train, config, seed=a.seed, progress=False)
+        seconds = stats[0]["seconds"]
+        rate = a.epochs * len(data.train) * len(saes) / max(seconds, 1e-9)
+        rows = [measure(s, data.test, data.directions) for s in saes]
+        at_k = interpolate_at([r["l0"] for r in rows], [r["fvu"] for r in rows], a.k)
+        for sae, r, v in zip(saes, rows, values):
+            label = arch + (f" {coef.split('_')[0]}={v:g}" if coef else f" k={sae.config.k}")
+            changed = {
+                key: val
+                for key, val in config_as_dict(sae.config).items()
+                if key in sets.get(arch, {})
+            }
+            if changed:
+                label += " " + ",".join(f"{k}={v}" for k, v in changed.items())
+            match = f"{at_k:.3f}" if (at_k is not None and v == values[len(values) // 2]) else ""
+            if coef is None:
+                match = f"{r['fvu']:.3f}" if abs(r["l0"] - a.k) <= 0.5 else ""
+            print(
+                f"{label:<34}{r['fvu']:>7.3f}{r['l0']:>8.1f}{r['dead']:>7.3f}{r['mmcs']:>7.3f}"
+                f"{match:>12}{rate / len(saes):>11.0f}",
+                flush=True,
+            )
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
