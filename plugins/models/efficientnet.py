@@ -18,7 +18,7 @@ from saebench_vision_plugins.models.common import (
 )
 from saebench_vision_plugins.models.configs import EfficientNetLiteConfig
 
-from saebench_vision.errors import WeightsNotFoundError
+from saebench_vision.errors import ModelMismatchError, WeightsNotFoundError
 from saebench_vision.interfaces import LayerOutput
 
 # The TF-Lite models take (x - 127) / 128 on 0..255 pixels.
@@ -105,7 +105,15 @@ class EfficientNetLiteAdapter(ImageAdapter):
         path = self.weights_file()
         model = EfficientNet.from_name(self.model_name, image_size=self.transform.image_size)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            text = " ".join(str(exc).split())
+            raise ModelMismatchError(
+                f"model `{self.name}`: {path} does not hold {self.model_name} weights "
+                f"({text[:120]}...); set variant to the file's model or point weights_path to "
+                f"{self.model_name} weights"
+            ) from None
         self.model = model.to(self.device, self.torch_dtype).eval()
 
     def forward(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, LayerOutput]:
