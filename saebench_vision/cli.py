@@ -106,6 +106,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             for entry in registry.entries(kind):
                 print(f"\n{kind} `{entry.name}` ({entry.plugin}): {entry.ref.target}")
                 cfg = entry.config_class()
+                declared = _declared_kinds(kind, cfg)
+                if declared:
+                    print(f"  ({declared})")
                 types = field_types(cfg)
                 for name, f in config_fields(cfg).items():
                     default = f.default if f.default is not f.default_factory else "(required)"
@@ -113,6 +116,19 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                         f"  {name}: {describe_type(types[name])} = {default!r}  {f.metadata.get('help', '')}"
                     )
     return 0
+
+
+def _declared_kinds(kind: str, config: type) -> str:
+    """What a component's light Config declares about its inputs (nothing is imported)."""
+    if kind == "model":
+        inputs = getattr(config, "input_kind", None)
+        tokens = getattr(config, "default_tokens", None)
+        parts = [f"reads {inputs}" if inputs else "", f"default tokens: {tokens}" if tokens else ""]
+        return ", ".join(p for p in parts if p)
+    if kind == "dataset":
+        modality = getattr(config, "modality", None)
+        return f"gives {modality} items" if modality else ""
+    return ""
 
 
 def cmd_layers(args: argparse.Namespace) -> int:

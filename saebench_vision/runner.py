@@ -26,7 +26,7 @@ from saebench_vision.errors import SaebenchError
 from saebench_vision.plugins import PluginManager
 from saebench_vision.registry import KIND_TITLES
 from saebench_vision.results import CellKey, ResultsStore
-from saebench_vision.suite import ComponentSpec, ModelSpec, SAEVariant, Suite
+from saebench_vision.suite import ComponentSpec, ModelSpec, SAEVariant, SplitSpec, Suite
 
 BASELINE = "baseline"
 
@@ -94,8 +94,9 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
     variants = [(v, _light_identity(manager, v, "sae")) for v in suite.sae_variants()]
     groups = []
     for model in suite.models:
-        model_id = _light_identity(manager, model, "model") | {"tokens": model.tokens or "default"}
+        model_base = _light_identity(manager, model, "model")
         for layer in model.layers:
+            model_id = model_base | {"tokens": model.tokens_for(layer) or "default"}
             for seed in suite.seeds:
                 group = Group(model, layer, seed)
                 for variant, sae_identity in variants:
@@ -128,7 +129,7 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
                                 baseline_id,
                                 model.label,
                                 layer,
-                                model.tokens or "default",
+                                model.tokens_for(layer) or "default",
                                 "",
                                 BASELINE,
                                 "",
@@ -149,7 +150,7 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
                                     cell_id,
                                     model.label,
                                     layer,
-                                    model.tokens or "default",
+                                    model.tokens_for(layer) or "default",
                                     planned.sae_id,
                                     planned.variant.label,
                                     planned.variant.plugin,
@@ -170,6 +171,7 @@ def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -
     """Checks that need the components but no weights or data: every ``device`` option against
     this machine, every model's layer names, and (``datasets=True``) that every split can be
     opened. Imports the implementations (and torch); writes nothing."""
+    from saebench_vision import checks
     from saebench_vision.interfaces import resolve_device
 
     registry = manager.registry()
@@ -191,6 +193,9 @@ def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -
             raise SaebenchError(f"{suite.path}: {where}: {exc}") from None
 
     check_device(suite.training_config().device, "training.device")
+    modalities = {
+        s.name: checks.dataset_modality(registry.get("dataset", s.plugin)) for s in suite.datasets
+    }
     for kind, group in (
         ("model", suite.models),
         ("dataset", suite.datasets),
@@ -203,11 +208,15 @@ def preflight(suite: Suite, manager: PluginManager, *, datasets: bool = False) -
             if isinstance(spec, ModelSpec):
                 adapter = entry.load()(config)
                 adapter.check_layers(spec.layers, where=f"{suite.path}: {spec.where}.layers")
-            elif kind == "dataset" and datasets:
-                try:
-                    entry.load()(config)
-                except SaebenchError as exc:
-                    raise SaebenchError(f"{suite.path}: {spec.where}: {exc}") from None
+                checks.check_inputs(suite, spec, adapter, modalities)
+                checks.check_tokens(suite, spec, adapter)
+    if datasets:
+
+        def open_split(split: SplitSpec) -> Any:
+            entry, config = build("dataset", split)
+            return entry.load()(config)
+
+        checks.check_datasets_open(suite, open_split)
 
 
 def derive_seed(*parts: Any) -> int:
@@ -311,10 +320,17 @@ class Runner:
                 continue
             adapter = self._instantiate("model", model)
             adapter.check_layers(model.layers, where=f"{self.suite.path}: {model.where}.layers")
-            tokens = model.tokens or adapter.default_tokens
             layers = sorted({g.layer for g in groups}, key=list(model.layers).index)
-            activations = self._ensure_activations(adapter, model, layers, tokens)
+            # Per-layer token selections: one extraction pass per distinct selection.
+            by_tokens: dict[str, list[str]] = {}
+            for layer in layers:
+                tokens = model.tokens_for(layer) or adapter.default_tokens_for(layer)
+                by_tokens.setdefault(tokens, []).append(layer)
+            activations: dict[tuple[str, str], Any] = {}
+            for tokens, token_layers in by_tokens.items():
+                activations.update(self._ensure_activations(adapter, model, token_layers, tokens))
             for group in groups:
+                tokens = model.tokens_for(group.layer) or adapter.default_tokens_for(group.layer)
                 self._run_group(
                     group, adapter, tokens, activations, evaluators, done, run_id, torch
                 )
@@ -330,8 +346,10 @@ class Runner:
         )
         try:
             return cls(config)
-        except SaebenchError:
-            raise
+        except SaebenchError as exc:
+            if str(exc).startswith(str(self.suite.path)):
+                raise
+            raise type(exc)(f"{self.suite.path}: {spec.where}: {exc}") from exc
         except (ValueError, OSError) as exc:
             raise SaebenchError(
                 f"{self.suite.path}: {spec.where}: {KIND_TITLES[kind]} `{spec.plugin}`: {exc}"

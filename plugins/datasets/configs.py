@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from saebench_vision.config import option
 
@@ -13,6 +13,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 @dataclass(frozen=True)
 class ImageNetFolderConfig:
     """An ImageNet-style split: one folder per class under ``root``."""
+
+    modality: ClassVar[str] = "image"
 
     root: str = option(help="folder holding one sub-folder per class (e.g. /data/imagenet/val)")
     layout: Literal["auto", "wnid", "index"] = option(
@@ -37,6 +39,8 @@ class ImageNetFolderConfig:
 class ImageFolderConfig:
     """An unlabelled image folder (OpenOOD near/far-OOD sets such as SSB-hard, NINCO, Textures)."""
 
+    modality: ClassVar[str] = "image"
+
     root: str = option(help="folder of images (searched recursively)")
     image_list: str | None = option(
         None,
@@ -55,6 +59,8 @@ class ImageFolderConfig:
 @dataclass(frozen=True)
 class QuickDrawEmojiConfig:
     """QuickDraw sketches and emoji over the classes they share, labelled with WordNet synsets."""
+
+    modality: ClassVar[str] = "image"
 
     domain: Literal["sketch", "emoji"] = option(
         "sketch",

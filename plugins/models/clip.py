@@ -73,6 +73,11 @@ def _embedding_token(x: torch.Tensor) -> LayerOutput:
 class _CLIPBase(ImageAdapter):
     """Shared by both CLIP adapters: layer capture and the text/image scoring helpers."""
 
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        if layer == "final":  # the projected embedding: one CLS token
+            return frozenset({TokenKind.CLS})
+        return super().layer_token_kinds(layer)
+
     def vision_blocks(self) -> Sequence[torch.nn.Module]:
         raise NotImplementedError
 

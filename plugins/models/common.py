@@ -336,14 +336,15 @@ def hf_load_model(
 class ImageAdapter(ModelAdapter):
     """Base of the image encoders: uint8 preprocessing in workers, normalisation on device."""
 
-    input_kind = "image"
-    default_tokens = "cls"
-
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.model: nn.Module | None = None
         self._transform: ImageTransform | None = None
         self._layers: list[str] | None = None
+
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        # ViT blocks and CNN feature maps alike: a CLS (or pooled) token and patches.
+        return frozenset({TokenKind.CLS, TokenKind.PATCH})
 
     def make_transform(self) -> ImageTransform:
         """The preprocessing, resolved from the config (and the model's defaults)."""

@@ -8,7 +8,7 @@ resolves without loading weights and reports in its identity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from saebench_vision.config import ModelConfig, option
 
@@ -18,6 +18,9 @@ Interpolation = Literal["bilinear", "bicubic", "nearest"]
 @dataclass(frozen=True)
 class ImageModelConfig(ModelConfig):
     """Fields shared by image encoders: a resize-then-centre-crop pipeline."""
+
+    input_kind: ClassVar[str] = "image"
+    default_tokens: ClassVar[str] = "cls"
 
     image_size: int | None = option(
         None, "side of the square centre crop fed to the model (None: model default)"
@@ -109,6 +112,9 @@ class HFResNetConfig(ImageModelConfig):
 class LlavaConfig(ModelConfig):
     """LLaVA 1.5 through transformers ``LlavaForConditionalGeneration``."""
 
+    input_kind: ClassVar[str] = "image-text"
+    default_tokens: ClassVar[str] = "all"
+
     model_id: str = option("llava-hf/llava-1.5-7b-hf", "hub id or a local folder")
     revision: str | None = option(None, "hub revision (branch, tag or commit) to pin")
     prompt_template: str = option(
@@ -133,6 +139,9 @@ class LlavaConfig(ModelConfig):
 @dataclass(frozen=True)
 class SDTextEncoderConfig(ModelConfig):
     """The text encoder(s) of Stable Diffusion 1.x or 3.x."""
+
+    input_kind: ClassVar[str] = "text"
+    default_tokens: ClassVar[str] = "text"
 
     variant: Literal["sd1", "sd3"] = option(
         "sd1", "sd1: one CLIP text encoder (SD 1.4); sd3: two CLIPs and a T5 (SD 3/3.5)"

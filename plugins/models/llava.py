@@ -51,8 +51,6 @@ class LlavaAdapter(ModelAdapter):
     name = "llava"
     version = "1"
     Config = LlavaAdapterConfig
-    input_kind = "image-text"
-    default_tokens = "all"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -77,6 +75,14 @@ class LlavaAdapter(ModelAdapter):
         if self._layers is None:
             self._layers = ["projector"] + [f"lm.{i}" for i in range(self.depth())] + ["final"]
         return self._layers
+
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        if layer == "projector":
+            return frozenset({TokenKind.PATCH})
+        kinds = {TokenKind.TEXT, TokenKind.PATCH}
+        if self.config.generate_tokens > 0:
+            kinds.add(TokenKind.GENERATED)
+        return frozenset(kinds)
 
     @property
     def processor(self) -> Any:

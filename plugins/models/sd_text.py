@@ -77,8 +77,6 @@ class SDTextEncoderAdapter(ModelAdapter):
     name = "sd-text-encoder"
     version = "1"
     Config = SDTextEncoderConfig
-    input_kind = "text"
-    default_tokens = "text"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -126,6 +124,11 @@ class SDTextEncoderAdapter(ModelAdapter):
                     depth = int(self._config("text_encoder").get("num_hidden_layers", 12))
                 self._layers = [f"blocks.{i}" for i in range(depth)] + ["penultimate", "final"]
         return self._layers
+
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        if layer == "pooled":
+            return frozenset({TokenKind.CLS})
+        return frozenset({TokenKind.TEXT})
 
     @property
     def tokenizers(self) -> dict[str, Any]:
