@@ -298,6 +298,12 @@ class Dataset(Component):
     def hierarchy(self) -> dict[str, list[str]] | None:
         return None
 
+    def groups(self) -> np.ndarray | None:
+        """Optional: an int group per item, equal for items that are views of one source
+        image (``views: N``), so that anything splitting items (folds, per-class subsets) can
+        keep a group on one side. None: every item is its own group."""
+        return None
+
 
 @dataclass
 class SAEOutput:
