@@ -190,6 +190,18 @@ class ModelAdapter(Component):
         selection is then only checked during extraction."""
         return None
 
+    def classify(
+        self, batch: Any, classes: Sequence[ClassInfo], prompts: Sequence[str] = ()
+    ) -> torch.Tensor | None:
+        """Optional: the model's own scores of ``classes`` for a preprocessed ``batch``, a
+        float tensor (B, len(classes)); None (the default) when the model has no head.
+
+        A head trained on a fixed label set (ImageNet-1k) scores the classes by their WordNet
+        ids, restricted to those columns; a CLIP model scores them zero-shot against
+        ``prompts`` (templates with ``{}`` for the class name; their text embeddings are
+        averaged per class). The ``head-accuracy`` evaluator reads it."""
+        return None
+
     def default_tokens_for(self, layer: str) -> str:
         """The selection a layer gets when the suite names none: ``default_tokens``, or, when
         the layer does not offer it (SD3's single-token ``pooled`` among text layers), the

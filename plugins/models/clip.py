@@ -33,7 +33,7 @@ from saebench_vision_plugins.models.configs import HFCLIPConfig, OpenCLIPConfig
 from transformers import AutoTokenizer, CLIPModel
 
 from saebench_vision.errors import ConfigError, ModelMismatchError, WeightsNotFoundError
-from saebench_vision.interfaces import LayerOutput, TokenKind
+from saebench_vision.interfaces import ClassInfo, LayerOutput, TokenKind
 from saebench_vision.registry import did_you_mean
 
 # (image-tower depth, image size) of released transformers CLIP checkpoints, so layer names
@@ -72,6 +72,10 @@ def _embedding_token(x: torch.Tensor) -> LayerOutput:
 
 class _CLIPBase(ImageAdapter):
     """Shared by both CLIP adapters: layer capture and the text/image scoring helpers."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._zero_shot: tuple[Any, torch.Tensor] | None = None
 
     def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
         if layer == "final":  # the projected embedding: one CLS token
@@ -114,6 +118,22 @@ class _CLIPBase(ImageAdapter):
 
     def text_embedding(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    @torch.inference_mode()
+    def classify(
+        self, batch: torch.Tensor, classes: Sequence[ClassInfo], prompts: Sequence[str] = ()
+    ) -> torch.Tensor:
+        """Zero-shot: 100 x cosine between each image and each class's mean prompt embedding
+        (CLIP's logit scale), prompts filled with the class name (``a photo of a {}.``)."""
+        self.ensure_loaded()
+        templates = list(prompts) or ["a photo of a {}."]
+        key = (tuple(c.name for c in classes), tuple(templates))
+        if self._zero_shot is None or self._zero_shot[0] != key:
+            texts = [t.format(c.name) for c in classes for t in templates]
+            emb = self.embed_text(texts).view(len(classes), len(templates), -1).mean(1)
+            self._zero_shot = (key, F.normalize(emb, dim=-1))
+        images = F.normalize(self.image_embedding(self.pixels(batch)).float(), dim=-1)
+        return 100.0 * images @ self._zero_shot[1].T
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:

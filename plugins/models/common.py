@@ -333,6 +333,21 @@ def hf_load_model(
     return model
 
 
+def imagenet_head_columns(classes: Sequence[Any], adapter_name: str) -> list[int]:
+    """Column of each class (by WordNet id) in an ImageNet-1k head's standard output order."""
+    from saebench_vision_plugins.datasets.imagenet import imagenet_class_list
+
+    index = {wnid: i for i, wnid in enumerate(imagenet_class_list("imagenet-1k"))}
+    missing = [c.id for c in classes if c.id not in index]
+    if missing:
+        raise DatasetError(
+            f"model `{adapter_name}`: its ImageNet-1k head has no class {missing[0]!r} "
+            f"({len(missing)} of {len(classes)} classes are not ImageNet-1k WordNet ids); use "
+            f"head-accuracy on ImageNet-labelled splits only"
+        )
+    return [index[c.id] for c in classes]
+
+
 class ImageAdapter(ModelAdapter):
     """Base of the image encoders: uint8 preprocessing in workers, normalisation on device."""
 

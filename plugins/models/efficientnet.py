@@ -14,12 +14,13 @@ from saebench_vision_plugins.models.common import (
     ImageTransform,
     capture,
     feature_map_tokens,
+    imagenet_head_columns,
     run_until,
 )
 from saebench_vision_plugins.models.configs import EfficientNetLiteConfig
 
 from saebench_vision.errors import ModelMismatchError, WeightsNotFoundError
-from saebench_vision.interfaces import LayerOutput
+from saebench_vision.interfaces import ClassInfo, LayerOutput
 
 # The TF-Lite models take (x - 127) / 128 on 0..255 pixels.
 LITE_MEAN = (0.498, 0.498, 0.498)
@@ -130,6 +131,12 @@ class EfficientNetLiteAdapter(ImageAdapter):
             # The hook sits on the head's batch norm; the activation follows it.
             captured["final"] = model._swish(captured["final"])
         return {name: feature_map_tokens(captured[name]) for name in layers}
+
+    def classify(
+        self, batch: torch.Tensor, classes: Sequence[ClassInfo], prompts: Sequence[str] = ()
+    ) -> torch.Tensor:
+        """The ImageNet-1k head's logits of ``classes`` (by WordNet id)."""
+        return self.logits(batch)[:, imagenet_head_columns(classes, self.name)]
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

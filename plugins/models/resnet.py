@@ -24,13 +24,14 @@ from saebench_vision_plugins.models.common import (
     hf_config_dict,
     hf_dtype,
     hf_load_model,
+    imagenet_head_columns,
     run_until,
 )
 from saebench_vision_plugins.models.configs import HFResNetConfig, ResNetConfig
 from torch import nn
 
 from saebench_vision.errors import ModelMismatchError, WeightsNotFoundError
-from saebench_vision.interfaces import LayerOutput
+from saebench_vision.interfaces import ClassInfo, LayerOutput
 
 LAYERS = ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "final"]
 HF_MODEL_TYPES = ("resnet",)
@@ -181,6 +182,17 @@ class ResNetAdapter(_ResNetBase):
                     f"point weights_path to {self.config.arch} weights"
                 ) from None
         self.model = model.to(self.device, self.torch_dtype).eval()
+
+    @torch.inference_mode()
+    def classify(
+        self, batch: torch.Tensor, classes: Sequence[ClassInfo], prompts: Sequence[str] = ()
+    ) -> torch.Tensor | None:
+        """The ImageNet-1k head's logits of ``classes`` (None if ``fc`` has another size)."""
+        self.ensure_loaded()
+        model: Any = self.model
+        if model.fc.out_features != 1000:
+            return None
+        return model(self.pixels(batch)).float()[:, imagenet_head_columns(classes, self.name)]
 
     def layer_modules(self) -> dict[str, nn.Module]:
         m: Any = self.model
