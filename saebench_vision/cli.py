@@ -154,7 +154,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from saebench_vision.results import open_store
 
-    target = Path(args.target)
+    target = Path(args.target) if args.target is not None else find_results_folder(Path("."))
     suite_name = None
     if target.is_file():
         manager = _manager()
@@ -167,6 +167,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         suite_name = store.suite_name(suite_hash)
     _print_board(store, suite_hash, suite_name, args, out=args.out)
     return 0
+
+
+def find_results_folder(here: Path) -> Path:
+    """The results folder ``saebench leaderboard`` reads when given none: ``here`` if it holds
+    a results database, else the only ``saebench-results/*/`` that does; several are an error
+    that lists them."""
+    from saebench_vision.results import DB_NAME
+
+    if (here / DB_NAME).exists():
+        return here
+    found = sorted(p.parent for p in (here / "saebench-results").glob(f"*/{DB_NAME}"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise SaebenchError(
+            f"no results database in {here.resolve()} or under ./saebench-results/; pass a suite "
+            f"file or its output folder, e.g. `saebench leaderboard saebench-results/quickstart`"
+        )
+    listing = "\n".join(f"  saebench leaderboard {p}" for p in found)
+    raise SaebenchError(
+        f"{len(found)} results folders under ./saebench-results/; pick one:\n{listing}"
+    )
 
 
 def _print_board(
@@ -286,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="render a leaderboard from a results folder or a suite")
     p.add_argument(
-        "target", nargs="?", default=".", help="suite YAML file or results folder (default: .)"
+        "target",
+        nargs="?",
+        default=None,
+        help="suite YAML file or results folder (default: the results folder here, or the only "
+        "one under ./saebench-results/; several are listed)",
     )
     p.add_argument(
         "--results", help="results folder when TARGET is a suite (overrides its `output`)"
