@@ -41,7 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite,
         manager,
         cache_dir=cache_dir,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        # A bar on a terminal; plain lines (per 10% or per minute) in a log file.
+        progress=False if args.no_progress else (True if sys.stderr.isatty() else "log"),
         argv=sys.argv,
     )
     summary = runner.run()
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-progress",
         action="store_true",
-        help="no progress bars (they are off when stderr is not a terminal)",
+        help="no progress output (otherwise a bar on a terminal, and a line per 10%% or per minute with rate and ETA when stderr is a file)",
     )
     board_options(p)
     p.set_defaults(func=cmd_run)

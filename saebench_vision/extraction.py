@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
-from tqdm.auto import tqdm
 
 from saebench_vision.cache import EntryWriter
 from saebench_vision.interfaces import Dataset, ModelAdapter, select_tokens
+from saebench_vision.progress import ProgressMode, make_progress
 
 
 class _Indexed(TorchDataset):
@@ -65,7 +65,7 @@ def extract_activations(
     tokens: str,
     writers: Mapping[str, EntryWriter],
     *,
-    progress: bool = True,
+    progress: ProgressMode = True,
     desc: str = "",
 ) -> None:
     """Run ``dataset`` through ``adapter`` once and append the ``tokens`` rows of each layer
@@ -80,7 +80,7 @@ def extract_activations(
     labels = dataset.labels()
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
-    bar = tqdm(total=len(dataset), disable=not progress, desc=desc or adapter.name, unit="item")
+    bar = make_progress(len(dataset), desc or adapter.name, "item", progress)
     try:
         with torch.inference_mode():
             for indices, batch in make_loader(adapter, dataset):
@@ -93,6 +93,8 @@ def extract_activations(
                         sample_index=sample_index,
                         labels=None if labels is None else labels[sample_index],
                     )
-                bar.update(len(indices))
+                if bar is not None:
+                    bar.update(len(indices))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()

@@ -24,6 +24,7 @@ from saebench_vision.cache import content_key
 from saebench_vision.config import TrainingConfig, build_config, identity_dict
 from saebench_vision.errors import SaebenchError
 from saebench_vision.plugins import PluginManager
+from saebench_vision.progress import ProgressMode
 from saebench_vision.registry import KIND_TITLES
 from saebench_vision.results import CellKey, ResultsStore
 from saebench_vision.suite import ComponentSpec, ModelSpec, SAEVariant, SplitSpec, Suite
@@ -243,7 +244,7 @@ class Runner:
         manager: PluginManager,
         *,
         cache_dir: Path | None = None,
-        progress: bool = True,
+        progress: ProgressMode = True,
         log: TextIO | None = None,
         argv: list[str] | None = None,
     ) -> None:
@@ -495,7 +496,7 @@ class Runner:
         for cell, evaluator_spec, planned in tqdm(
             pending,
             desc=f"evaluate {group.model.label}/{group.layer}/seed {group.seed}",
-            disable=not self.progress,
+            disable=self.progress not in (True, "bar"),  # log mode: cells report themselves
             leave=False,
             file=self.log,
         ):
