@@ -32,6 +32,10 @@ def _load(path: str, manager: Any, output: str | None = None) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from saebench_vision.threads import configure_threads
+
+    # Before torch loads: OpenMP reads its thread count and wait policy once.
+    threads = configure_threads(args.threads)
     from saebench_vision.runner import Runner
 
     manager = _manager()
@@ -45,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else (True if sys.stderr.isatty() else "log"),
         argv=sys.argv,
     )
+    print(threads.describe(), file=sys.stderr)
     summary = runner.run()
     print(
         f"{summary.computed_cells} of {summary.total_cells} cells computed in {summary.seconds:.1f} s "
@@ -269,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir",
         help="activation cache folder (overrides the suite and $SAEBENCH_VISION_CACHE)",
+    )
+    p.add_argument(
+        "--threads",
+        help="CPU threads: an integer, auto (default: the cores minus the load on them, idle "
+        "threads sleeping) or torch (torch's own defaults); also $SAEBENCH_VISION_THREADS",
     )
     p.add_argument(
         "--no-progress",
