@@ -68,7 +68,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     checked = "names, options and types"
     if not args.light:
         preflight(suite, manager, datasets=args.datasets)
-        checked += ", devices, layer names" + (", datasets" if args.datasets else "")
+        checked += ", devices, layer names, input and token kinds" + (
+            ", datasets" if args.datasets else ""
+        )
     plan = plan_suite(suite, manager)
     print(
         f"{suite.path}: ok ({checked} checked) - {len(suite.models)} model(s), "
