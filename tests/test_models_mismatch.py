@@ -107,10 +107,18 @@ def test_missing_weight_is_refused(folders: dict[str, Path]) -> None:
     _one_line(err, "1 missing weight(s) (e.g. layernorm.weight)", str(folders["dinov2-partial"]))
 
 
-def test_complete_folder_still_loads(folders: dict[str, Path]) -> None:
+def test_complete_folder_still_loads_quietly(
+    folders: dict[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging as hf_logging
+
+    capfd.readouterr()
     adapter = DINOv2Adapter(DINOv2Config(model_id=str(folders["dinov2"]), device="cpu"))
     adapter.ensure_loaded()
     assert adapter.layer_names() == ["blocks.0", "blocks.1", "final"]
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err and "LOAD REPORT" not in captured.err
+    assert hf_logging.is_progress_bar_enabled()  # restored for everything else
 
 
 def test_llava_refuses_a_clip_folder(folders: dict[str, Path]) -> None:
