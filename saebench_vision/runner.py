@@ -496,7 +496,7 @@ class Runner:
         for cell, evaluator_spec, planned in tqdm(
             pending,
             desc=f"evaluate {group.model.label}/{group.layer}/seed {group.seed}",
-            disable=self.progress not in (True, "bar"),  # log mode: cells report themselves
+            disable=self.progress not in (True, "bar"),  # a bar only on a terminal
             leave=False,
             file=self.log,
         ):
