@@ -19,6 +19,12 @@ environment once, at load):
   environment, ``saebench run --threads N`` or ``SAEBENCH_VISION_THREADS`` (an integer,
   ``auto``, or ``torch`` to keep torch's own defaults) win.
 
+Measured with ``benchmarks/busy_cpu.py --breakdown`` on 2 cores beside 2 busy loops (and other
+work): torch's defaults 73 s wall / 14 s CPU; one spinning thread 35 s / 5.6 s; two sleeping
+threads 32 s / 5.1 s; both choices 35 s / 5.4 s. Spinning threads that outnumber the free cores
+are the cost; either remedy alone removes most of it, and both together keep the CPU time low
+whichever way the load moves during a run.
+
 Thread counts never change results beyond float summation order, so they are not part of any
 identity.
 """
