@@ -238,3 +238,22 @@ def test_run_dataset_error_names_suite_and_split(tmp_path: Path, toy_manager: An
     with pytest.raises(SaebenchError) as err:
         runner.dataset("train")
     assert str(err.value).startswith(f"{suite.path}: datasets.train: image-folder: root")
+
+
+def test_declared_kinds_are_the_implementations_and_shown_lightly(
+    manager: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from saebench_vision.cli import main
+
+    registry = manager.registry()
+    for entry in registry.entries("model"):
+        cls, config = entry.load(), entry.config_class()
+        assert cls.input_kind == getattr(config, "input_kind", cls.input_kind), entry.name
+        assert cls.default_tokens == getattr(config, "default_tokens", cls.default_tokens)
+    for entry in registry.entries("dataset"):
+        cls = entry.load()
+        assert cls.modality == getattr(entry.config_class(), "modality", cls.modality)
+    assert main(["plugins", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "model `sd-text-encoder`" in out and "(reads text, default tokens: text)" in out
+    assert "(reads image-text, default tokens: all)" in out and "(gives image items)" in out
