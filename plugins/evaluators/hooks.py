@@ -24,6 +24,10 @@ def register_evaluators() -> dict[str, ComponentRef]:
         "layer-sweep": ComponentRef(
             f"{_P}.layer_sweep:LayerSweepEvaluator", config=f"{_P}.configs:LayerSweepConfig"
         ),
+        "head-accuracy": ComponentRef(
+            f"{_P}.head_accuracy:HeadAccuracyEvaluator",
+            config=f"{_P}.head_config:HeadAccuracyConfig",
+        ),
     }
 
 
