@@ -35,6 +35,10 @@ def _load(path: str, manager: Any, output: str | None = None) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from saebench_vision.threads import configure_threads
+
+    # Before torch loads: OpenMP reads its thread count and wait policy once.
+    threads = configure_threads(args.threads)
     from saebench_vision.runner import Runner
 
     manager = _manager()
@@ -48,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite,
         manager,
         cache_dir=cache_dir,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        # A bar on a terminal; plain lines (per 10% or per minute) in a log file.
+        progress=False if args.no_progress else (True if sys.stderr.isatty() else "log"),
         argv=sys.argv,
         executor=args.executor,
         address=args.address,
@@ -61,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"suite's tables show only its own cells (give it its own `output:` to keep them apart)",
             file=sys.stderr,
         )
+    print(threads.describe(), file=sys.stderr)
     summary = runner.run()
     print(
         f"{summary.computed_cells} of {summary.total_cells} cells computed in {summary.seconds:.1f} s "
@@ -93,7 +99,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     checked = "names, options and types"
     if not args.light:
         preflight(suite, manager, datasets=args.datasets)
-        checked += ", devices, layer names" + (", datasets" if args.datasets else "")
+        checked += ", devices, layer names, input and token kinds" + (
+            ", datasets" if args.datasets else ""
+        )
     plan = plan_suite(suite, manager)
     print(
         f"{suite.path}: ok ({checked} checked) - {len(suite.models)} model(s), "
@@ -137,6 +145,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             for entry in registry.entries(kind):
                 print(f"\n{kind} `{entry.name}` ({entry.plugin}): {entry.ref.target}")
                 cfg = entry.config_class()
+                declared = _declared_kinds(kind, cfg)
+                if declared:
+                    print(f"  ({declared})")
                 types = field_types(cfg)
                 for name, f in config_fields(cfg).items():
                     default = f.default if f.default is not f.default_factory else "(required)"
@@ -146,6 +157,19 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                         f"  {name}: {describe_type(types[name])} = {default!r}  {f.metadata.get('help', '')}"
                     )
     return 0
+
+
+def _declared_kinds(kind: str, config: type) -> str:
+    """What a component's light Config declares about its inputs (nothing is imported)."""
+    if kind == "model":
+        inputs = getattr(config, "input_kind", None)
+        tokens = getattr(config, "default_tokens", None)
+        parts = [f"reads {inputs}" if inputs else "", f"default tokens: {tokens}" if tokens else ""]
+        return ", ".join(p for p in parts if p)
+    if kind == "dataset":
+        modality = getattr(config, "modality", None)
+        return f"gives {modality} items" if modality else ""
+    return ""
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -171,7 +195,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from saebench_vision.results import open_store
 
-    target = Path(args.target)
+    target = Path(args.target) if args.target is not None else find_results_folder(Path("."))
     suite_name = None
     if target.is_file():
         manager = _manager()
@@ -184,6 +208,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         suite_name = store.suite_name(suite_hash)
     _print_board(store, suite_hash, suite_name, args, out=args.out)
     return 0
+
+
+def find_results_folder(here: Path, command: str = "leaderboard") -> Path:
+    """The results folder ``saebench leaderboard`` (and plot, report, export) reads when given
+    none: ``here`` if it holds a results database, else the only ``saebench-results/*/`` that
+    does; several are an error that lists them."""
+    from saebench_vision.results import DB_NAME
+
+    if (here / DB_NAME).exists():
+        return here
+    found = sorted(p.parent for p in (here / "saebench-results").glob(f"*/{DB_NAME}"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise SaebenchError(
+            f"no results database in {here.resolve()} or under ./saebench-results/; pass a suite "
+            f"file or its output folder, e.g. `saebench {command} saebench-results/quickstart`"
+        )
+    listing = "\n".join(f"  saebench {command} {p}" for p in found)
+    raise SaebenchError(
+        f"{len(found)} results folders under ./saebench-results/; pick one:\n{listing}"
+    )
 
 
 def _print_board(
@@ -234,8 +280,11 @@ def _results(args: argparse.Namespace) -> Any:
     from saebench_vision.resultset import open_results
 
     manager = _manager()
+    target = args.target
+    if target is None:
+        target = str(find_results_folder(Path("."), args.command))
     return manager, open_results(
-        args.target, results=args.results, suite_hash=args.suite_hash, manager=manager
+        target, results=args.results, suite_hash=args.suite_hash, manager=manager
     )
 
 
@@ -363,7 +412,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_report_commands(sub: Any) -> None:
     def source(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "target", nargs="?", default=".", help="suite YAML file or results folder (default: .)"
+            "target",
+            nargs="?",
+            default=None,
+            help="suite YAML file or results folder (default: the results folder here, or the "
+            "only one under ./saebench-results/; several are listed)",
         )
         p.add_argument(
             "--results", help="results folder when TARGET is a suite (overrides its `output`)"
@@ -498,9 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="activation cache folder (overrides the suite and $SAEBENCH_VISION_CACHE)",
     )
     p.add_argument(
+        "--threads",
+        help="CPU threads: an integer, auto (default: the cores minus the load on them, idle "
+        "threads sleeping) or torch (torch's own defaults); also $SAEBENCH_VISION_THREADS",
+    )
+    p.add_argument(
         "--no-progress",
         action="store_true",
-        help="no progress bars (they are off when stderr is not a terminal)",
+        help="no progress output (otherwise a bar on a terminal, and a line per 10%% or per minute with rate and ETA when stderr is a file)",
     )
     p.add_argument(
         "--executor",
@@ -548,7 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("leaderboard", help="render a leaderboard from a results folder or a suite")
     p.add_argument(
-        "target", nargs="?", default=".", help="suite YAML file or results folder (default: .)"
+        "target",
+        nargs="?",
+        default=None,
+        help="suite YAML file or results folder (default: the results folder here, or the only "
+        "one under ./saebench-results/; several are listed)",
     )
     p.add_argument(
         "--results", help="results folder when TARGET is a suite (overrides its `output`)"

@@ -45,3 +45,8 @@ class DatasetError(SaebenchError):
 
 class ResultsError(SaebenchError):
     """The results store cannot answer the request (no such suite, corrupt database...)."""
+
+
+class ModelMismatchError(WeightsNotFoundError):
+    """A folder or file holds another model than the adapter expects (wrong architecture,
+    missing or unexpected weights): refused, never replaced by a randomly initialised model."""

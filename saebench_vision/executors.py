@@ -36,19 +36,23 @@ class LocalExecutor(Executor):
     name = "local"
 
     def execute(self, schedule: Schedule, driver: Any) -> None:
-        from tqdm.auto import tqdm
-
+        from saebench_vision.progress import make_progress
         from saebench_vision.steps import run_step
 
         ws = driver.workspace()
-        for step in tqdm(
-            schedule.steps,
-            desc="steps",
-            disable=not driver.progress,
-            leave=False,
-            file=driver.log,
-        ):
-            driver.step_finished(step, run_step(ws, step))
+        # In a log file: a line per 10% of the steps or per minute, so that long evaluations,
+        # which report nothing themselves, still show the run is alive.
+        bar = make_progress(
+            len(schedule.steps), "steps", "step", driver.progress, file=driver.log, leave=False
+        )
+        try:
+            for step in schedule.steps:
+                driver.step_finished(step, run_step(ws, step))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def make_executor(

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
-from tqdm.auto import tqdm
 
 from saebench_vision.cache import EntryWriter
 from saebench_vision.interfaces import Dataset, ModelAdapter, select_tokens
+from saebench_vision.progress import ProgressMode, make_progress
 
 
 class _Indexed(TorchDataset):
@@ -62,31 +62,32 @@ def extract_activations(
     adapter: ModelAdapter,
     dataset: Dataset,
     layers: Sequence[str],
-    tokens: str,
+    tokens: str | Mapping[str, str],
     writers: Mapping[str, EntryWriter],
     *,
-    progress: bool = True,
+    progress: ProgressMode = True,
     desc: str = "",
 ) -> None:
     """Run ``dataset`` through ``adapter`` once and append the ``tokens`` rows of each layer
-    to ``writers[layer]``, with the dataset index (and label, when the dataset has labels) of
+    (one selection for all, or ``{layer: selection}``) to ``writers[layer]``, with the dataset index (and label, when the dataset has labels) of
     the item each row came from. The writers are not committed here."""
     layers = list(layers)
     missing = [layer for layer in layers if layer not in writers]
     if missing:
         raise ValueError(f"extract_activations: no writer for layers {missing}")
+    selection = {layer: tokens if isinstance(tokens, str) else tokens[layer] for layer in layers}
     adapter.check_layers(layers)
     adapter.ensure_loaded()
     labels = dataset.labels()
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
-    bar = tqdm(total=len(dataset), disable=not progress, desc=desc or adapter.name, unit="item")
+    bar = make_progress(len(dataset), desc or adapter.name, "item", progress)
     try:
         with torch.inference_mode():
             for indices, batch in make_loader(adapter, dataset):
                 outputs = adapter.forward(batch, layers)
                 for layer in layers:
-                    rows, item = select_tokens(outputs[layer], tokens)
+                    rows, item = select_tokens(outputs[layer], selection[layer])
                     sample_index = indices[item.cpu().numpy()]
                     responses = outputs[layer].responses
                     writers[layer].append(
@@ -97,6 +98,8 @@ def extract_activations(
                         if responses is None
                         else dict(zip(indices.tolist(), responses)),
                     )
-                bar.update(len(indices))
+                if bar is not None:
+                    bar.update(len(indices))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()

@@ -51,6 +51,34 @@ TOKEN_SELECTIONS: dict[str, str] = {
 }
 
 
+# The token kinds each selection reads; a layer that offers none of them yields no rows.
+TOKEN_NEEDS: dict[str, frozenset[TokenKind]] = {
+    "cls": frozenset({TokenKind.CLS}),
+    "mean-patch": frozenset({TokenKind.PATCH}),
+    "patch": frozenset({TokenKind.PATCH}),
+    "text": frozenset({TokenKind.TEXT}),
+    "generated": frozenset({TokenKind.GENERATED}),
+    "all": frozenset({TokenKind.CLS, TokenKind.PATCH, TokenKind.TEXT, TokenKind.GENERATED}),
+}
+
+
+def selections_offered(kinds: Iterable[TokenKind]) -> list[str]:
+    """The token selections that find rows in a layer offering ``kinds``."""
+    have = set(kinds)
+    return [name for name, needs in TOKEN_NEEDS.items() if needs & have]
+
+
+def _inherit_from_config(cls: type, attrs: Sequence[str]) -> None:
+    """Copy ``attrs`` a component's Config declares (as ClassVars) onto the component, unless
+    the component sets them itself: the light Config is then the one place they are written,
+    and ``saebench plugins --verbose`` shows them without importing the implementation."""
+    config = cls.__dict__.get("Config")
+    for attr in attrs:
+        value = getattr(config, attr, None)
+        if isinstance(value, str) and attr not in cls.__dict__:
+            setattr(cls, attr, value)
+
+
 @dataclass
 class LayerOutput:
     """One layer's activations for a batch: ``values`` (B, T, d) and ``kinds`` (B, T) TokenKind.
@@ -148,8 +176,15 @@ class ModelAdapter(Component):
 
     Config: ClassVar[type] = ModelConfig
     input_kind: ClassVar[str] = "image"
-    """``image``, ``text`` or ``image-text``: what ``preprocess`` accepts."""
+    """``image``, ``text`` or ``image-text``: what ``preprocess`` accepts. May be declared on
+    the Config class instead (a ClassVar), where ``saebench plugins --verbose`` and
+    ``saebench validate`` read it without importing the adapter."""
     default_tokens: ClassVar[str] = "cls"
+    """The token selection used when a suite names none (also declarable on the Config)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _inherit_from_config(cls, ("input_kind", "default_tokens"))
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -157,6 +192,38 @@ class ModelAdapter(Component):
 
     def layer_names(self) -> list[str]:
         raise NotImplementedError
+
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        """The token kinds ``layer`` outputs (PAD aside), known without loading weights, so
+        ``saebench validate`` can refuse a token selection that would find no rows there
+        (``tokens: text`` on an image layer). None (the default) means "not declared": the
+        selection is then only checked during extraction."""
+        return None
+
+    def classify(
+        self, batch: Any, classes: Sequence[ClassInfo], prompts: Sequence[str] = ()
+    ) -> torch.Tensor | None:
+        """Optional: the model's own scores of ``classes`` for a preprocessed ``batch``, a
+        float tensor (B, len(classes)); None (the default) when the model has no head.
+
+        A head trained on a fixed label set (ImageNet-1k) scores the classes by their WordNet
+        ids, restricted to those columns; a CLIP model scores them zero-shot against
+        ``prompts`` (templates with ``{}`` for the class name; their text embeddings are
+        averaged per class). The ``head-accuracy`` evaluator reads it."""
+        return None
+
+    def default_tokens_for(self, layer: str) -> str:
+        """The selection a layer gets when the suite names none: ``default_tokens``, or, when
+        the layer does not offer it (SD3's single-token ``pooled`` among text layers), the
+        first of cls, text, patch that it does offer."""
+        kinds = self.layer_token_kinds(layer)
+        if kinds is None or TOKEN_NEEDS[self.default_tokens] & kinds:
+            return self.default_tokens
+        offered = selections_offered(kinds)
+        for choice in ("cls", "text", "patch"):
+            if choice in offered:
+                return choice
+        return self.default_tokens
 
     def preprocess(self, items: Sequence[Any]) -> Any:
         raise NotImplementedError
@@ -231,6 +298,12 @@ class Dataset(Component):
     """
 
     modality: ClassVar[str] = "image"
+    """``image``, ``text`` or ``image-text``: what the items are (also declarable on the
+    Config class, where validate and ``plugins --verbose`` read it without an import)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _inherit_from_config(cls, ("modality",))
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -255,6 +328,12 @@ class Dataset(Component):
         datasets return :func:`files_fingerprint` of the files they list; override it in a
         dataset that reads files. Computed once per run, so keep it to listing and ``stat``.
         """
+        return None
+
+    def groups(self) -> np.ndarray | None:
+        """Optional: an int group per item, equal for items that are views of one source
+        image (``views: N``), so that anything splitting items (folds, per-class subsets) can
+        keep a group on one side. None: every item is its own group."""
         return None
 
 

@@ -101,12 +101,16 @@ def pivot(
     splits: Sequence[str] = (),
     headline_only: bool = False,
     roles: Sequence[str] = (),
+    intervals: bool = False,
 ) -> tuple[list[str], list[list[Any]], list[list[Any]]]:
     """Turn records into ``(headers, display rows, raw rows)`` in a stable, suite-defined order.
 
     ``metrics`` are glob patterns on ``metric`` or ``evaluator/metric``; ``splits`` names splits;
     ``headline_only`` keeps the evaluators' headline metrics unless ``metrics`` is given; ``roles``
     keeps splits of those roles (eval, shifted, ...). Raw rows hold floats (means) for CSV; display rows hold formatted strings.
+    With ``intervals``, headers and raw rows carry, after each metric column, its standard
+    error and the half-width of its 95% interval (across seeds, Student t; with one seed the
+    evaluator's stderr times 1.96); display rows are unchanged.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -160,24 +164,33 @@ def pivot(
         return list(seen)
 
     rows = first_seen(row_keys)
+    # Splits in the suite's order (split_position), whatever order rows first show them in.
+    first = {s[0]: i for i, s in enumerate(first_seen(["split"]))}
+    if "split_position" in df.columns:
+        position = df.groupby("split")["split_position"].min().to_dict()
+    else:
+        position = {}
+    split_rank = {
+        s: i
+        for i, s in enumerate(
+            sorted(first, key=lambda s: (s != "", position.get(s, math.inf), first[s]))
+        )
+    }
     if layout == "long":
-        split_order = first_seen(["split"])
-        order = {s[0]: i for i, s in enumerate(split_order)}
         base = {r[:3]: i for i, r in reversed(list(enumerate(rows)))}
-        rows.sort(key=lambda r: (base[r[:3]], order[r[3]]))
+        rows.sort(key=lambda r: (base[r[:3]], split_rank[r[3]]))
     # Columns: metrics in the order evaluators emit them, then splits in suite order.
     metric_rank = {
         m: i
         for i, m in enumerate(dict.fromkeys(df.sort_values(["position", "rid"])["metric_name"]))
     }
-    split_rank = {s: i for i, s in enumerate(dict.fromkeys(df["split"]))}
     cols = sorted(
         first_seen(col_keys),
         key=lambda c: (metric_rank[c[0]], split_rank[c[1]] if len(c) > 1 else 0),
     )
 
     grouped = df.groupby(row_keys + col_keys, sort=False)
-    stats: dict[tuple[Any, ...], tuple[float, float | None]] = {}
+    stats: dict[tuple[Any, ...], tuple[float, float | None, float | None]] = {}
     direction: dict[tuple[Any, ...], Any] = {}
     for key, g in grouped:
         values = [
@@ -187,18 +200,17 @@ def pivot(
         ]
         n = len(values)
         mean = sum(values) / n if n else float("nan")
-        ci = None
+        ci = stderr = None
         if n > 1:
             sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-            ci = t95(n - 1) * sd / math.sqrt(n)
+            stderr = sd / math.sqrt(n)
+            ci = t95(n - 1) * stderr
         elif n == 1:
             se = g["stderr"].iloc[0]
-            ci = (
-                None
-                if se is None or (isinstance(se, float) and math.isnan(se))
-                else 1.96 * float(se)
-            )
-        stats[key] = (mean, ci)
+            if se is not None and not (isinstance(se, float) and math.isnan(se)):
+                stderr = float(se)
+                ci = 1.96 * stderr
+        stats[key] = (mean, ci, stderr)
         col = key[len(row_keys) :]
         direction.setdefault(col, g["higher_is_better"].iloc[0])
 
@@ -206,14 +218,21 @@ def pivot(
     for col in cols:
         name = col[0] if layout == "long" or not col[1] else f"{col[0]}[{col[1]}]"
         headers.append(name + arrow(direction.get(col)))
+        if intervals:
+            headers += [f"{name} stderr", f"{name} ci95"]
     display, raw = [], []
     for r in rows:
         d_row: list[Any] = list(r)
         raw_row: list[Any] = list(r)
         for col in cols:
-            mean, ci = stats.get(r + col, (float("nan"), None))
+            mean, ci, stderr = stats.get(r + col, (float("nan"), None, None))
             d_row.append(format_value(mean, ci))
             raw_row.append(mean)
+            if intervals:
+                raw_row += [
+                    float("nan") if stderr is None else stderr,
+                    float("nan") if ci is None else ci,
+                ]
         display.append(d_row)
         raw.append(raw_row)
     return headers, display, raw
@@ -243,6 +262,7 @@ def render(
         splits=splits,
         headline_only=headline_only,
         roles=roles,
+        intervals=fmt == "csv",
     )
     versions = versions or {}
     plugin_line = ", ".join(f"{k} {v}".strip() for k, v in versions.items())

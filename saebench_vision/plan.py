@@ -180,14 +180,21 @@ def component_identity(
         "version": component_version(entry),
         "from": manager.versions().get(entry.plugin, ""),
     }
+    files = path_digests(config)
+    if files:
+        out["files"] = files
+    return out
+
+
+def path_digests(config: Any) -> dict[str, str | None]:
+    """:func:`tree_digest` of every path option of ``config`` (``option(..., path=True)``);
+    empty when none of them names an existing file or folder (hub ids, tags, None)."""
     files = {
         f.name: tree_digest(getattr(config, f.name))
         for f in dataclasses.fields(config)
         if f.metadata.get("path") and isinstance(getattr(config, f.name), str)
     }
-    if any(files.values()):
-        out["files"] = files
-    return out
+    return files if any(files.values()) else {}
 
 
 def training_identity(suite: Suite, variant: SAEVariant | None = None) -> dict[str, Any]:
@@ -218,10 +225,12 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
     ]
     groups = []
     for model in suite.models:
-        model_id = component_identity(manager, model, "model") | {
-            "tokens": model.tokens or "default"
-        }
+        model_base = component_identity(manager, model, "model")
         for layer in model.layers:
+            # The selection the suite names for this layer; "default" leaves it to the adapter
+            # (resolved in the steps, where the adapter is at hand: the plan imports none).
+            tokens = model.tokens_for(layer) or "default"
+            model_id = model_base | {"tokens": tokens}
             for seed in suite.seeds:
                 group = Group(model, layer, seed)
                 for variant, sae_identity, recipe in variants:
@@ -257,7 +266,7 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
                                 baseline_id,
                                 model.label,
                                 layer,
-                                model.tokens or "default",
+                                tokens,
                                 "",
                                 BASELINE,
                                 "",
@@ -278,7 +287,7 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
                                     cell_id,
                                     model.label,
                                     layer,
-                                    model.tokens or "default",
+                                    tokens,
                                     planned.sae_id,
                                     planned.variant.label,
                                     planned.variant.plugin,

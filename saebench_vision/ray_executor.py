@@ -26,6 +26,7 @@ from typing import Any
 from saebench_vision.errors import SaebenchError
 from saebench_vision.executors import Executor
 from saebench_vision.plan import EvaluateStep, ExtractStep, Schedule, Step, TrainStep
+from saebench_vision.progress import ProgressMode, resolve_mode
 
 try:
     import ray
@@ -37,13 +38,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 STEP_KINDS = {ExtractStep: "extract", TrainStep: "train", EvaluateStep: "evaluate"}
 
 
-def _run_remote(suite: Any, cache_dir: str, cwd: str, step: Step) -> Any:
+def _run_remote(
+    suite: Any, cache_dir: str, cwd: str, step: Step, progress: ProgressMode = "off"
+) -> Any:
     """The body of every task: this worker's workspace for the suite runs the step."""
     from saebench_vision.steps import run_step, workspace_for
 
     if os.path.isdir(cwd) and os.getcwd() != cwd:
         os.chdir(cwd)  # relative paths in the suite mean what they meant on the driver
-    return run_step(workspace_for(suite, Path(cache_dir)), step)
+    return run_step(workspace_for(suite, Path(cache_dir), progress), step)
 
 
 def _probe(paths: list[str], token: str) -> list[str]:
@@ -165,6 +168,9 @@ class RayExecutor(Executor):
         gpus = float(ray.cluster_resources().get("GPU", 0))
         suite_ref = ray.put(suite)
         cwd = os.getcwd()
+        # Workers' output reaches the driver's terminal interleaved, prefixed with the task:
+        # bars redrawn there would be garbled, so workers report in plain lines or not at all.
+        worker_progress = "off" if resolve_mode(driver.progress) == "off" else "log"
         waiting = list(schedule.steps)
         finished: set[str] = set()
         failed: set[str] = set()
@@ -183,7 +189,7 @@ class RayExecutor(Executor):
                         max_retries=self.max_retries,
                         retry_exceptions=False,
                         **self._options(driver, step, gpus),
-                    ).remote(suite_ref, str(cache_dir), cwd, step)
+                    ).remote(suite_ref, str(cache_dir), cwd, step, worker_progress)
                     running[ref] = step
                 else:
                     still.append(step)
@@ -217,20 +223,44 @@ class RayExecutor(Executor):
 
 
 def _device_of(driver: Any, step: Step) -> str:
-    """The ``device`` option that decides where a step computes."""
-    from saebench_vision.config import build_config
-
+    """The ``device`` option that decides where a step computes. An evaluator that drives the
+    model (``needs_adapter``: head accuracy, steering) computes where the model does too, so
+    its task asks for a GPU when either is on one."""
     suite = driver.suite
     if isinstance(step, TrainStep):
         return suite.training_config(step.saes[0][1]).device
-    spec: Any = step.model if isinstance(step, ExtractStep) else step.evaluator
-    kind = "model" if isinstance(step, ExtractStep) else "evaluator"
+    if isinstance(step, ExtractStep):
+        return _configured_device(driver, "model", step.model) or "cpu"
+    device = _configured_device(driver, "evaluator", step.evaluator)
+    device = device or suite.training_config().device
+    try:
+        drives_model = bool(
+            getattr(
+                driver.manager.registry().get("evaluator", step.evaluator.plugin).load(),
+                "needs_adapter",
+                False,
+            )
+        )
+    except SaebenchError:
+        drives_model = False
+    if drives_model and not device.startswith("cuda"):
+        model_device = _configured_device(driver, "model", step.model) or "cpu"
+        if model_device.startswith("cuda") or (model_device == "auto" and device == "cpu"):
+            return model_device
+    return device
+
+
+def _configured_device(driver: Any, kind: str, spec: Any) -> str | None:
+    """The ``device`` option of a suite entry (defaults filled); None when it has none."""
+    from saebench_vision.config import build_config
+
     try:
         entry = driver.manager.registry().get(kind, spec.plugin)
         config = build_config(entry.config_class(), dict(spec.args))
     except SaebenchError:
-        return str(spec.args.get("device", "cpu"))
-    return str(getattr(config, "device", suite.training_config().device))
+        return str(spec.args["device"]) if "device" in spec.args else None
+    device = getattr(config, "device", None)
+    return None if device is None else str(device)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -250,7 +280,10 @@ class _Progress:
 
     def show(self, waiting: int, running: int, final: bool = False) -> None:
         state = (waiting, running, self.done, self.failed, self.skipped)
-        tty = bool(self.driver.progress)
+        mode = resolve_mode(self.driver.progress)
+        if mode == "off" and not final:
+            return
+        tty = mode == "bar"
         if state == self._last and not final:
             return
         if not tty and not final and time.time() - self._shown_at < 30:

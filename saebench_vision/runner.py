@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from saebench_vision import __version__
-from saebench_vision.checks import check_folders, check_roles
+from saebench_vision.checks import (
+    check_datasets_open,
+    check_folders,
+    check_inputs,
+    check_roles,
+    check_tokens,
+    dataset_modality,
+)
 from saebench_vision.config import build_config
 from saebench_vision.errors import SaebenchError
 from saebench_vision.plan import (
@@ -33,9 +40,10 @@ from saebench_vision.plan import (
     schedule,
 )
 from saebench_vision.plugins import PluginManager
+from saebench_vision.progress import ProgressMode
 from saebench_vision.registry import KIND_TITLES
 from saebench_vision.results import CellKey, ResultsStore
-from saebench_vision.suite import ComponentSpec, EvaluatorSpec, ModelSpec, Suite
+from saebench_vision.suite import ComponentSpec, EvaluatorSpec, ModelSpec, SplitSpec, Suite
 
 __all__ = [
     "BASELINE",
@@ -60,9 +68,10 @@ def preflight(
 ) -> dict[str, Any]:
     """Checks that need the components but no weights or data: every ``device`` option against
     this machine (``devices=False`` skips that, for runs whose steps execute on other
-    machines), every model's layer names, and (``datasets=True``) that every split can be
-    opened. Imports the implementations (and torch); writes nothing. Returns the evaluators it
-    built, by label."""
+    machines), every model's layer names, that every model reads every split's items and that
+    every layer offers the tokens its selection reads, and (``datasets=True``) that every split
+    can be opened (all that cannot, at once). Imports the implementations (and torch); writes
+    nothing. Returns the evaluators it built, by label."""
     from saebench_vision.interfaces import resolve_device
 
     registry = manager.registry()
@@ -87,6 +96,9 @@ def preflight(
 
     check_device(suite.training_config().device, "training.device")
     check_folders(suite, cache_dir)
+    modalities = {
+        s.name: dataset_modality(registry.get("dataset", s.plugin)) for s in suite.datasets
+    }
     evaluators = []
     for kind, group in (
         ("model", suite.models),
@@ -102,12 +114,16 @@ def preflight(
             if isinstance(spec, ModelSpec):
                 adapter = entry.load()(config)
                 adapter.check_layers(spec.layers, where=f"{suite.path}: {spec.where}.layers")
-            elif kind == "dataset" and datasets:
-                try:
-                    entry.load()(config)
-                except SaebenchError as exc:
-                    raise SaebenchError(f"{suite.path}: {spec.where}: {exc}") from None
+                check_inputs(suite, spec, adapter, modalities)
+                check_tokens(suite, spec, adapter)
     check_roles(suite, evaluators)
+    if datasets:
+
+        def open_split(split: SplitSpec) -> Any:
+            entry, config = build("dataset", split)
+            return entry.load()(config)
+
+        check_datasets_open(suite, open_split)
     return {e.label: evaluator for e, (_, evaluator) in zip(suite.evaluators, evaluators)}
 
 
@@ -135,7 +151,7 @@ class Runner:
         manager: PluginManager,
         *,
         cache_dir: Path | None = None,
-        progress: bool = True,
+        progress: ProgressMode = True,
         log: TextIO | None = None,
         argv: list[str] | None = None,
         executor: str | None = None,
@@ -280,6 +296,7 @@ def _suite_json(suite: Suite) -> dict[str, Any]:
                 "args": dict(m.args),
                 "layers": list(m.layers),
                 "tokens": m.tokens,
+                **({"layer_tokens": dict(m.layer_tokens)} if m.layer_tokens else {}),
                 "label": m.label,
             }
             for m in suite.models

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from saebench_vision.cache import ActivationCache, content_key
+from saebench_vision.checks import READABLE
 from saebench_vision.config import build_config
 from saebench_vision.errors import SaebenchError
 from saebench_vision.plan import (
@@ -29,10 +30,12 @@ from saebench_vision.plan import (
     Step,
     TrainStep,
     derive_seed,
+    path_digests,
     plan_suite,
     sae_dir,
 )
 from saebench_vision.plugins import PluginManager
+from saebench_vision.progress import ProgressMode
 from saebench_vision.registry import KIND_TITLES
 from saebench_vision.suite import ComponentSpec, ModelSpec, SAEVariant, Suite
 
@@ -62,7 +65,7 @@ class Workspace:
         manager: PluginManager,
         *,
         cache_dir: Path | None = None,
-        progress: bool = False,
+        progress: ProgressMode = False,
         log: TextIO | None = None,
         plan: Plan | None = None,
     ) -> None:
@@ -79,6 +82,7 @@ class Workspace:
         self._activations: dict[tuple[str, str, str], Any] = {}
         self._contexts: dict[tuple[str, str, int], Any] = {}
         self._saes: dict[str, Any] = {}
+        self._weights: dict[str, dict[str, str | None]] = {}
         self._sae_group: tuple[str, str, int] | None = None
 
     def say(self, message: str) -> None:
@@ -96,8 +100,16 @@ class Workspace:
         )
         try:
             return cls(config)
-        except SaebenchError:
-            raise
+        except SaebenchError as exc:
+            # Name the suite and the entry, as validate does, unless the message already does.
+            if str(exc).startswith(str(self.suite.path)):
+                raise
+            message = f"{self.suite.path}: {spec.where}: {exc}"
+            try:
+                located = type(exc)(message)
+            except TypeError:  # a plugin's error class with its own constructor
+                located = SaebenchError(message)
+            raise located from exc
         except (ValueError, OSError) as exc:
             raise SaebenchError(
                 f"{self.suite.path}: {spec.where}: {KIND_TITLES[kind]} `{spec.plugin}`: {exc}"
@@ -111,8 +123,10 @@ class Workspace:
             self._adapters[model.label] = adapter
         return self._adapters[model.label]
 
-    def tokens(self, model: ModelSpec) -> str:
-        return model.tokens or self.adapter(model).default_tokens
+    def tokens(self, model: ModelSpec, layer: str) -> str:
+        """The token selection of ``layer``: the suite's (per layer, else for the model), else
+        the adapter's default for that layer."""
+        return model.tokens_for(layer) or self.adapter(model).default_tokens_for(layer)
 
     def dataset(self, name: str) -> Any:
         if name not in self._datasets:
@@ -142,17 +156,27 @@ class Workspace:
         from saebench_vision.cache import FORMAT_VERSION
 
         dataset = self.dataset(split)
+        adapter = self.adapter(model)
         parts = {
-            "adapter": self.adapter(model).identity(),
+            "adapter": adapter.identity(),
             "layer": layer,
-            "tokens": self.tokens(model),
+            "tokens": self.tokens(model, layer),
             "dataset": dataset.identity(),
             "format": FORMAT_VERSION,
         }
         fingerprint = dataset.fingerprint()
         if fingerprint is not None:
             parts["data"] = fingerprint
+        # A model folder or weights file replaced in place is another model.
+        weights = self._model_files(model, adapter)
+        if weights:
+            parts["weights"] = weights
         return content_key(parts)
+
+    def _model_files(self, model: ModelSpec, adapter: Any) -> dict[str, str | None]:
+        if model.label not in self._weights:
+            self._weights[model.label] = path_digests(adapter.config)
+        return self._weights[model.label]
 
     def activations(self, model: ModelSpec, layer: str, split: str) -> Any:
         """The cached activations; an entry a step should have built but did not is an error."""
@@ -185,7 +209,7 @@ class Workspace:
             self._contexts[memo] = EvalContext(
                 model_name=model.label,
                 layer=layer,
-                tokens=self.tokens(model),
+                tokens=self.tokens(model, layer),
                 seed=seed,
                 device=self.suite.training_config().device,
                 splits={s.name: s.role for s in self.suite.datasets},
@@ -303,15 +327,14 @@ def extract_split(ws: Workspace, step: ExtractStep) -> dict[str, str]:
     split = suite.split(step.split)
     adapter = ws.adapter(model)
     dataset = ws.dataset(split.name)
-    if (
-        adapter.input_kind != getattr(dataset, "modality", "image")
-        and adapter.input_kind != "image-text"
-    ):
+    modality = str(getattr(dataset, "modality", "image"))
+    if modality not in READABLE.get(adapter.input_kind, (adapter.input_kind,)):
         raise SaebenchError(
-            f"{suite.path}: {split.where}: dataset `{split.plugin}` gives {dataset.modality} items but "
+            f"{suite.path}: {split.where}: dataset `{split.plugin}` gives {modality} items but "
             f"model `{model.plugin}` takes {adapter.input_kind}; pick a matching dataset"
         )
-    tokens = ws.tokens(model)
+    # Layers may read different token kinds; one pass over the split serves all of them.
+    tokens = {layer: ws.tokens(model, layer) for layer in step.layers}
     keys = {layer: ws.activation_key(model, layer, split.name) for layer in step.layers}
 
     def absent(layer: str) -> bool:
@@ -339,7 +362,7 @@ def extract_split(ws: Workspace, step: ExtractStep) -> dict[str, str]:
                 layer: {
                     "model": model.label,
                     "layer": layer,
-                    "tokens": tokens,
+                    "tokens": tokens[layer],
                     "split": split.name,
                     "dataset": split.plugin,
                 }
@@ -351,7 +374,7 @@ def extract_split(ws: Workspace, step: ExtractStep) -> dict[str, str]:
                 adapter,
                 dataset,
                 missing,
-                tokens,
+                {layer: tokens[layer] for layer in missing},
                 writers,
                 progress=ws.progress,
                 desc=f"extract {model.label}/{split.name}",
@@ -464,7 +487,9 @@ def run_step(ws: Workspace, step: Step) -> Any:
 _WORKSPACES: dict[str, Workspace] = {}
 
 
-def workspace_for(suite: Suite, cache_dir: Path | None, progress: bool = False) -> Workspace:
+def workspace_for(
+    suite: Suite, cache_dir: Path | None, progress: ProgressMode = False
+) -> Workspace:
     """This process's workspace for ``suite`` (built on first use: a worker of another
     executor rebuilds the plugin manager from its environment, as ``saebench`` does)."""
     from saebench_vision.plugins import get_plugin_manager
@@ -500,8 +525,11 @@ class _LazyWriters(dict):
 
     def commit(self, layer: str) -> Any:
         if layer not in self._open:
+            meta = self._meta[layer]
             raise SaebenchError(
-                f"extraction produced no activations for layer {layer!r}; is the split empty?"
+                f"extracting {meta['model']} on {meta['split']} produced no activations for layer "
+                f"{layer!r} with tokens {meta['tokens']!r}; is the split empty, or does the layer "
+                "lack those tokens?"
             )
         return self._open.pop(layer).commit()
 

@@ -11,6 +11,11 @@ Shape (every component entry is ``{plugin: NAME, args: {...}}``)::
         args: {variant: lite0, image_size: 128}
         layers: [blocks.10, final]
         tokens: cls                       # cls, mean-patch, patch, text, generated, all
+      - plugin: efficientnet-lite         # the same adapter twice: a label tells them apart
+        label: lite0-patches
+        args: {variant: lite0, image_size: 128}
+        layers: [blocks.10, final]
+        tokens: {blocks.10: mean-patch}   # per layer (e.g. sd3 {pooled: cls}); others: default
     datasets:                             # one entry per split; exactly one has role train
       train:  {plugin: shapes, args: {split: train}}
       val:    {plugin: shapes, args: {split: val}, role: eval}
@@ -88,9 +93,17 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class ModelSpec(ComponentSpec):
+    """A model entry. ``tokens`` is the selection for every layer (None: the adapter's
+    default); ``layer_tokens`` holds per-layer selections (``tokens: {pooled: cls}``)."""
+
     layers: tuple[str, ...] = ()
     tokens: str | None = None
     label: str = ""
+    layer_tokens: Mapping[str, str] = field(default_factory=dict)
+
+    def tokens_for(self, layer: str) -> str | None:
+        """The selection the suite names for ``layer`` (None: the adapter's default)."""
+        return self.layer_tokens.get(layer, self.tokens)
 
 
 @dataclass(frozen=True)
@@ -468,7 +481,12 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
         raise c.fail("cache_verify", f"{_show(verify)} is not one of: full, size")
 
     hashed = {
-        "models": [m.identity() | {"layers": list(m.layers), "tokens": m.tokens} for m in models],
+        "models": [
+            m.identity()
+            | {"layers": list(m.layers), "tokens": m.tokens}
+            | ({"layer_tokens": dict(m.layer_tokens)} if m.layer_tokens else {})
+            for m in models
+        ],
         "datasets": [d.identity() | {"name": d.name, "role": d.role} for d in datasets],
         "saes": [
             s.identity()
@@ -573,6 +591,14 @@ def _nonempty_list(c: _Checker, value: Any, where: str, example: str) -> list[An
     return value
 
 
+def _check_selection(c: _Checker, where: str, tokens: Any) -> None:
+    if tokens not in TOKEN_CHOICES:
+        raise c.fail(
+            where,
+            f"{_show(tokens)} is not a token selection.{did_you_mean(str(tokens), TOKEN_CHOICES)} (expected: {', '.join(TOKEN_CHOICES)}, or a mapping layer: selection)",
+        )
+
+
 def _models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
     out = []
     for i, raw in enumerate(
@@ -596,15 +622,28 @@ def _models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
         if len(set(layers)) != len(layers):
             raise c.fail(f"{where}.layers", f"{_show(layers)} names a layer twice")
         tokens = entry.get("tokens")
-        if tokens is not None and tokens not in TOKEN_CHOICES:
-            raise c.fail(
-                f"{where}.tokens",
-                f"{_show(tokens)} is not a token selection.{did_you_mean(str(tokens), TOKEN_CHOICES)} (expected: {', '.join(TOKEN_CHOICES)})",
-            )
+        layer_tokens: dict[str, str] = {}
+        if isinstance(tokens, dict):
+            # Per-layer selections, e.g. {pooled: cls, prompt-embeds: text}.
+            for layer, selection in tokens.items():
+                if layer not in layers:
+                    raise c.fail(
+                        f"{where}.tokens.{layer}",
+                        f"{_show(layer)} is not one of this entry's layers ({', '.join(layers)}); a per-layer selection names a listed layer",
+                    )
+                _check_selection(c, f"{where}.tokens.{layer}", selection)
+                layer_tokens[layer] = selection
+            tokens = None
+        elif tokens is not None:
+            _check_selection(c, f"{where}.tokens", tokens)
         label = entry.get("label") or ""
         if not isinstance(label, str) or "\x00" in label or "\n" in label:
             raise c.fail(f"{where}.label", f"{_show(label)} is not a one-line string")
-        out.append(ModelSpec("model", plugin, args, where, tuple(layers), tokens, label or plugin))
+        out.append(
+            ModelSpec(
+                "model", plugin, args, where, tuple(layers), tokens, label or plugin, layer_tokens
+            )
+        )
     labels = [m.label for m in out]
     for i, label in enumerate(labels):
         if labels.index(label) != i:

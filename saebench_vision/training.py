@@ -46,6 +46,7 @@ import torch
 from saebench_vision.config import TrainingConfig, identity_dict
 from saebench_vision.errors import ConfigError, SaebenchError
 from saebench_vision.interfaces import SAE, resolve_device
+from saebench_vision.progress import ProgressMode
 
 BLOCK_ROWS = 1024
 BUFFER_BLOCKS = 64
@@ -558,7 +559,7 @@ def train_saes(
     config: TrainingConfig,
     *,
     seed: int,
-    progress: bool = True,
+    progress: ProgressMode = True,
     desc: str = "",
     checkpoint_dir: Path | None = None,
 ) -> list[dict[str, float]]:
@@ -703,19 +704,10 @@ def train_saes(
     return stats
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _progress(total: int, initial: int, desc: str, mode: ProgressMode) -> Any:
+    from saebench_vision.progress import make_progress
 
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc or "training SAEs",
-        unit="step",
-        dynamic_ncols=True,
-        leave=False,
-    )
+    return make_progress(total, desc or "training SAEs", "step", mode, initial=initial, leave=False)
 
 
 def _postfix(bar: Any, trackers: list[_Tracker]) -> None:

@@ -55,7 +55,7 @@ def test_imagenet_fixed_class_lists_and_errors(tmp_path):
     subset = imagenet_class_list("imagenet-a")
     assert len(subset) == 200 and len(imagenet_class_list("imagenet-r")) == 200
     _png(tmp_path / subset[3] / "a.png")
-    with pytest.raises(DatasetError, match="lacks class folder"):
+    with pytest.raises(DatasetError, match="lacks class n"):
         ImageNetFolderDataset(ImageNetFolderConfig(root=str(tmp_path), classes="imagenet-a"))
     ds = ImageNetFolderDataset(
         ImageNetFolderConfig(root=str(tmp_path), classes="imagenet-a", allow_missing_classes=True)

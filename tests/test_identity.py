@@ -29,6 +29,7 @@ RUNTIME = {
     ("evaluator", "layer-sweep"): {"batch_size", "device"},
     ("evaluator", "modality-overlap"): {"batch_size", "device"},
     ("evaluator", "persistence"): {"device"},
+    ("evaluator", "head-accuracy"): {"batch_size"},
     ("training", ""): {"device", "checkpoint_every", "fuse", "parallel_saes"},
 }
 
@@ -82,6 +83,7 @@ SPECIAL = {
     "dataset": [{"plugin": "shapes", "args": {"split": "val"}}],
     "templates": [["What is {article} {name}?"]],
     "shared_range": [[0.25, 0.75]],
+    "view_scale": [[0.5, 1.0]],
 }
 
 
@@ -374,3 +376,31 @@ def test_planning_and_executors_import_neither_torch_nor_ray():
         timeout=120,
     )
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_model_files_replaced_in_place_give_new_cells_and_activation_keys(
+    manager, tmp_path, monkeypatch
+):
+    """Model path options (``weights_path``, ``model_id`` as a local folder) are fingerprinted
+    like dataset roots: new cells and new cache keys when the weights change on disk; hub ids
+    and tags add nothing to the keys."""
+    from saebench_vision.plan import path_digests
+    from saebench_vision.steps import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "lite0.pth"
+    weights.write_bytes(b"1")
+    model = {"plugin": "efficientnet-lite", "args": {"weights_path": "lite0.pth"}}
+    doc = _doc(models=[model | {"layers": ["final"]}])
+
+    def keys() -> tuple[dict[str, str], str]:
+        suite = parse_suite(copy.deepcopy(doc), Path("s.yaml"), manager.registry())
+        ws = Workspace(suite, manager, cache_dir=tmp_path / "cache")
+        return _ids(doc, manager)[0], ws.activation_key(suite.models[0], "final", "train")
+
+    cells0, key0 = keys()
+    os.utime(weights, ns=(1, 1))
+    cells1, key1 = keys()
+    assert _changed(cells0, cells1) == ALL and key0 != key1
+    hub = build_config(manager.registry().get("model", "dinov2").config_class(), {})
+    assert path_digests(hub) == {}

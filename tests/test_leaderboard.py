@@ -105,8 +105,21 @@ def test_formats(store, fmt):
         )
     elif fmt == "csv":
         rows = list(csv.reader(io.StringIO(text)))
-        assert rows[0] == ["model", "layer", "SAE", "mse[val]", "mse[sketch]", "ev[val]"]
-        assert float(rows[1][4]) == 1.5
+        assert rows[0] == [
+            "model",
+            "layer",
+            "SAE",
+            *(
+                f"{m}{suffix}"
+                for m in ("mse[val]", "mse[sketch]", "ev[val]")
+                for suffix in ("", " stderr", " ci95")
+            ),
+        ]
+        # zeta on layer b, sketch: seeds 1.0 and 2.0 -> sd 0.707, stderr 0.5, CI t(1) x 0.5.
+        assert float(rows[1][6]) == 1.5
+        assert float(rows[1][7]) == pytest.approx(0.5)
+        assert float(rows[1][8]) == pytest.approx(t95(1) * 0.5)
+        assert rows[3][7] == rows[3][8] == ""  # one seed and no stderr: no interval
     elif fmt == "latex":
         assert r"\toprule" in text and r"$\downarrow$" in text and r"$\pm$" in text
     else:
@@ -220,3 +233,49 @@ def test_filter_matching_nothing_says_what_exists(store):
 def test_roles_filter(store):
     headers, _, _ = pivot(store.records_frame("h1"), layout="wide", roles=["shifted"])
     assert headers[3:] == ["mse[sketch] ↓"]
+
+
+def test_long_layout_follows_suite_split_order(tmp_path):
+    s = ResultsStore(tmp_path)
+    cells = [cell(0, "baseline", evaluator="probe"), cell(1, "zeta", evaluator="reconstruction")]
+    s.register_suite("h2", cells, [("train", "train"), ("val", "eval"), ("sketch", "shifted")])
+    run = s.start_run(
+        suite_name="t", suite_path="x", suite_hash="h2", suite_json={}, versions={}, argv=[]
+    )
+    # The first row has no train records; train must still come first, as in the suite.
+    s.add_cell(run, cells[0], [Record("acc", 0.5, "sketch"), Record("acc", 0.7, "val")], 0.1)
+    s.add_cell(run, cells[1], [Record("mse", 1.0, "val"), Record("mse", 2.0, "train")], 0.1)
+    s.finish_run(run, "finished")
+    frame = s.records_frame("h2")
+    _, rows, _ = pivot(frame, layout="long")
+    assert [(r[2], r[3]) for r in rows] == [
+        ("baseline", "val"),
+        ("baseline", "sketch"),
+        ("zeta", "train"),
+        ("zeta", "val"),
+    ]
+    headers, _, _ = pivot(frame, layout="wide")
+    assert headers[3:] == ["acc[val]", "acc[sketch]", "mse[train]", "mse[val]"]
+
+
+def test_leaderboard_finds_results_folders(tmp_path, monkeypatch, capsys):
+    from saebench_vision.cli import find_results_folder, main
+    from saebench_vision.errors import SaebenchError
+
+    with pytest.raises(SaebenchError, match="no results database"):
+        find_results_folder(tmp_path)
+    first = tmp_path / "saebench-results" / "quickstart"
+    ResultsStore(first)
+    assert find_results_folder(tmp_path) == first
+    ResultsStore(tmp_path / "saebench-results" / "table1")
+    with pytest.raises(SaebenchError) as err:
+        find_results_folder(tmp_path)
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("2 results folders")
+    assert lines[1].strip().endswith("saebench-results/quickstart") and "table1" in lines[2]
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard"]) == 2
+    assert "saebench leaderboard saebench-results/table1" in capsys.readouterr().err
+    for command in ("plot", "report", "export"):  # the same default for every results reader
+        assert main([command]) == 2
+        assert f"saebench {command} saebench-results/table1" in capsys.readouterr().err

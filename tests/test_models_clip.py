@@ -135,7 +135,7 @@ def test_open_clip_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(WeightsNotFoundError, match="known: .*openai"):
         OpenCLIPAdapter(OpenCLIPConfig(model_name="ViT-B-16", pretrained="not-a-tag")).load()
     go_offline(monkeypatch)
-    with pytest.raises(WeightsNotFoundError, match="huggingface-cli download timm/") as err:
+    with pytest.raises(WeightsNotFoundError, match="hf download timm/") as err:
         OpenCLIPAdapter(OpenCLIPConfig(model_name="ViT-B-32", pretrained="openai")).load()
     assert "\n" not in str(err.value)
 
@@ -208,6 +208,6 @@ def test_hf_clip_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     go_offline(monkeypatch)
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
         HFCLIPAdapter(HFCLIPConfig(model_id=str(tmp_path / "absent"))).load()
-    with pytest.raises(WeightsNotFoundError, match="huggingface-cli download openai/") as err:
+    with pytest.raises(WeightsNotFoundError, match="hf download openai/") as err:
         HFCLIPAdapter(HFCLIPConfig(model_id="openai/clip-vit-nope")).layer_names()
     assert "\n" not in str(err.value)

@@ -92,7 +92,7 @@ def test_missing_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         missing.load()
     assert "\n" not in str(err.value)
     hub = DINOv2Adapter(DINOv2Config(model_id="facebook/dinov2-tiny-does-not-exist"))
-    with pytest.raises(WeightsNotFoundError, match="huggingface-cli download") as err:
+    with pytest.raises(WeightsNotFoundError, match="hf download") as err:
         hub.load()
     assert "\n" not in str(err.value)
     with pytest.raises(WeightsNotFoundError):

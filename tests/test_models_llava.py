@@ -221,7 +221,7 @@ def test_bad_items_and_pickling(adapter: LlavaAdapter) -> None:
 
 def test_missing_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     go_offline(monkeypatch)
-    with pytest.raises(WeightsNotFoundError, match="huggingface-cli download llava-hf/") as err:
+    with pytest.raises(WeightsNotFoundError, match="hf download llava-hf/") as err:
         LlavaAdapter(AdapterConfig(model_id="llava-hf/llava-0-hf")).load()
     assert "\n" not in str(err.value)
     with pytest.raises(WeightsNotFoundError, match="does not exist"):

@@ -273,3 +273,42 @@ def test_tiny_persistence_suite_on_ray_matches_local(cluster, tmp_path):
         assert (saes[data["from"]["sae_id"]], saes[data["to"]["sae_id"]]) == ("projector", "lm.1")
         boards[executor] = _board(runner)
     assert "iou" in boards["local"] and boards["ray"] == boards["local"]
+
+
+def test_ray_per_layer_tokens_and_log_progress_match_local(cluster, tmp_path):
+    """Per-layer token selections reach the workers' extraction (one pass for both layers),
+    and progress lines from workers change nothing: the local executor's board and cache."""
+    doc = copy.deepcopy(SUITE)
+    doc["models"] = [
+        {"plugin": "toy-model", "layers": ["layer.0", "final"], "tokens": {"layer.0": "mean-patch"}}
+    ]
+    doc["saes"] = [{"plugin": "toy-sae", "args": {"expansion": 2, "l1_coefficient": 0.1}}]
+    doc["training"] = {"epochs": 1}
+    doc["evaluators"] = [{"plugin": "reconstruction"}]
+    boards, metas = {}, {}
+    for executor in ("local", "ray"):
+        folder = tmp_path / executor
+        folder.mkdir()
+        path = folder / "suite.yaml"
+        run_doc = doc | {"output": str(folder / "out"), "cache_dir": str(folder / "cache")}
+        path.write_text(yaml.safe_dump(run_doc, sort_keys=False))
+        manager = _manager()
+        suite = load_suite(path, manager.registry())
+        runner = Runner(
+            suite, manager, progress="log", executor=executor, log=open(os.devnull, "w")
+        )
+        summary = runner.run()
+        assert (summary.status, summary.computed_cells) == ("finished", 4), summary.failures
+        boards[executor] = _board(runner)
+        from saebench_vision.cache import ActivationCache
+
+        metas[executor] = sorted(
+            (e.key, e.meta["layer"], e.meta["split"], e.meta["tokens"])
+            for e in ActivationCache(folder / "cache").entries()
+        )
+    assert boards["ray"] == boards["local"]
+    assert metas["ray"] == metas["local"]
+    assert {(layer, tokens) for _, layer, _, tokens in metas["ray"]} == {
+        ("layer.0", "mean-patch"),
+        ("final", "cls"),
+    }

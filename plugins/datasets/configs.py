@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from saebench_vision.config import option
 
@@ -12,15 +12,33 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 
 @dataclass(frozen=True)
 class ImageNetFolderConfig:
-    """An ImageNet-style split: one folder per class under ``root``."""
+    """An ImageNet-style split: class folders, a flat folder of ``<wnid>_<name>.JPEG`` files,
+    or the official flat validation folder with its ground-truth file."""
+
+    modality: ClassVar[str] = "image"
 
     root: str = option(
-        help="folder holding one sub-folder per class (e.g. /data/imagenet/val)", path=True
+        help="the split's folder: one sub-folder per class (e.g. /data/imagenet/val), or the "
+        "images themselves (flat layouts)",
+        path=True,
     )
-    layout: Literal["auto", "wnid", "index"] = option(
+    layout: Literal["auto", "wnid", "index", "flat", "ground-truth"] = option(
         "auto",
-        "class folder names: wnid (n01440764: ImageNet train/val, -Sketch, -A, -R), index (0..999 "
-        "in the standard ImageNet-1k order: ImageNet-V2), auto (decide from the names)",
+        "wnid: class folders named n01440764 (ImageNet train/val, -Sketch, -A, -R); index: class "
+        "folders 0..999 in the standard ImageNet-1k order (ImageNet-V2); flat: image files named "
+        "<wnid>_<anything> (n01440764_10026.JPEG, sample sets); ground-truth: image files "
+        "labelled by the ground_truth file (the official ILSVRC2012_val_*.JPEG folder); auto: "
+        "decide from what root holds",
+    )
+    ground_truth: str | None = option(
+        None,
+        "labels of a flat folder: LOC_val_solution.csv (ImageId,PredictionString), a "
+        "'<file> <wnid or standard index>' list (val.txt), or the devkit's "
+        "ILSVRC2012_validation_ground_truth.txt (one devkit id per line; needs devkit_meta)",
+        path=True,
+    )
+    devkit_meta: str | None = option(
+        None, "the devkit's data/meta.mat, mapping its ILSVRC2012_IDs to WordNet ids", path=True
     )
     classes: Literal["found", "imagenet-1k", "imagenet-a", "imagenet-r"] = option(
         "found",
@@ -33,11 +51,24 @@ class ImageNetFolderConfig:
         None, "keep at most this many images per class (the first in sorted file order)"
     )
     extensions: tuple[str, ...] = option(IMAGE_EXTENSIONS, "image file suffixes (case-insensitive)")
+    views: int = option(
+        1,
+        "items per image: 1 is the image itself; N > 1 adds N-1 deterministic random-resized "
+        "crops and flips (seeded per image), kept together after it (more rows for classes "
+        "with few images, e.g. for the ontology metric)",
+    )
+    view_scale: tuple[float, float] = option(
+        (0.35, 1.0), "views: range of the crop's share of the image area"
+    )
+    view_flip: bool = option(True, "views: flip each augmented view with probability 0.5")
+    view_seed: int = option(0, "views: seed of the crops and flips")
 
 
 @dataclass(frozen=True)
 class ImageFolderConfig:
     """An unlabelled image folder (OpenOOD near/far-OOD sets such as SSB-hard, NINCO, Textures)."""
+
+    modality: ClassVar[str] = "image"
 
     root: str = option(help="folder of images (searched recursively)", path=True)
     image_list: str | None = option(
@@ -53,11 +84,24 @@ class ImageFolderConfig:
         None, "keep at most this many (evenly strided over the sorted list)"
     )
     extensions: tuple[str, ...] = option(IMAGE_EXTENSIONS, "image file suffixes (case-insensitive)")
+    views: int = option(
+        1,
+        "items per image: 1 is the image itself; N > 1 adds N-1 deterministic random-resized "
+        "crops and flips (seeded per image), kept together after it (more rows for classes "
+        "with few images, e.g. for the ontology metric)",
+    )
+    view_scale: tuple[float, float] = option(
+        (0.35, 1.0), "views: range of the crop's share of the image area"
+    )
+    view_flip: bool = option(True, "views: flip each augmented view with probability 0.5")
+    view_seed: int = option(0, "views: seed of the crops and flips")
 
 
 @dataclass(frozen=True)
 class QuickDrawEmojiConfig:
     """QuickDraw sketches and emoji over the classes they share, labelled with WordNet synsets."""
+
+    modality: ClassVar[str] = "image"
 
     domain: Literal["sketch", "emoji"] = option(
         "sketch",

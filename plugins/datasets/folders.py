@@ -9,7 +9,8 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 from saebench_vision_plugins.datasets.configs import ImageFolderConfig
-from saebench_vision_plugins.datasets.imagenet import list_images, load_rgb
+from saebench_vision_plugins.datasets.imagenet import list_images, load_rgb, view_settings
+from saebench_vision_plugins.datasets.views import make_view
 
 from saebench_vision.errors import DatasetError
 from saebench_vision.interfaces import Dataset, files_fingerprint
@@ -42,6 +43,7 @@ class ImageFolderDataset(Dataset):
             files = [files[i] for i in keep]
         self.root = root
         self.files = files
+        self.views = view_settings(config)
 
     def fingerprint(self) -> str:
         """The listed files' paths, sizes and mtimes (see ``files_fingerprint``)."""
@@ -69,7 +71,13 @@ class ImageFolderDataset(Dataset):
         return files
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.views.views
 
     def __getitem__(self, index: int) -> Image.Image:
-        return load_rgb(self.files[index])
+        image, view = divmod(index, self.views.views)
+        path = self.files[image]
+        return make_view(load_rgb(path), path.relative_to(self.root).as_posix(), view, self.views)
+
+    def groups(self) -> np.ndarray:
+        """The source image of each item: the views of one image share a group."""
+        return np.repeat(np.arange(len(self.files)), self.views.views)

@@ -12,6 +12,7 @@ shipped in the ``timm`` package (``timm/data/_info``), read as plain files.
 from __future__ import annotations
 
 import os
+import re
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 from saebench_vision_plugins.datasets.configs import ImageNetFolderConfig
 from saebench_vision_plugins.datasets.hierarchy import is_wordnet_id
+from saebench_vision_plugins.datasets.views import ViewSettings, make_view
 
 from saebench_vision.errors import DatasetError
 from saebench_vision.interfaces import ClassInfo, Dataset, files_fingerprint
@@ -88,8 +90,114 @@ def load_rgb(path: Path) -> Image.Image:
         ) from exc
 
 
+WNID_PREFIX = re.compile(r"^(n\d{8})(?:[_.\-]|$)")
+
+
+def view_settings(config: object) -> ViewSettings:
+    """The test-time views a dataset Config asks for (``views``, ``view_scale``, ...)."""
+    return ViewSettings(
+        views=int(getattr(config, "views", 1)),
+        scale=tuple(getattr(config, "view_scale", (0.35, 1.0))),  # type: ignore[arg-type]
+        flip=bool(getattr(config, "view_flip", True)),
+        seed=int(getattr(config, "view_seed", 0)),
+    )
+
+
+def _devkit_wnids(meta: Path) -> dict[int, str]:
+    """ILSVRC2012_ID -> WordNet id of the 1000 leaf synsets, from the devkit's meta.mat."""
+    if not meta.is_file():
+        raise DatasetError(
+            f"imagenet-folder: devkit_meta {str(meta)!r} does not exist; point it to the "
+            f"devkit's data/meta.mat"
+        )
+    from scipy.io import loadmat
+
+    try:
+        synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
+        rows = [
+            (int(s["ILSVRC2012_ID"]), str(s["WNID"]))
+            for s in synsets
+            if int(s["num_children"]) == 0
+        ]
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        raise DatasetError(
+            f"{meta}: not an ILSVRC2012 devkit meta.mat ({exc}); point devkit_meta to data/meta.mat"
+        ) from exc
+    return dict(rows)
+
+
+def read_ground_truth(path: Path, files: list[Path], meta: Path | None) -> dict[Path, str]:
+    """WordNet id of each of ``files`` from a ground-truth file (see ``ground_truth``)."""
+    if not path.is_file():
+        raise DatasetError(
+            f"imagenet-folder: ground_truth {str(path)!r} does not exist; fix args.ground_truth"
+        )
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    by_stem = {f.stem: f for f in files}
+    by_name = {f.name: f for f in files}
+    labels: dict[Path, str] = {}
+    standard = imagenet_class_list("imagenet-1k")
+    if lines and lines[0].lower().startswith("imageid"):  # LOC_val_solution.csv
+        for number, line in enumerate(lines[1:], 2):
+            if not line:
+                continue
+            image_id, _, prediction = line.partition(",")
+            wnid = prediction.split()[0] if prediction.split() else ""
+            if not is_wordnet_id(wnid):
+                raise DatasetError(f"{path}:{number}: {wnid!r} is not a WordNet id")
+            if image_id in by_stem:
+                labels[by_stem[image_id]] = wnid
+    elif lines and len(lines[0].split()) == 1:  # devkit: one ILSVRC2012_ID per line
+        if meta is None:
+            raise DatasetError(
+                f"imagenet-folder: {path} lists devkit ids (1..1000, not the standard order); "
+                f"set devkit_meta to the devkit's data/meta.mat"
+            )
+        wnids = _devkit_wnids(meta)
+        numbered = {int(m.group(1)): f for f in files if (m := re.search(r"(\d+)$", f.stem))}
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            if not line.isdigit() or int(line) not in wnids:
+                raise DatasetError(f"{path}:{number}: {line!r} is not a devkit class id")
+            if number in numbered:
+                labels[numbered[number]] = wnids[int(line)]
+    else:  # "<file> <wnid or standard index>"
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) < 2:
+                raise DatasetError(f"{path}:{number}: expected '<file> <label>', got {line!r}")
+            name, label = Path(parts[0]).name, parts[1]
+            if label.isdigit() and int(label) < len(standard):
+                label = standard[int(label)]
+            elif not is_wordnet_id(label):
+                raise DatasetError(
+                    f"{path}:{number}: {label!r} is neither a WordNet id nor a class index"
+                )
+            target = by_name.get(name) or by_stem.get(Path(name).stem)
+            if target is not None:
+                labels[target] = label
+    unlabelled = [f for f in files if f not in labels]
+    if unlabelled:
+        raise DatasetError(
+            f"imagenet-folder: {path} gives no label for {unlabelled[0].name} "
+            f"({len(unlabelled)} of {len(files)} images unlabelled); use the split's ground truth"
+        )
+    return labels
+
+
 class ImageNetFolderDataset(Dataset):
-    """One ImageNet-style split read from class folders; items are PIL RGB images."""
+    """One ImageNet-style split; items are PIL RGB images.
+
+    Layouts (``layout: auto`` picks one from what ``root`` holds): class folders named by
+    WordNet id or by standard class index; a flat folder whose files start with their WordNet
+    id (``n01440764_10026.JPEG``); or a flat folder labelled by a ground-truth file (the
+    official ``ILSVRC2012_val_00000001.JPEG`` ... folder with ``LOC_val_solution.csv``, a
+    ``val.txt`` list or the devkit's ground truth and ``meta.mat``). With ``views: N`` each
+    image gives N items in a row (see :mod:`.views`).
+    """
 
     name: ClassVar[str] = "imagenet-folder"
     version: ClassVar[str] = "1"
@@ -102,31 +210,9 @@ class ImageNetFolderDataset(Dataset):
             raise DatasetError(
                 f"imagenet-folder: root {str(root)!r} is not a folder; set args.root to the split's folder"
             )
-        folders = sorted(
-            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-        if not folders:
-            raise DatasetError(
-                f"imagenet-folder: {root} has no class folders; expected n01440764/... or 0/... sub-folders"
-            )
-        layout = config.layout
-        if layout == "auto":
-            layout = "index" if all(f.isdigit() for f in folders) else "wnid"
+        self.views = view_settings(config)
+        by_id = self._classes_in(root, config)
         standard = imagenet_class_list("imagenet-1k")
-        if layout == "index":
-            bad = [f for f in folders if not f.isdigit() or int(f) >= len(standard)]
-            if bad:
-                raise DatasetError(
-                    f"imagenet-folder: {root / bad[0]} is not a class index 0..{len(standard) - 1} (layout: index)"
-                )
-            by_id = {standard[int(f)]: root / f for f in folders}
-        else:
-            bad = [f for f in folders if not is_wordnet_id(f)]
-            if bad:
-                raise DatasetError(
-                    f"imagenet-folder: {root / bad[0]} is not named by a WordNet id like n01440764 (layout: wnid)"
-                )
-            by_id = {f: root / f for f in folders}
         if config.classes == "found":
             order = {wnid: i for i, wnid in enumerate(standard)}
             ids = sorted(by_id, key=lambda w: (order.get(w, len(order)), w))
@@ -135,7 +221,7 @@ class ImageNetFolderDataset(Dataset):
             missing = [w for w in ids if w not in by_id]
             if missing and not config.allow_missing_classes:
                 raise DatasetError(
-                    f"imagenet-folder: {root} lacks class folder {missing[0]} of {config.classes} "
+                    f"imagenet-folder: {root} lacks class {missing[0]} of {config.classes} "
                     f"({len(missing)} missing); add it or set allow_missing_classes: true"
                 )
         names = imagenet_class_names()
@@ -143,9 +229,7 @@ class ImageNetFolderDataset(Dataset):
         files: list[Path] = []
         labels: list[int] = []
         for index, wnid in enumerate(ids):
-            if wnid not in by_id:
-                continue
-            images = list_images(by_id[wnid], config.extensions)[: config.max_per_class]
+            images = sorted(by_id.get(wnid, []))[: config.max_per_class]
             files.extend(images)
             labels.extend([index] * len(images))
         if not files:
@@ -154,20 +238,104 @@ class ImageNetFolderDataset(Dataset):
             )
         self.root = root
         self.files = files
-        self._labels = np.asarray(labels, dtype=np.int64)
+        self._labels = np.repeat(np.asarray(labels, dtype=np.int64), self.views.views)
+
+    @staticmethod
+    def _classes_in(root: Path, config: ImageNetFolderConfig) -> dict[str, list[Path]]:
+        """WordNet id -> image files, for the layout in ``config`` (or the one ``root`` has)."""
+        folders = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        layout = config.layout
+        flat: list[Path] = []
+        if layout in ("auto", "flat", "ground-truth"):
+            exts = tuple(e.lower() for e in config.extensions)
+            flat = sorted(
+                p
+                for p in root.iterdir()
+                if p.is_file() and p.name.lower().endswith(exts) and not p.name.startswith(".")
+            )
+        if layout == "auto":
+            if config.ground_truth is not None:
+                layout = "ground-truth"
+            elif folders and not flat:
+                layout = "index" if all(f.isdigit() for f in folders) else "wnid"
+            elif flat:
+                layout = "flat"
+            else:
+                raise DatasetError(
+                    f"imagenet-folder: {root} has neither class folders (n01440764/... or 0/...) "
+                    f"nor images; set args.root to the split's folder"
+                )
+        if layout == "ground-truth":
+            if config.ground_truth is None:
+                raise DatasetError(
+                    "imagenet-folder: layout ground-truth needs args.ground_truth (the labels file)"
+                )
+            meta = Path(config.devkit_meta).expanduser() if config.devkit_meta else None
+            found = read_ground_truth(Path(config.ground_truth).expanduser(), flat, meta)
+            grouped: dict[str, list[Path]] = {}
+            for path, wnid in found.items():
+                grouped.setdefault(wnid, []).append(path)
+            return grouped
+        if layout == "flat":
+            grouped = {}
+            for path in flat:
+                match = WNID_PREFIX.match(path.name)
+                if match is None:
+                    raise DatasetError(
+                        f"imagenet-folder: {path} does not start with a WordNet id like "
+                        f"n01440764_ (layout: flat); rename it, or set args.ground_truth to the "
+                        f"folder's labels file"
+                    )
+                grouped.setdefault(match.group(1), []).append(path)
+            if not grouped:
+                raise DatasetError(f"imagenet-folder: no images in {root} (layout: flat)")
+            return grouped
+        if not folders:
+            raise DatasetError(
+                f"imagenet-folder: {root} has no class folders; expected n01440764/... or 0/... "
+                f"sub-folders (layout: {layout})"
+            )
+        standard = imagenet_class_list("imagenet-1k")
+        if layout == "index":
+            bad = [f for f in folders if not f.isdigit() or int(f) >= len(standard)]
+            if bad:
+                raise DatasetError(
+                    f"imagenet-folder: {root / bad[0]} is not a class index 0..{len(standard) - 1} (layout: index)"
+                )
+            dirs = {standard[int(f)]: root / f for f in folders}
+        else:
+            bad = [f for f in folders if not is_wordnet_id(f)]
+            if bad:
+                raise DatasetError(
+                    f"imagenet-folder: {root / bad[0]} is not named by a WordNet id like n01440764 (layout: wnid)"
+                )
+            dirs = {f: root / f for f in folders}
+        return {wnid: list_images(folder, config.extensions) for wnid, folder in dirs.items()}
 
     def fingerprint(self) -> str:
-        """The listed files' paths, sizes and mtimes (see ``files_fingerprint``)."""
-        return files_fingerprint(self.files)
+        """The listed files' paths, sizes and mtimes (see ``files_fingerprint``), and those of
+        the ground-truth files that label them."""
+        given = (self.config.ground_truth, self.config.devkit_meta)
+        labels = [Path(p).expanduser() for p in given if p is not None]
+        labels = [p for p in labels if p.is_file()]
+        return files_fingerprint([*self.files, *labels])
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.views.views
 
     def __getitem__(self, index: int) -> Image.Image:
-        return load_rgb(self.files[index])
+        image, view = divmod(index, self.views.views)
+        path = self.files[image]
+        return make_view(load_rgb(path), path.relative_to(self.root).as_posix(), view, self.views)
 
     def labels(self) -> np.ndarray:
         return self._labels
+
+    def groups(self) -> np.ndarray:
+        """The source image of each item: the views of one image share a group."""
+        return np.repeat(np.arange(len(self.files)), self.views.views)
 
     def classes(self) -> list[ClassInfo]:
         return list(self._classes)

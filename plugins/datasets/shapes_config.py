@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Literal
+from typing import ClassVar, Literal
 
 from saebench_vision.config import option
 
@@ -65,6 +65,8 @@ SPLITS: tuple[str, ...] = (
 @dataclasses.dataclass(frozen=True)
 class ShapesConfig:
     """One split of the procedural shapes dataset (see :class:`ShapesDataset`)."""
+
+    modality: ClassVar[str] = "image"
 
     split: Literal["train", "val", "sketch", "rendition", "corruption", "ood-near", "ood-far"] = (
         option(

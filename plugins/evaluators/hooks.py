@@ -32,6 +32,10 @@ def register_evaluators() -> dict[str, ComponentRef]:
             f"{_P}.persistence:PersistenceEvaluator",
             config=f"{_P}.multimodal_configs:PersistenceConfig",
         ),
+        "head-accuracy": ComponentRef(
+            f"{_P}.head_accuracy:HeadAccuracyEvaluator",
+            config=f"{_P}.head_config:HeadAccuracyConfig",
+        ),
     }
 
 

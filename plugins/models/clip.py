@@ -7,9 +7,11 @@ matching image embeddings; both are L2-normalised, so their dot product is CLIP'
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,17 +22,46 @@ from saebench_vision_plugins.models.common import (
     ImageAdapter,
     ImageTransform,
     capture,
+    hf_config_dict,
     hf_dtype,
     hf_load,
+    hf_load_model,
     run_until,
     vit_tokens,
 )
 from saebench_vision_plugins.models.configs import HFCLIPConfig, OpenCLIPConfig
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+from transformers import AutoTokenizer, CLIPModel
 
-from saebench_vision.errors import ConfigError, WeightsNotFoundError
-from saebench_vision.interfaces import LayerOutput, TokenKind
+from saebench_vision.errors import ConfigError, ModelMismatchError, WeightsNotFoundError
+from saebench_vision.interfaces import ClassInfo, LayerOutput, TokenKind
 from saebench_vision.registry import did_you_mean
+
+# (image-tower depth, image size) of released transformers CLIP checkpoints, so layer names
+# and preprocessing need no download.
+KNOWN_HF_CLIP = {
+    "openai/clip-vit-base-patch32": (12, 224),
+    "openai/clip-vit-base-patch16": (12, 224),
+    "openai/clip-vit-large-patch14": (24, 224),
+    "openai/clip-vit-large-patch14-336": (24, 336),
+    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": (12, 224),
+    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": (24, 224),
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": (32, 224),
+    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": (40, 224),
+    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": (48, 224),
+}
+
+
+def describe_open_clip_state(state: dict[str, Any]) -> str:
+    """What an open_clip CLIP state dict holds: image-tower depth, width and patch size."""
+    conv = state.get("visual.conv1.weight")
+    blocks = {k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")}
+    if conv is None or not blocks:
+        return "no open_clip ViT weights (no visual.conv1 / visual.transformer keys)"
+    text = {k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}
+    return (
+        f"a ViT with {len(blocks)} image blocks of width {conv.shape[0]}, patch {conv.shape[-1]}"
+        f", {len(text)} text blocks"
+    )
 
 
 def _embedding_token(x: torch.Tensor) -> LayerOutput:
@@ -41,6 +72,15 @@ def _embedding_token(x: torch.Tensor) -> LayerOutput:
 
 class _CLIPBase(ImageAdapter):
     """Shared by both CLIP adapters: layer capture and the text/image scoring helpers."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._zero_shot: tuple[Any, torch.Tensor] | None = None
+
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        if layer == "final":  # the projected embedding: one CLS token
+            return frozenset({TokenKind.CLS})
+        return super().layer_token_kinds(layer)
 
     def vision_blocks(self) -> Sequence[torch.nn.Module]:
         raise NotImplementedError
@@ -80,6 +120,22 @@ class _CLIPBase(ImageAdapter):
         raise NotImplementedError
 
     @torch.inference_mode()
+    def classify(
+        self, batch: torch.Tensor, classes: Sequence[ClassInfo], prompts: Sequence[str] = ()
+    ) -> torch.Tensor:
+        """Zero-shot: 100 x cosine between each image and each class's mean prompt embedding
+        (CLIP's logit scale), prompts filled with the class name (``a photo of a {}.``)."""
+        self.ensure_loaded()
+        templates = list(prompts) or ["a photo of a {}."]
+        key = (tuple(c.name for c in classes), tuple(templates))
+        if self._zero_shot is None or self._zero_shot[0] != key:
+            texts = [t.format(c.name) for c in classes for t in templates]
+            emb = self.embed_text(texts).view(len(classes), len(templates), -1).mean(1)
+            self._zero_shot = (key, F.normalize(emb, dim=-1))
+        images = F.normalize(self.image_embedding(self.pixels(batch)).float(), dim=-1)
+        return 100.0 * images @ self._zero_shot[1].T
+
+    @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings (N, d_embed), float32, on the model's device."""
         self.ensure_loaded()
@@ -114,29 +170,96 @@ class OpenCLIPAdapter(_CLIPBase):
 
         return open_clip
 
+    def folder(self) -> Path | None:
+        """``pretrained`` as a local folder holding ``open_clip_config.json`` (the model and
+        preprocessing config, as open_clip's hub repositories lay it out) beside the weights."""
+        tag = self.config.pretrained
+        if not tag or not os.path.isdir(os.path.expanduser(tag)):
+            return None
+        return Path(tag).expanduser()
+
+    def folder_config(self) -> dict[str, Any]:
+        folder = self.folder()
+        assert folder is not None
+        path = folder / "open_clip_config.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise WeightsNotFoundError(
+                f"model `{self.name}`: folder {str(folder)!r} has no open_clip_config.json; put the "
+                f'model config beside the weights as {{"model_cfg": {{...}}, "preprocess_cfg": '
+                f"{{...}}}} (open_clip's hub layout), or set pretrained to the checkpoint file"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(
+                f"model `{self.name}`: cannot read {path}: {' '.join(str(exc).split())[:120]}"
+            ) from None
+        if not isinstance(data, dict) or not isinstance(data.get("model_cfg", data), dict):
+            raise WeightsNotFoundError(f"model `{self.name}`: {path} is not an open_clip config")
+        return data
+
+    def checkpoint_file(self) -> Path | None:
+        """The weights file: ``pretrained`` itself, or the one open_clip picks in the folder."""
+        folder = self.folder()
+        if folder is not None:
+            from open_clip.factory import _find_checkpoint_in_dir
+
+            found = _find_checkpoint_in_dir(folder)
+            if found is None:
+                raise WeightsNotFoundError(
+                    f"model `{self.name}`: folder {str(folder)!r} has an open_clip_config.json but "
+                    f"no weights (*.safetensors, *.bin or *.pth) beside it"
+                )
+            return Path(found)
+        tag = self.config.pretrained
+        if tag and os.path.isfile(os.path.expanduser(tag)):
+            return Path(tag).expanduser()
+        return None
+
     def model_config(self) -> dict[str, Any]:
         open_clip = self._open_clip()
-        cfg = open_clip.get_model_config(self.config.model_name)
+        if self.folder() is not None:
+            data = self.folder_config()
+            cfg = data.get("model_cfg", data)
+            what = f"the model config in {self.folder()}"
+        else:
+            cfg = open_clip.get_model_config(self.config.model_name)
+            what = repr(self.config.model_name)
         if cfg is None:
             known = open_clip.list_models()
             raise ConfigError(
                 f"model `{self.name}`: unknown open_clip architecture {self.config.model_name!r}."
-                f"{did_you_mean(self.config.model_name, known)} See open_clip.list_models()"
+                f"{did_you_mean(self.config.model_name, known)} See open_clip.list_models(), or "
+                f"set pretrained to a folder with open_clip_config.json beside the weights"
             )
-        if not isinstance(cfg["vision_cfg"].get("layers"), int) or cfg["vision_cfg"].get(
-            "timm_model_name"
-        ):
+        vision = cfg.get("vision_cfg") or {}
+        if not isinstance(vision.get("layers"), int) or vision.get("timm_model_name"):
             raise ConfigError(
-                f"model `{self.name}`: {self.config.model_name!r} is not an open_clip ViT; this "
-                f"adapter supports ViT image towers (e.g. ViT-B-16, ViT-L-14)"
+                f"model `{self.name}`: {what} is not an open_clip ViT; this adapter supports ViT "
+                f"image towers (e.g. ViT-B-16, ViT-L-14)"
             )
-        return cfg
+        return dict(cfg)
 
     def tag_config(self) -> dict[str, Any]:
+        if self.folder() is not None:
+            data = self.folder_config()
+            return {**dict(data.get("preprocess_cfg") or {}), **self._quick_gelu(data)}
         tag = self.config.pretrained
         if not tag or os.path.isfile(os.path.expanduser(tag)):
             return {}
         return dict(self._open_clip().get_pretrained_cfg(self.config.model_name, tag) or {})
+
+    @staticmethod
+    def _quick_gelu(data: dict[str, Any]) -> dict[str, Any]:
+        cfg = data.get("model_cfg", data)
+        return {"quick_gelu": True} if cfg.get("quick_gelu") else {}
+
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        if self.folder() is not None:
+            # The folder's config decides the architecture; model_name is only a label then.
+            ident["model_cfg"] = self.model_config()
+        return ident
 
     def make_transform(self) -> ImageTransform:
         from open_clip.transform import PreprocessCfg, merge_preprocess_dict
@@ -160,30 +283,75 @@ class OpenCLIPAdapter(_CLIPBase):
         self.model_config()
         tag = self.config.pretrained
         tag_cfg = self.tag_config()
-        if tag and not tag_cfg and not os.path.isfile(os.path.expanduser(tag)):
+        checkpoint = self.checkpoint_file()
+        if tag and not tag_cfg and checkpoint is None:
             known = open_clip.list_pretrained_tags_by_model(self.config.model_name)
             raise WeightsNotFoundError(
                 f"model `{self.name}`: {tag!r} is neither a pretrained tag of "
-                f"{self.config.model_name} (known: {', '.join(known) or 'none'}) nor a checkpoint file"
+                f"{self.config.model_name} (known: {', '.join(known) or 'none'}), a checkpoint "
+                f"file nor a folder with open_clip_config.json"
             )
+        folder = self.folder()
+        name = f"local-dir:{folder}" if folder is not None else self.config.model_name
+        common = dict(
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            force_image_size=self.transform.image_size,
+            device="cpu",
+        )
         try:
-            model = open_clip.create_model(
-                self.config.model_name,
-                pretrained=os.path.expanduser(tag) if tag else None,
-                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-                force_image_size=self.transform.image_size,
-                device="cpu",
-            )
+            if checkpoint is not None:
+                # Build the architecture, then check the file against it before loading, so
+                # another architecture's file is a one-line error, not an AssertionError.
+                if folder is not None:
+                    model = open_clip.create_model(name, load_weights=False, **common)
+                else:
+                    model = open_clip.create_model(name, pretrained=None, **common)
+                self._load_checkpoint(model, checkpoint)
+            else:
+                model = open_clip.create_model(name, pretrained=tag or None, **common)
         except (RuntimeError, OSError) as exc:
             hub = str(tag_cfg.get("hf_hub", "")).strip("/")
-            fetch = f"`huggingface-cli download {hub}`" if hub else "run once with network access"
+            fetch = f"`hf download {hub}`" if hub else "run once with network access"
             raise WeightsNotFoundError(
                 f"model `{self.name}`: cannot load {self.config.model_name} weights {tag!r} "
                 f"({' '.join(str(exc).split())[:120]}); {fetch} (open_clip caches them), or set "
                 f"pretrained to a local checkpoint file"
             ) from exc
         self.model = model.to(self.device, self.torch_dtype).eval()
-        self.tokenizer = open_clip.get_tokenizer(self.config.model_name)
+        self.tokenizer = (
+            open_clip.get_tokenizer(name)
+            if folder is not None
+            else open_clip.get_tokenizer(self.config.model_name)
+        )
+
+    def _load_checkpoint(self, model: Any, path: Path) -> None:
+        from open_clip.factory import load_checkpoint, load_state_dict
+
+        try:
+            state = load_state_dict(str(path))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+            raise ModelMismatchError(
+                f"model `{self.name}`: cannot read checkpoint {path}: "
+                f"{' '.join(str(exc).split())[:120]}"
+            ) from None
+        if not isinstance(state, dict) or not state:
+            raise ModelMismatchError(f"model `{self.name}`: {path} holds no state dict")
+        expected = model.state_dict()
+        resizable = {"visual.positional_embedding"}  # open_clip interpolates it to image_size
+        bad = sorted(
+            k
+            for k in set(expected) | set(state)
+            if k not in state
+            or k not in expected
+            or (k not in resizable and tuple(state[k].shape) != tuple(expected[k].shape))
+        )
+        if bad:
+            raise ModelMismatchError(
+                f"model `{self.name}`: {path} holds {describe_open_clip_state(state)}, not "
+                f"{describe_open_clip_state(expected)} ({self.config.model_name}; {len(bad)} "
+                f"weight(s) differ, e.g. {bad[0]}); set model_name to the file's architecture"
+            )
+        load_checkpoint(model, str(path))
 
     def vision_blocks(self) -> Sequence[torch.nn.Module]:
         return self.model.visual.transformer.resblocks
@@ -226,20 +394,30 @@ class HFCLIPAdapter(_CLIPBase):
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self._hf_config: Any = None
+        self._vision: tuple[int, int] | None = None
 
-    def hf_config(self) -> Any:
-        if self._hf_config is None:
-            self._hf_config = hf_load(
-                self.name,
-                CLIPConfig.from_pretrained,
-                self.config.model_id,
-                revision=self.config.revision,
-            )
-        return self._hf_config
+    def vision_settings(self) -> tuple[int, int]:
+        """(image-tower depth, image size): from the loaded model, the table of released
+        checkpoints (so validate works offline), or the folder's / hub's config.json."""
+        if self.model is not None:
+            vc = self.model.config.vision_config
+            return int(vc.num_hidden_layers), int(vc.image_size)
+        if self._vision is None:
+            if self.config.model_id in KNOWN_HF_CLIP:
+                self._vision = KNOWN_HF_CLIP[self.config.model_id]
+            else:
+                data = hf_config_dict(
+                    self.name, self.config.model_id, ("clip",), revision=self.config.revision
+                )
+                vision = data.get("vision_config") or {}
+                self._vision = (
+                    int(vision.get("num_hidden_layers", 12)),
+                    int(vision.get("image_size", 224)),
+                )
+        return self._vision
 
     def make_transform(self) -> ImageTransform:
-        size = self.config.image_size or int(self.hf_config().vision_config.image_size)
+        size = self.config.image_size or self.vision_settings()[1]
         return ImageTransform(
             image_size=size,
             resize_size=self.config.resize_size or size,
@@ -249,15 +427,16 @@ class HFCLIPAdapter(_CLIPBase):
         )
 
     def layer_names(self) -> list[str]:
-        depth = int(self.hf_config().vision_config.num_hidden_layers)
+        depth = self.vision_settings()[0]
         return [f"blocks.{i}" for i in range(depth)] + ["final"]
 
     def load(self) -> None:
         kwargs = {"revision": self.config.revision}
-        model = hf_load(
+        model = hf_load_model(
             self.name,
-            CLIPModel.from_pretrained,
+            CLIPModel,
             self.config.model_id,
+            ("clip",),
             **hf_dtype(self.torch_dtype),
             **kwargs,
         )
@@ -265,13 +444,12 @@ class HFCLIPAdapter(_CLIPBase):
             self.name, AutoTokenizer.from_pretrained, self.config.model_id, **kwargs
         )
         self.model = model.to(self.device).eval()
-        self._hf_config = model.config
 
     def vision_blocks(self) -> Sequence[torch.nn.Module]:
         return self.model.vision_model.encoder.layers
 
     def _resized(self) -> bool:
-        return self.transform.image_size != int(self.hf_config().vision_config.image_size)
+        return self.transform.image_size != self.vision_settings()[1]
 
     def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.model.get_image_features(

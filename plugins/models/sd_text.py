@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from saebench_vision_plugins.models.common import hf_dtype, hf_load
+from saebench_vision_plugins.models.common import hf_config_dict, hf_dtype, hf_load, hf_load_model
 from saebench_vision_plugins.models.configs import SDTextEncoderConfig
 from transformers import (
     AutoTokenizer,
-    CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     T5EncoderModel,
@@ -36,6 +35,17 @@ KNOWN_SD1_DEPTHS = {
 }
 SD3_LAYERS = ["prompt-embeds", "pooled", "clip-l.penultimate", "clip-g.penultimate", "t5.final"]
 CLIP_MAX_LENGTH = 77
+KNOWN_SD3 = {
+    "stabilityai/stable-diffusion-3-medium-diffusers",
+    "stabilityai/stable-diffusion-3.5-medium",
+    "stabilityai/stable-diffusion-3.5-large",
+    "stabilityai/stable-diffusion-3.5-large-turbo",
+}
+SUBFOLDER_TYPES = {
+    "text_encoder": ("clip_text_model",),
+    "text_encoder_2": ("clip_text_model",),
+    "text_encoder_3": ("t5",),
+}
 
 
 class SDTextEncoderAdapter(ModelAdapter):
@@ -67,8 +77,6 @@ class SDTextEncoderAdapter(ModelAdapter):
     name = "sd-text-encoder"
     version = "1"
     Config = SDTextEncoderConfig
-    input_kind = "text"
-    default_tokens = "text"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -90,11 +98,22 @@ class SDTextEncoderAdapter(ModelAdapter):
             **kwargs,
         )
 
+    def _config(self, subfolder: str) -> dict[str, Any]:
+        return hf_config_dict(
+            self.name,
+            self.model_id,
+            SUBFOLDER_TYPES[subfolder],
+            revision=self.config.revision,
+            subfolder=subfolder,
+        )
+
     # ------------------------------------------------------------------ names and loading
 
     def layer_names(self) -> list[str]:
         if self._layers is None:
             if self.config.variant == "sd3":
+                if self.model_id not in KNOWN_SD3:
+                    self._config("text_encoder")  # a pipeline folder or id, not another model
                 self._layers = list(SD3_LAYERS)
             else:
                 if "clip" in self.encoders:
@@ -102,11 +121,14 @@ class SDTextEncoderAdapter(ModelAdapter):
                 elif self.model_id in KNOWN_SD1_DEPTHS:
                     depth = KNOWN_SD1_DEPTHS[self.model_id]
                 else:
-                    depth = self._load(
-                        CLIPTextConfig.from_pretrained, "text_encoder"
-                    ).num_hidden_layers
+                    depth = int(self._config("text_encoder").get("num_hidden_layers", 12))
                 self._layers = [f"blocks.{i}" for i in range(depth)] + ["penultimate", "final"]
         return self._layers
+
+    def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
+        if layer == "pooled":
+            return frozenset({TokenKind.CLS})
+        return frozenset({TokenKind.TEXT})
 
     @property
     def tokenizers(self) -> dict[str, Any]:
@@ -134,9 +156,17 @@ class SDTextEncoderAdapter(ModelAdapter):
         encoders = {}
         for key, (cls, subfolder) in specs.items():
             # Built from a config or loaded, an encoder must be in eval mode (T5 dropout).
-            encoders[key] = (
-                self._load(cls.from_pretrained, subfolder, **hf_dtype(dtype)).to(self.device).eval()
+            encoder = hf_load_model(
+                self.name,
+                cls,
+                self.model_id,
+                SUBFOLDER_TYPES[subfolder],
+                allow_unexpected=("text_model.embeddings.position_ids",),
+                revision=self.config.revision,
+                subfolder=subfolder,
+                **hf_dtype(dtype),
             )
+            encoders[key] = encoder.to(self.device).eval()
         self.encoders = encoders
         self.tokenizers  # noqa: B018 - load the tokenizers before DataLoader workers fork
         self._layers = None
