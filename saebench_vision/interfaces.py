@@ -330,6 +330,12 @@ class Dataset(Component):
         """
         return None
 
+    def metadata(self) -> dict[str, Any]:
+        """Optional: facts about how the split was read that a user should see next to its
+        activations (e.g. ``{"skipped_files": 3}``); stored with each cache entry it fills.
+        JSON-serialisable values only."""
+        return {}
+
     def groups(self) -> np.ndarray | None:
         """Optional: an int group per item, equal for items that are views of one source
         image (``views: N``), so that anything splitting items (folds, per-class subsets) can

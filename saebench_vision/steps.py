@@ -365,6 +365,7 @@ def extract_split(ws: Workspace, step: ExtractStep) -> dict[str, str]:
                     "tokens": tokens[layer],
                     "split": split.name,
                     "dataset": split.plugin,
+                    **({"dataset_meta": dataset.metadata()} if dataset.metadata() else {}),
                 }
                 for layer in missing
             },

@@ -21,6 +21,8 @@ from saebench_vision.suite import parse_suite
 RUNTIME = {
     ("model", "*"): {"device", "batch_size", "num_workers"},
     ("dataset", "quickdraw-emoji"): {"cache_dir"},
+    ("dataset", "imagenet-folder"): {"max_image_pixels"},
+    ("dataset", "image-folder"): {"max_image_pixels"},
     ("dataset", "hf-text"): {"cache_dir"},
     ("evaluator", "diffusion-steering"): {"cache_dir"},
     ("evaluator", "reconstruction"): {"batch_size", "device"},

@@ -51,6 +51,19 @@ class ImageNetFolderConfig:
         None, "keep at most this many images per class (the first in sorted file order)"
     )
     extensions: tuple[str, ...] = option(IMAGE_EXTENSIONS, "image file suffixes (case-insensitive)")
+    on_bad_file: Literal["error", "skip"] = option(
+        "error",
+        "an image that cannot be read: error stops with its name; skip leaves it out (each "
+        "listed file is opened and its structure checked when the split is listed; the count "
+        "is printed and kept with the split's metadata)",
+    )
+    max_image_pixels: int | None = option(
+        None,
+        "largest width x height an image may have (PIL's decompression-bomb guard): null keeps "
+        "PIL's default (about 179 megapixels), 0 lifts the limit; a larger image is an error "
+        "naming it, never skipped, so the limit changes no number",
+        identity=False,
+    )
     views: int = option(
         1,
         "items per image: 1 is the image itself; N > 1 adds N-1 deterministic random-resized "
@@ -84,6 +97,19 @@ class ImageFolderConfig:
         None, "keep at most this many (evenly strided over the sorted list)"
     )
     extensions: tuple[str, ...] = option(IMAGE_EXTENSIONS, "image file suffixes (case-insensitive)")
+    on_bad_file: Literal["error", "skip"] = option(
+        "error",
+        "an image that cannot be read: error stops with its name; skip leaves it out (each "
+        "listed file is opened and its structure checked when the split is listed; the count "
+        "is printed and kept with the split's metadata)",
+    )
+    max_image_pixels: int | None = option(
+        None,
+        "largest width x height an image may have (PIL's decompression-bomb guard): null keeps "
+        "PIL's default (about 179 megapixels), 0 lifts the limit; a larger image is an error "
+        "naming it, never skipped, so the limit changes no number",
+        identity=False,
+    )
     views: int = option(
         1,
         "items per image: 1 is the image itself; N > 1 adds N-1 deterministic random-resized "

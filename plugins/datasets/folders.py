@@ -4,12 +4,19 @@ Textures, OpenImage-O) sets, or any folder of images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 from saebench_vision_plugins.datasets.configs import ImageFolderConfig
-from saebench_vision_plugins.datasets.imagenet import list_images, load_rgb, view_settings
+from saebench_vision_plugins.datasets.imagenet import (
+    check_distinct,
+    check_pixel_limit,
+    drop_bad_files,
+    list_images,
+    load_rgb,
+    view_settings,
+)
 from saebench_vision_plugins.datasets.views import make_view
 
 from saebench_vision.errors import DatasetError
@@ -34,9 +41,15 @@ class ImageFolderDataset(Dataset):
             files = self._from_list(root, Path(config.image_list).expanduser(), config.strip_prefix)
         else:
             files = list_images(root, config.extensions)
+        check_pixel_limit("image-folder", config.max_image_pixels)
+        check_distinct(files)
+        self.skipped: list[Path] = []
+        if config.on_bad_file == "skip":
+            files, self.skipped = drop_bad_files("image-folder", files, config.max_image_pixels)
         if not files:
             raise DatasetError(
                 f"image-folder: no images with suffixes {', '.join(config.extensions)} under {root}"
+                + (f" ({len(self.skipped)} unreadable skipped)" if self.skipped else "")
             )
         if config.max_images is not None and len(files) > config.max_images:
             keep = np.linspace(0, len(files) - 1, config.max_images).round().astype(int)
@@ -44,6 +57,10 @@ class ImageFolderDataset(Dataset):
         self.root = root
         self.files = files
         self.views = view_settings(config)
+
+    def metadata(self) -> dict[str, Any]:
+        """How many listed images were skipped as unreadable (``on_bad_file: skip``)."""
+        return {"skipped_files": len(self.skipped)}
 
     def fingerprint(self) -> str:
         """The listed files' paths, sizes and mtimes (see ``files_fingerprint``)."""
@@ -76,7 +93,12 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> Image.Image:
         image, view = divmod(index, self.views.views)
         path = self.files[image]
-        return make_view(load_rgb(path), path.relative_to(self.root).as_posix(), view, self.views)
+        return make_view(
+            load_rgb(path, self.config.max_image_pixels),
+            path.relative_to(self.root).as_posix(),
+            view,
+            self.views,
+        )
 
     def groups(self) -> np.ndarray:
         """The source image of each item: the views of one image share a group."""

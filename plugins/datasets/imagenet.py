@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -66,28 +69,148 @@ def imagenet_class_names() -> dict[str, str]:
 
 
 def list_images(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted by path."""
+    """Image files under ``folder`` (recursively, following links), sorted by path.
+
+    Linked folders are followed once: a link back into a folder being walked (a loop) and a
+    folder or file reached by two paths raise a DatasetError naming both, since following them
+    would repeat (and, across class folders, mislabel) the same images.
+    """
     exts = tuple(e.lower() for e in extensions)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        found.extend(
-            Path(dirpath) / f
-            for f in filenames
-            if f.lower().endswith(exts) and not f.startswith(".")
-        )
+    found: list[Path] = []
+    seen_dirs: dict[str, Path] = {}
+    seen_files: dict[str, Path] = {}
+
+    def walk(here: Path, ancestors: frozenset[str]) -> None:
+        real = os.path.realpath(here)
+        if real in ancestors:
+            raise DatasetError(
+                f"{here}: a link back to {real} (a symlink loop) under {folder}; remove the link"
+            )
+        if real in seen_dirs:
+            raise DatasetError(
+                f"{here} and {seen_dirs[real]} are the same folder ({real}); its images would be "
+                f"listed twice: remove one of the links"
+            )
+        seen_dirs[real] = here
+        try:
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except OSError as exc:
+            raise DatasetError(f"{here}: cannot list folder ({exc.strerror or exc})") from exc
+        inside = ancestors | {real}
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=True):
+                walk(path, inside)
+            elif entry.name.lower().endswith(exts) and entry.is_file(follow_symlinks=True):
+                target = os.path.realpath(path)
+                if target in seen_files:
+                    raise DatasetError(
+                        f"{path} and {seen_files[target]} are the same file ({target}); it would "
+                        f"be listed twice: remove one of the links"
+                    )
+                seen_files[target] = path
+                found.append(path)
+
+    walk(folder, frozenset())
     return sorted(found)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """The image at ``path`` as RGB; unreadable files raise a one-line DatasetError."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as exc:
+def check_pixel_limit(name: str, limit: int | None) -> None:
+    """A DatasetError for a negative ``max_image_pixels``."""
+    if limit is not None and limit < 0:
         raise DatasetError(
-            f"{path}: cannot read image ({exc}); remove or replace the file"
+            f"{name}: max_image_pixels {limit} is negative; use a pixel count, 0 (no limit) or null"
+        )
+
+
+def check_distinct(files: list[Path]) -> None:
+    """Raise a DatasetError when two listed paths are one file (a link in another class)."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        target = os.path.realpath(path)
+        if target in seen:
+            raise DatasetError(
+                f"{path} and {seen[target]} are the same file ({target}); it would be listed "
+                f"(and labelled) twice: remove one of the links"
+            )
+        seen[target] = path
+
+
+def load_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """The image at ``path`` as RGB; unreadable files raise a one-line DatasetError.
+
+    ``max_pixels`` bounds width x height (PIL's decompression-bomb guard, which by default
+    refuses images over about 179 megapixels); None keeps PIL's default, 0 lifts the bound.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else (max_pixels or None)
+    try:
+        with _pixel_limit(limit), Image.open(path) as img:
+            return img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"{path}: image too large ({exc}); raise the dataset's max_image_pixels (0 lifts "
+            f"the limit) if the file is trusted"
         ) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DatasetError(
+            f"{path}: cannot read image ({exc}); remove or replace the file, or set "
+            f"on_bad_file: skip"
+        ) from exc
+
+
+@contextmanager
+def _pixel_limit(limit: int | None) -> Iterator[None]:
+    # PIL reads its bound from a module global; set it for this open only.
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def probe_image(path: Path, max_pixels: int | None) -> str | None:
+    """Why the image at ``path`` cannot be read (None when it can): opens it and checks its
+    structure (``Image.verify``), without decoding the pixels."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else (max_pixels or None)
+    try:
+        with _pixel_limit(limit), Image.open(path) as img:
+            img.verify()
+    except Image.DecompressionBombError as exc:
+        # A large image is not damaged: skipping it would make the data depend on the limit.
+        raise DatasetError(
+            f"{path}: image too large ({exc}); raise the dataset's max_image_pixels (0 lifts "
+            f"the limit) if the file is trusted"
+        ) from exc
+    except Exception as exc:  # PIL raises many types for damaged files
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def drop_bad_files(
+    name: str, files: list[Path], max_pixels: int | None
+) -> tuple[list[Path], list[Path]]:
+    """(readable files, skipped files) for ``on_bad_file: skip``, with a warning line when any
+    are skipped."""
+    keep: list[Path] = []
+    bad: list[Path] = []
+    first = ""
+    for path in files:
+        problem = probe_image(path, max_pixels)
+        if problem is None:
+            keep.append(path)
+        else:
+            bad.append(path)
+            first = first or f"{path} ({problem})"
+    if bad:
+        print(
+            f"warning: {name}: skipped {len(bad)} unreadable image(s) of {len(files)} "
+            f"(on_bad_file: skip), the first {first}",
+            file=sys.stderr,
+        )
+    return keep, bad
 
 
 WNID_PREFIX = re.compile(r"^(n\d{8})(?:[_.\-]|$)")
@@ -210,6 +333,7 @@ class ImageNetFolderDataset(Dataset):
             raise DatasetError(
                 f"imagenet-folder: root {str(root)!r} is not a folder; set args.root to the split's folder"
             )
+        check_pixel_limit("imagenet-folder", config.max_image_pixels)
         self.views = view_settings(config)
         by_id = self._classes_in(root, config)
         standard = imagenet_class_list("imagenet-1k")
@@ -232,13 +356,25 @@ class ImageNetFolderDataset(Dataset):
             images = sorted(by_id.get(wnid, []))[: config.max_per_class]
             files.extend(images)
             labels.extend([index] * len(images))
+        check_distinct(files)
+        self.skipped: list[Path] = []
+        if config.on_bad_file == "skip":
+            kept, self.skipped = drop_bad_files("imagenet-folder", files, config.max_image_pixels)
+            bad = set(self.skipped)
+            labels = [label for f, label in zip(files, labels, strict=True) if f not in bad]
+            files = kept
         if not files:
             raise DatasetError(
                 f"imagenet-folder: no images with suffixes {', '.join(config.extensions)} under {root}"
+                + (f" ({len(self.skipped)} unreadable skipped)" if self.skipped else "")
             )
         self.root = root
         self.files = files
         self._labels = np.repeat(np.asarray(labels, dtype=np.int64), self.views.views)
+
+    def metadata(self) -> dict[str, Any]:
+        """How many listed images were skipped as unreadable (``on_bad_file: skip``)."""
+        return {"skipped_files": len(self.skipped)}
 
     @staticmethod
     def _classes_in(root: Path, config: ImageNetFolderConfig) -> dict[str, list[Path]]:
@@ -328,7 +464,12 @@ class ImageNetFolderDataset(Dataset):
     def __getitem__(self, index: int) -> Image.Image:
         image, view = divmod(index, self.views.views)
         path = self.files[image]
-        return make_view(load_rgb(path), path.relative_to(self.root).as_posix(), view, self.views)
+        return make_view(
+            load_rgb(path, self.config.max_image_pixels),
+            path.relative_to(self.root).as_posix(),
+            view,
+            self.views,
+        )
 
     def labels(self) -> np.ndarray:
         return self._labels
