@@ -71,13 +71,26 @@ def arrow(higher_is_better: Any) -> str:
     return " ↑" if int(higher_is_better) == 1 else " ↓"
 
 
+MISSING = "–"
+"""What a table shows where no record exists (not computed); a computed non-finite value
+shows as ``nan``, ``inf`` or ``-inf``."""
+
+
 def format_value(value: float | None, ci: float | None = None) -> str:
-    """``0.889 ± 0.037``: the interval to two significant digits, the value to the same place."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+    """``0.889 ± 0.037``: the interval to two significant digits, the value to the same place.
+
+    None is a value that was not computed (``–``); NaN and infinities were computed and show as
+    ``nan``, ``inf`` and ``-inf``.
+    """
+    if value is None:
+        return MISSING
+    if not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if ci is None or math.isnan(ci) or ci <= 0 or math.isinf(ci):
         return _num(value)
     decimals = min(8, max(0, 1 - math.floor(math.log10(ci))))
+    if abs(value) >= 1e15 or abs(ci) >= 1e15:
+        return f"{_num(value)} ± {_num(ci)}"
     return f"{value:.{decimals}f} ± {ci:.{decimals}f}"
 
 
@@ -86,6 +99,8 @@ def _num(v: float) -> str:
         return "0"
     if float(v).is_integer() and abs(v) < 1e15:
         return str(int(v))
+    if abs(v) >= 1e15:  # beyond exact float integers: 62 digits say no more than 4 do
+        return f"{v:.4e}"
     if abs(v) >= 1000:
         return f"{v:.1f}"
     if abs(v) < 1e-3:
@@ -107,7 +122,8 @@ def pivot(
 
     ``metrics`` are glob patterns on ``metric`` or ``evaluator/metric``; ``splits`` names splits;
     ``headline_only`` keeps the evaluators' headline metrics unless ``metrics`` is given; ``roles``
-    keeps splits of those roles (eval, shifted, ...). Raw rows hold floats (means) for CSV; display rows hold formatted strings.
+    keeps splits of those roles (eval, shifted, ...). Raw rows hold floats (means) for CSV, None
+    where nothing was computed (NaN is a computed NaN); display rows hold formatted strings.
     With ``intervals``, headers and raw rows carry, after each metric column, its standard
     error and the half-width of its 95% interval (across seeds, Student t; with one seed the
     evaluator's stderr times 1.96); display rows are unchanged.
@@ -193,15 +209,14 @@ def pivot(
     stats: dict[tuple[Any, ...], tuple[float, float | None, float | None]] = {}
     direction: dict[tuple[Any, ...], Any] = {}
     for key, g in grouped:
-        values = [
-            v
-            for v in g["value"].tolist()
-            if v is not None and not (isinstance(v, float) and math.isnan(v))
-        ]
+        # Every record was computed: a NaN or infinity among them is the cell's value.
+        values = [float("nan") if v is None else float(v) for v in g["value"].tolist()]
         n = len(values)
         mean = sum(values) / n if n else float("nan")
         ci = stderr = None
-        if n > 1:
+        if not math.isfinite(mean):
+            pass
+        elif n > 1:
             sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
             stderr = sd / math.sqrt(n)
             ci = t95(n - 1) * stderr
@@ -225,14 +240,15 @@ def pivot(
         d_row: list[Any] = list(r)
         raw_row: list[Any] = list(r)
         for col in cols:
-            mean, ci, stderr = stats.get(r + col, (float("nan"), None, None))
+            if r + col not in stats:
+                d_row.append(MISSING)
+                raw_row += [None] * (3 if intervals else 1)
+                continue
+            mean, ci, stderr = stats[r + col]
             d_row.append(format_value(mean, ci))
             raw_row.append(mean)
             if intervals:
-                raw_row += [
-                    float("nan") if stderr is None else stderr,
-                    float("nan") if ci is None else ci,
-                ]
+                raw_row += [stderr, ci]
         display.append(d_row)
         raw.append(raw_row)
     return headers, display, raw
@@ -277,12 +293,7 @@ def render(
         writer.writerow([h.replace(" ↑", "").replace(" ↓", "") for h in headers])
         for row in raw:
             writer.writerow(
-                [
-                    ""
-                    if isinstance(v, float) and math.isnan(v)
-                    else (_csv_number(v) if isinstance(v, float) else v)
-                    for v in row
-                ]
+                ["" if v is None else (_csv_number(v) if isinstance(v, float) else v) for v in row]
             )
         return buf.getvalue()
     if fmt == "md":
@@ -290,7 +301,12 @@ def render(
         foot = f"\n\nplugins: {plugin_line}\n" if plugin_line else "\n"
         return (
             head
-            + tabulate(display, headers=headers, tablefmt="github", disable_numparse=True)
+            + tabulate(
+                [[_md(v) for v in row] for row in display],
+                headers=[_md(h) for h in headers],
+                tablefmt="github",
+                disable_numparse=True,
+            )
             + foot
         )
     if fmt == "latex":
@@ -338,7 +354,14 @@ def render(
     )
 
 
+def _md(text: Any) -> str:
+    """A markdown table cell: ``|`` escaped (it ends a cell), line breaks as spaces."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
 def _csv_number(v: float) -> str:
+    if not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
 
 

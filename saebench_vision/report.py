@@ -58,8 +58,16 @@ def _num(v: float | None) -> str:
 
 
 def _cell(
-    value: float | None, low: float | None = None, high: float | None = None, over: str = ""
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    over: str = "",
+    computed: bool = False,
 ) -> str:
+    """A number's cell; NaN is "not available" (``–``) unless ``computed`` (a stored record),
+    where NaN and infinities show as ``nan`` / ``inf``."""
+    if computed and value is not None and not math.isfinite(value):
+        return f'<td class="num" data-v="">{_e(format_value(value))}</td>'
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '<td class="num" data-v="">–</td>'
     if low is not None and high is not None and high > low:
@@ -127,7 +135,11 @@ def _wide_table(tid: str, rows: list[SummaryRow]) -> str:
                 kinds.add(_over_kind(iv.over))
             cells.append(
                 _cell(
-                    r.value, iv.low if iv else None, iv.high if iv else None, iv.over if iv else ""
+                    r.value,
+                    iv.low if iv else None,
+                    iv.high if iv else None,
+                    iv.over if iv else "",
+                    computed=True,
                 )
             )
         out.append(cells)
@@ -154,7 +166,11 @@ def _long_table(tid: str, rows: list[SummaryRow]) -> str:
                 kinds.add(_over_kind(iv.over))
             cells.append(
                 _cell(
-                    r.value, iv.low if iv else None, iv.high if iv else None, iv.over if iv else ""
+                    r.value,
+                    iv.low if iv else None,
+                    iv.high if iv else None,
+                    iv.over if iv else "",
+                    computed=True,
                 )
             )
         out.append(cells)

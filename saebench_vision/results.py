@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -342,7 +343,44 @@ class ResultsStore:
         seconds: float,
         headline: tuple[str, ...] = (),
     ) -> None:
-        """Store a finished cell and its records atomically; ``headline`` metrics show by default."""
+        """Store a finished cell and its records atomically; ``headline`` metrics show by default.
+
+        SQLite stores NaN as NULL and has no infinity literal in every client, so a non-finite
+        value or stderr is stored as NULL with its text (``nan``, ``inf``, ``-inf``) under
+        ``NONFINITE_KEY`` in ``extra_json``, read back by :meth:`records_frame`, and announced
+        with a warning naming the cell.
+        """
+        rows = []
+        for r in records:
+            extra = dict(r.extra)
+            odd = {
+                name: _nonfinite_text(v)
+                for name, v in (("value", r.value), ("stderr", r.stderr))
+                if _nonfinite_text(v) is not None
+            }
+            if odd:
+                extra[NONFINITE_KEY] = odd
+                print(
+                    f"warning: cell {cell.cell_id} ({cell.model} {cell.layer} {cell.sae_label} "
+                    f"{cell.evaluator}): metric {r.metric}"
+                    + (f" on split {r.split}" if r.split else "")
+                    + " is "
+                    + ", ".join(f"{k} {v}" for k, v in odd.items()),
+                    file=sys.stderr,
+                )
+            rows.append(
+                (
+                    cell.cell_id,
+                    r.metric,
+                    r.split,
+                    _finite(r.value),
+                    _finite(r.stderr),
+                    None if r.higher_is_better is None else int(bool(r.higher_is_better)),
+                    r.n,
+                    json.dumps(extra, default=str),
+                    int(r.metric in headline if headline else True),
+                )
+            )
         with self.transaction() as db:
             db.execute("DELETE FROM records WHERE cell_id=?", (cell.cell_id,))
             db.execute(
@@ -364,23 +402,7 @@ class ResultsStore:
                     time.time(),
                 ),
             )
-            db.executemany(
-                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        cell.cell_id,
-                        r.metric,
-                        r.split,
-                        _finite(r.value),
-                        _finite(r.stderr),
-                        None if r.higher_is_better is None else int(bool(r.higher_is_better)),
-                        r.n,
-                        json.dumps(r.extra, default=str),
-                        int(r.metric in headline if headline else True),
-                    )
-                    for r in records
-                ],
-            )
+            db.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
     def records_frame(self, suite_hash: str) -> Any:
         """Long-form records of a suite's finished cells as a pandas DataFrame, in suite order."""
@@ -395,7 +417,7 @@ class ResultsStore:
             SELECT sc.position, rr.row_position, sc.model, sc.layer, sc.sae_label, sc.evaluator,
                    sc.seed, r.metric, r.split, r.value, r.stderr, r.higher_is_better, r.n,
                    r.headline, COALESCE(ss.position, 1000000) AS split_position, ss.role AS role,
-                   r.rowid AS rid
+                   r.rowid AS rid, r.extra_json AS extra_json
             FROM suite_cells sc
             JOIN records r ON r.cell_id = sc.cell_id
             JOIN row_rank rr ON rr.model = sc.model AND rr.layer = sc.layer
@@ -404,7 +426,8 @@ class ResultsStore:
             WHERE sc.suite_hash = ?
             ORDER BY rr.row_position, split_position, sc.position, r.rowid
         """
-        return pd.read_sql_query(query, self.db, params=(suite_hash, suite_hash))
+        frame = pd.read_sql_query(query, self.db, params=(suite_hash, suite_hash))
+        return restore_nonfinite(frame)
 
     def progress(self, suite_hash: str) -> tuple[int, int]:
         total = self.db.execute(
@@ -425,6 +448,36 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+NONFINITE_KEY = "_saebench_nonfinite"
+"""``extra_json`` key holding the text of a record's non-finite value or stderr."""
+
+
+def _nonfinite_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    value = float(value)
+    if value != value:
+        return "nan"
+    if abs(value) == float("inf"):
+        return "inf" if value > 0 else "-inf"
+    return None
+
+
+def restore_nonfinite(frame: Any) -> Any:
+    """``frame`` (with an ``extra_json`` column, dropped) with the non-finite values and stderrs
+    that :meth:`ResultsStore.add_cell` stored as NULL put back (NaN, inf, -inf)."""
+    if "extra_json" not in frame.columns:
+        return frame
+    frame = frame.astype({"value": "float64", "stderr": "float64"})
+    marked = frame["extra_json"].str.contains(NONFINITE_KEY, regex=False, na=False)
+    for index in frame.index[marked]:
+        odd = json.loads(frame.at[index, "extra_json"]).get(NONFINITE_KEY, {})
+        for column in ("value", "stderr"):
+            if column in odd:
+                frame.at[index, column] = float(odd[column])
+    return frame.drop(columns=["extra_json"])
 
 
 def _finite(value: Any) -> float | None:

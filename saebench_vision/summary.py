@@ -99,12 +99,15 @@ def summarise(results: Any, options: StatsOptions | None = None) -> list[Summary
     keys = ["model", "layer", "sae_label", "evaluator", "metric", "split"]
     out = []
     for key, g in df.groupby(keys, sort=False):
-        values = [float(v) for v in g["value"] if not _nan(v)]
+        # Records are computed values: NULL is a stored NaN (see ResultsStore.add_cell).
+        values = [float("nan") if v is None else float(v) for v in g["value"]]
         if not values:
             continue
         first = g.iloc[0]
         interval: stats.Interval | None = None
-        if len(values) > 1:
+        if not all(math.isfinite(v) for v in values):
+            pass  # a NaN or infinity is the value; it has no interval
+        elif len(values) > 1:
             interval = stats.seed_interval(values, level=options.level)
         else:
             items = item_values(results, first)

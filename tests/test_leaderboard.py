@@ -218,7 +218,8 @@ def test_interval_formatting():
     assert format_value(854.2, 14.56) == "854 ± 15"
     assert format_value(87.92, 1.99) == "87.9 ± 2.0"
     assert format_value(2560.0) == "2560" and format_value(0.5056) == "0.5056"
-    assert format_value(float("nan")) == "–"
+    assert format_value(None) == "–"
+    assert format_value(float("nan")) == "nan" and format_value(float("-inf")) == "-inf"
 
 
 def test_filter_matching_nothing_says_what_exists(store):
@@ -279,3 +280,89 @@ def test_leaderboard_finds_results_folders(tmp_path, monkeypatch, capsys):
     for command in ("plot", "report", "export"):  # the same default for every results reader
         assert main([command]) == 2
         assert f"saebench {command} saebench-results/table1" in capsys.readouterr().err
+
+
+def _nonfinite_store(tmp_path, sae_label="zeta"):
+    s = ResultsStore(tmp_path)
+    cells = [cell(0, sae_label), cell(1, "alpha")]
+    s.register_suite("h2", cells, [("val", "eval")])
+    run = s.start_run(
+        suite_name="toy", suite_path="x.yaml", suite_hash="h2", suite_json={}, versions={}, argv=[]
+    )
+    s.add_cell(
+        run,
+        cells[0],
+        [
+            Record("ev", float("nan"), "val", higher_is_better=True),
+            Record("mse", float("inf"), "val", stderr=float("nan"), higher_is_better=False),
+            Record("big", 3.0e61, "val"),
+        ],
+        0.1,
+    )
+    # alpha computed mse only: its ev is "not computed", not NaN.
+    s.add_cell(run, cells[1], [Record("mse", 0.25, "val", higher_is_better=False)], 0.1)
+    s.finish_run(run, "finished")
+    return s
+
+
+def test_nonfinite_values_are_stored_and_shown_unlike_missing_ones(tmp_path, capsys):
+    import math
+
+    s = _nonfinite_store(tmp_path)
+    err = capsys.readouterr().err
+    assert (
+        "warning: cell cell0 (toy final zeta reconstruction): metric ev on split val is value nan"
+        in err
+    )
+    assert "metric mse on split val is value inf, stderr nan" in err
+    frame = s.records_frame("h2")
+    got = {(r.sae_label, r.metric): (r.value, r.stderr) for r in frame.itertuples()}
+    assert math.isnan(got[("zeta", "ev")][0])
+    assert got[("zeta", "mse")][0] == math.inf and math.isnan(got[("zeta", "mse")][1])
+    assert got[("alpha", "mse")] == (0.25, pytest.approx(float("nan"), nan_ok=True))
+    assert "extra_json" not in frame.columns
+    headers, display, _ = pivot(frame, layout="wide")
+    row = {h.split(" ")[0]: v for h, v in zip(headers, display[0])}
+    other = {h.split(" ")[0]: v for h, v in zip(headers, display[1])}
+    assert row["ev[val]"] == "nan" and row["mse[val]"] == "inf"
+    assert other["ev[val]"] == "–" and other["mse[val]"] == "0.25"
+    lines = list(csv.reader(io.StringIO(render(frame, fmt="csv", layout="wide"))))
+    table = {h: (a, b) for h, a, b in zip(lines[0], lines[1], lines[2])}
+    assert table["ev[val]"] == ("nan", "") and table["mse[val]"] == ("inf", "0.25")
+
+
+def test_huge_numbers_print_in_scientific_notation(tmp_path):
+    frame = _nonfinite_store(tmp_path).records_frame("h2")
+    md = render(frame, fmt="md", layout="wide", metrics=["big"])
+    assert "3.0000e+61" in md and "0000000000" not in md
+    from saebench_vision.leaderboard import format_value
+
+    assert format_value(3.0e61, 2.0e60) == "3.0000e+61 ± 2.0000e+60"
+    assert format_value(123456789012.0) == "123456789012"
+
+
+def test_markdown_escapes_pipes_in_labels(tmp_path):
+    frame = _nonfinite_store(tmp_path, sae_label="a|b").records_frame("h2")
+    md = render(frame, fmt="md", layout="wide", metrics=["mse"])
+    rows = [line for line in md.splitlines() if line.startswith("| toy")]
+    assert any("a\\|b" in line for line in rows)
+    # Unescaped pipes are cell borders: every row has as many as the header.
+    borders = {
+        line.replace("\\|", "").count("|") for line in md.splitlines() if line.startswith("|")
+    }
+    assert len(borders) == 1
+
+
+def test_report_tables_show_a_computed_nan_unlike_a_missing_value(tmp_path):
+    from saebench_vision.report import _wide_table
+    from saebench_vision.resultset import ResultSet
+    from saebench_vision.summary import summarise
+
+    rows = summarise(ResultSet.load(_nonfinite_store(tmp_path), "h2"))
+    by = {(r.sae_label, r.metric): r for r in rows}
+    assert by[("zeta", "mse")].value == float("inf") and by[("zeta", "mse")].interval is None
+    table = _wide_table("t", rows)
+    zeta = next(line for line in table.split("<tr>") if ">zeta<" in line)
+    alpha = next(line for line in table.split("<tr>") if ">alpha<" in line)
+    assert ">nan<" in zeta and ">inf<" in zeta
+    assert ">nan<" not in alpha and ">–<" in alpha
