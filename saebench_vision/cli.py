@@ -22,6 +22,33 @@ EXIT_BUG = 1
 """Exit codes: 2 for a problem with the input (suite, files, plugins), 1 for an unexpected error."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _out_file(value: str | None) -> Path | None:
+    """``--out`` as a file path: an existing folder there is an error, not a traceback."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise SaebenchError(f"--out {value}: is a folder; give a file name inside it")
+    return path
+
+
+def _out_folder(value: str | None) -> Path | None:
+    """``--out`` as a folder path: an existing file there is an error."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SaebenchError(f"--out {value}: is a file; give a folder for the figures")
+    return path
+
+
 def _manager() -> Any:
     from saebench_vision.plugins import get_plugin_manager
 
@@ -29,9 +56,14 @@ def _manager() -> Any:
 
 
 def _load(path: str, manager: Any, output: str | None = None) -> Any:
+    import yaml
+
     from saebench_vision.suite import load_suite
 
-    return load_suite(path, manager.registry(), output=output)
+    try:
+        return load_suite(path, manager.registry(), output=output)
+    except yaml.YAMLError as exc:  # what the suite reader lets through (e.g. a NUL byte)
+        raise SaebenchError(f"{path}: not a readable YAML suite ({_one_line(exc)})") from exc
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -184,7 +216,12 @@ def cmd_layers(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise SaebenchError(f"--arg {item!r}: write KEY=VALUE, e.g. --arg variant=lite0")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SaebenchError(
+                f"--arg {item!r}: the value is not valid YAML ({_one_line(exc)}); quote it"
+            ) from exc
     cls = entry.load()
     adapter = cls(build_config(cls.Config, overrides, where="--arg", what=f"model `{args.model}`"))
     for layer in adapter.layer_names():
@@ -206,7 +243,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         store = open_store(target, must_exist=True)
         suite_hash = args.suite_hash or store.latest_suite_hash()
         suite_name = store.suite_name(suite_hash)
-    _print_board(store, suite_hash, suite_name, args, out=args.out)
+    _print_board(store, suite_hash, suite_name, args, out=_out_file(args.out))
     return 0
 
 
@@ -237,7 +274,7 @@ def _print_board(
     suite_hash: str,
     suite_name: str | None,
     args: argparse.Namespace,
-    out: str | None,
+    out: Path | None,
     summary: bool = False,
 ) -> None:
     """Render a leaderboard. ``summary`` (after ``run``, when no view option was given) shows the
@@ -261,7 +298,7 @@ def _print_board(
         roles=("eval",) if summary and "eval" in set(frame.get("role", [])) else (),
     )
     if out:
-        atomic_write_text(Path(out), text)
+        atomic_write_text(out, text)
         print(f"wrote {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -330,12 +367,13 @@ def _stats_options(args: argparse.Namespace) -> Any:
 def cmd_plot(args: argparse.Namespace) -> int:
     from saebench_vision.figures import draw_all, figure_entries
 
+    chosen = _out_folder(args.out)
     manager, results = _results(args)
     if args.list:
         for name, entry in figure_entries(manager).items():
             print(f"{name}\t{entry.plugin}\t{entry.target}")
         return 0
-    out = Path(args.out) if args.out else results.output / "figures"
+    out = chosen or results.output / "figures"
     outcomes = draw_all(
         manager, results, names=args.figure or (), options=_figure_options(args), out_dir=out
     )
@@ -361,6 +399,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from saebench_vision.report import ReportOptions, build_report, write_report
 
     started = time.perf_counter()
+    chosen = _out_file(args.out)
     manager, results = _results(args)
     compare = None
     if args.compare:
@@ -379,7 +418,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         compare=tuple(compare) if compare is not None else None,
     )
     text = build_report(manager, results, options)
-    out = Path(args.out) if args.out else results.output / "report.html"
+    out = chosen or results.output / "report.html"
     write_report(out, text)
     print(
         f"wrote {out} ({len(text) / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
@@ -392,6 +431,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from saebench_vision.export import export
     from saebench_vision.sparsity import matched_rows
 
+    chosen = _out_file(args.out)
     _, results = _results(args)
     fo = _figure_options(args)
     matched = None
@@ -399,9 +439,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         matched = matched_rows(
             results.frame, at_l0=fo.at_l0, budget=fo.l0_budget, front_by=fo.front_by
         )
-    text = export(
-        results, args.format, Path(args.out) if args.out else None, _stats_options(args), matched
-    )
+    text = export(results, args.format, chosen, _stats_options(args), matched)
     if text is None:
         print(f"wrote {args.out}", file=sys.stderr)
     else:
@@ -511,7 +549,7 @@ def _add_report_commands(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from saebench_vision.leaderboard import FORMATS, LAYOUTS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="saebench",
         description="Train and evaluate sparse autoencoders on vision models; suites in YAML, results as leaderboards.",
     )
