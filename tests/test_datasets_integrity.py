@@ -97,10 +97,42 @@ def test_corrupt_file_errors_by_default_and_skip_counts_it(
     strict = _imagenet(tmp_path)
     with pytest.raises(DatasetError, match=r"2\.png: cannot read image.*on_bad_file: skip"):
         [strict[i] for i in range(len(strict))]
+    # A JPEG cut short passes PIL's verify; the end-of-image check finds it.
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    jpeg = tmp_path / WNIDS[1] / "3.jpg"
+    Image.fromarray(noise).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[:-200])
     ds = _imagenet(tmp_path, on_bad_file="skip")
-    assert "skipped 2 unreadable image(s) of 6" in capsys.readouterr().err
+    assert "skipped 3 unreadable image(s) of 7" in capsys.readouterr().err
     assert len(ds) == 4
     assert ds.labels().tolist() == [0, 0, 1, 1]
     assert [p.name for p in ds.files] == ["0.png", "1.png", "0.png", "2.png"]
-    assert ds.metadata() == {"skipped_files": 2}
+    assert ds.metadata() == {"skipped_files": 3}
     assert all(ds[i].size == (4, 4) for i in range(len(ds)))
+
+
+def test_skipped_count_is_kept_with_the_cache_entry(manager, tmp_path: Path) -> None:
+    from saebench_vision.plan import ExtractStep
+    from saebench_vision.steps import Workspace, extract_split
+    from saebench_vision.suite import parse_suite
+
+    images = tmp_path / "images"
+    for i in range(3):
+        _png(images / f"{i}.png", 60 * i, size=(32, 32))
+    (images / "3.png").write_bytes(b"\x89PNG garbage")
+    folder = {"plugin": "image-folder", "args": {"root": str(images), "on_bad_file": "skip"}}
+    doc = {
+        "output": str(tmp_path / "out"),
+        "models": [
+            {"plugin": "efficientnet-lite", "args": {"image_size": 32}, "layers": ["final"]}
+        ],
+        "datasets": {"train": folder, "val": folder | {"role": "eval"}},
+        "saes": [{"plugin": "relu"}],
+        "evaluators": [{"plugin": "reconstruction"}],
+    }
+    suite = parse_suite(doc, tmp_path / "s.yaml", manager.registry())
+    ws = Workspace(suite, manager, cache_dir=tmp_path / "cache")
+    keys = extract_split(ws, ExtractStep(suite.models[0], "train", ("final",)))
+    entry = ws.cache.lookup(keys["final"])
+    assert entry is not None and entry.n == 3
+    assert entry.meta["dataset_meta"] == {"skipped_files": 1}

@@ -94,7 +94,7 @@ class ImageFolderDataset(Dataset):
         image, view = divmod(index, self.views.views)
         path = self.files[image]
         return make_view(
-            load_rgb(path, self.config.max_image_pixels),
+            load_rgb(path, self.config.max_image_pixels, self.config.on_bad_file == "skip"),
             path.relative_to(self.root).as_posix(),
             view,
             self.views,

@@ -138,11 +138,12 @@ def check_distinct(files: list[Path]) -> None:
         seen[target] = path
 
 
-def load_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
+def load_rgb(path: Path, max_pixels: int | None = None, skipping: bool = False) -> Image.Image:
     """The image at ``path`` as RGB; unreadable files raise a one-line DatasetError.
 
     ``max_pixels`` bounds width x height (PIL's decompression-bomb guard, which by default
     refuses images over about 179 megapixels); None keeps PIL's default, 0 lifts the bound.
+    ``skipping``: the dataset already skips the files :func:`probe_image` finds unreadable.
     """
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else (max_pixels or None)
     try:
@@ -154,10 +155,12 @@ def load_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
             f"the limit) if the file is trusted"
         ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise DatasetError(
-            f"{path}: cannot read image ({exc}); remove or replace the file, or set "
-            f"on_bad_file: skip"
-        ) from exc
+        fix = (
+            "it passed the check on_bad_file: skip makes when listing; remove or replace it"
+            if skipping
+            else "remove or replace the file, or set on_bad_file: skip"
+        )
+        raise DatasetError(f"{path}: cannot read image ({exc}); {fix}") from exc
 
 
 @contextmanager
@@ -173,11 +176,19 @@ def _pixel_limit(limit: int | None) -> Iterator[None]:
 
 def probe_image(path: Path, max_pixels: int | None) -> str | None:
     """Why the image at ``path`` cannot be read (None when it can): opens it and checks its
-    structure (``Image.verify``), without decoding the pixels."""
+    structure (``Image.verify``: PNG chunks and checksums, ...) and, for JPEG, whose verify
+    checks nothing, the end-of-image marker a truncated file lacks. Pixels are not decoded,
+    so listing stays cheap; a file damaged in a way only decoding finds still stops the run."""
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else (max_pixels or None)
     try:
         with _pixel_limit(limit), Image.open(path) as img:
+            jpeg = img.format == "JPEG"
             img.verify()
+        if jpeg:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 64))
+                if b"\xff\xd9" not in f.read():
+                    return "truncated: no JPEG end-of-image marker"
     except Image.DecompressionBombError as exc:
         # A large image is not damaged: skipping it would make the data depend on the limit.
         raise DatasetError(
@@ -465,7 +476,7 @@ class ImageNetFolderDataset(Dataset):
         image, view = divmod(index, self.views.views)
         path = self.files[image]
         return make_view(
-            load_rgb(path, self.config.max_image_pixels),
+            load_rgb(path, self.config.max_image_pixels, self.config.on_bad_file == "skip"),
             path.relative_to(self.root).as_posix(),
             view,
             self.views,
