@@ -201,3 +201,18 @@ def test_every_command_fails_cleanly(
         info = ("warning:", "note:", "skipped ")
         lines = [line for line in err.splitlines() if line.strip() and not line.startswith(info)]
         assert len(lines) == 1, err
+
+
+def test_a_real_process_prints_one_line_and_debug_shows_the_traceback(sandbox: Path) -> None:
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "saebench_vision", "validate", str(sandbox / "nul.yaml")]
+    plain = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2 and plain.stdout == ""
+    assert plain.stderr.count("\n") == 1 and plain.stderr.startswith("error: ")
+    assert "nul.yaml" in plain.stderr
+    debug = subprocess.run(
+        [*argv[:3], "--debug", *argv[3:]], capture_output=True, text=True, timeout=120
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
