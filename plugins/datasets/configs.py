@@ -59,9 +59,9 @@ class ImageNetFolderConfig:
     )
     max_image_pixels: int | None = option(
         None,
-        "largest width x height an image may have (PIL's decompression-bomb guard): null keeps "
-        "PIL's default (about 179 megapixels), 0 lifts the limit; a larger image is an error "
-        "naming it, never skipped, so the limit changes no number",
+        "PIL's decompression-bomb bound on width x height (it warns above it and refuses an "
+        "image over twice it): null keeps PIL's default (about 89 megapixels), 0 lifts it; a "
+        "refused image is an error naming it, never skipped, so the bound changes no number",
         identity=False,
     )
     views: int = option(
@@ -105,9 +105,9 @@ class ImageFolderConfig:
     )
     max_image_pixels: int | None = option(
         None,
-        "largest width x height an image may have (PIL's decompression-bomb guard): null keeps "
-        "PIL's default (about 179 megapixels), 0 lifts the limit; a larger image is an error "
-        "naming it, never skipped, so the limit changes no number",
+        "PIL's decompression-bomb bound on width x height (it warns above it and refuses an "
+        "image over twice it): null keeps PIL's default (about 89 megapixels), 0 lifts it; a "
+        "refused image is an error naming it, never skipped, so the bound changes no number",
         identity=False,
     )
     views: int = option(

@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -141,13 +140,12 @@ def check_distinct(files: list[Path]) -> None:
 def load_rgb(path: Path, max_pixels: int | None = None, skipping: bool = False) -> Image.Image:
     """The image at ``path`` as RGB; unreadable files raise a one-line DatasetError.
 
-    ``max_pixels`` bounds width x height (PIL's decompression-bomb guard, which by default
-    refuses images over about 179 megapixels); None keeps PIL's default, 0 lifts the bound.
+    ``max_pixels`` is PIL's decompression-bomb bound on width x height (it refuses images over
+    twice it, by default about 179 megapixels); None keeps PIL's default, 0 lifts the bound.
     ``skipping``: the dataset already skips the files :func:`probe_image` finds unreadable.
     """
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else (max_pixels or None)
     try:
-        with _pixel_limit(limit), Image.open(path) as img:
+        with _open_image(path, max_pixels) as img:
             return img.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise DatasetError(
@@ -163,15 +161,22 @@ def load_rgb(path: Path, max_pixels: int | None = None, skipping: bool = False) 
         raise DatasetError(f"{path}: cannot read image ({exc}); {fix}") from exc
 
 
-@contextmanager
-def _pixel_limit(limit: int | None) -> Iterator[None]:
-    # PIL reads its bound from a module global; set it for this open only.
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+
+def _open_image(path: Path, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` under a pixel bound (None: PIL's own, 0: none). PIL reads the bound from a
+    module global when it opens a file (decoding checks nothing more), so a bound of our own
+    is set, under a lock for loader threads, for the open only."""
+    if max_pixels is None:
+        return Image.open(path)
+    with _PIXEL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels or None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
 
 def probe_image(path: Path, max_pixels: int | None) -> str | None:
@@ -179,9 +184,8 @@ def probe_image(path: Path, max_pixels: int | None) -> str | None:
     structure (``Image.verify``: PNG chunks and checksums, ...) and, for JPEG, whose verify
     checks nothing, the end-of-image marker a truncated file lacks. Pixels are not decoded,
     so listing stays cheap; a file damaged in a way only decoding finds still stops the run."""
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else (max_pixels or None)
     try:
-        with _pixel_limit(limit), Image.open(path) as img:
+        with _open_image(path, max_pixels) as img:
             jpeg = img.format == "JPEG"
             img.verify()
         if jpeg:
