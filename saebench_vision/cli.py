@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = runner.run()
     print(
         f"{summary.computed_cells} of {summary.total_cells} cells computed in {summary.seconds:.1f} s "
-        + (f"({summary.taken_cells} taken from a concurrent run) " if summary.taken_cells else "")
+        + (f"and {summary.taken_cells} by a concurrent run " if summary.taken_cells else "")
         + f"(run {summary.run_id})",
         file=sys.stderr,
     )

@@ -160,7 +160,9 @@ def test_a_live_claim_is_waited_for_then_computed_when_released(tmp_path, toy_ma
 
 
 def _computed(stderr: str) -> tuple[int, int]:
-    found = re.search(r"(\d+) of \d+ cells computed in [\d.]+ s (?:\((\d+) taken)?", stderr)
+    found = re.search(
+        r"(\d+) of \d+ cells computed in [\d.]+ s (?:and (\d+) by a concurrent run)?", stderr
+    )
     assert found, stderr[-2000:]
     return int(found[1]), int(found[2] or 0)
 
