@@ -145,6 +145,7 @@ class RunSummary:
 
 
 ENV_CLAIM_STALE = "SAEBENCH_VISION_CLAIM_STALE_SECONDS"
+WAIT_LINES = 5
 
 
 class Runner:
@@ -312,7 +313,11 @@ class Runner:
         if verdict == "theirs":
             if step.id not in self._waiting:
                 self._waiting.add(step.id)
-                self.say(f"{step.id}: run {owner} is computing it; waiting for it")
+                # A paper-scale sweep may wait on hundreds of steps: name the first few only.
+                if len(self._waiting) <= WAIT_LINES:
+                    self.say(f"{step.id}: run {owner} is computing it; waiting for it")
+                if len(self._waiting) == WAIT_LINES:
+                    self.say("(further steps that other runs compute are waited for silently)")
             return "wait"
         if verdict == "done":
             if isinstance(step, EvaluateStep):
@@ -320,7 +325,7 @@ class Runner:
                 self.taken_cells += 1
             return "done"
         if step.id in self._waiting:
-            self.say(f"{step.id}: its run ended without storing it; computing it here")
+            self.say(f"{step.id}: the run computing it ended without storing it; computing it here")
         return "run"
 
     def _stored(self, step: Step) -> bool:

@@ -153,7 +153,7 @@ def test_a_live_claim_is_waited_for_then_computed_when_released(tmp_path, toy_ma
     text = log.read_text()
     assert summary.status == "finished" and summary.computed_cells == len(cells)
     assert f"evaluate {held.cell_id}: run other is computing it; waiting for it" in text
-    assert "its run ended without storing it; computing it here" in text
+    assert "the run computing it ended without storing it; computing it here" in text
     # It waited for the claim, and the other cells did not wait for it.
     assert finished_at[held.cell_id] >= released_at[0]
     assert sum(t < released_at[0] for t in finished_at.values()) == len(cells) - 1
