@@ -194,8 +194,9 @@ def test_two_concurrent_runs_share_the_work(tmp_path):
     assert set(by_pid) == {p.pid for p in procs}  # ... and both runs computed some
     for p, (_, err) in zip(procs, outs):
         computed, taken = _computed(err)
+        already = int(re.search(r"16 cells, (\d+) already finished", err)[1])
         assert computed == by_pid[p.pid]
-        assert taken > 0 or "already finished" in err
+        assert computed + taken + already == 16
     trained = [int(n) for _, err in outs for n in re.findall(r"training (\d+) SAE", err)]
     assert sum(trained) == 6  # 3 SAEs x 2 layers, each trained by one run only
     with sqlite3.connect(tmp_path / "out" / "results.sqlite") as con:
