@@ -13,11 +13,13 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 from conftest import subprocess_env
 from test_runner import SLOW, SUITE, write_suite
 
 from saebench_vision import hookimpl
-from saebench_vision.results import ResultsStore
+from saebench_vision.errors import SaebenchError
+from saebench_vision.results import ClaimHeartbeat, ResultsStore
 from saebench_vision.runner import Runner, plan_suite
 from saebench_vision.suite import load_suite
 
@@ -203,3 +205,24 @@ def test_two_concurrent_runs_share_the_work(tmp_path):
         assert con.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
         statuses = [r[0] for r in con.execute("SELECT status FROM runs")]
     assert statuses == ["finished", "finished"]
+
+
+def test_heartbeat_refreshes_only_its_runs_claims(tmp_path):
+    store = ResultsStore(tmp_path)
+    _hold(store, "mine", "me", "h", 1, 0.0)
+    _hold(store, "other", "you", "h", 2, 0.0)
+    with ClaimHeartbeat(store.path, "me", interval=0.05):
+        time.sleep(0.5)
+    beats = dict(store.db.execute("SELECT key, heartbeat FROM claims").fetchall())
+    assert beats["other"] == 0.0 and time.time() - beats["mine"] < 5
+
+
+def test_stale_after_is_configurable_and_checked(tmp_path, toy_manager, monkeypatch):
+    suite = load_suite(write_suite(tmp_path, SUITE), toy_manager.registry())
+    monkeypatch.setenv("SAEBENCH_VISION_CLAIM_STALE_SECONDS", "7.5")
+    assert Runner(suite, toy_manager).claim_stale_s == 7.5
+    for bad in ("soon", "0", "-3", "inf", "nan"):
+        monkeypatch.setenv("SAEBENCH_VISION_CLAIM_STALE_SECONDS", bad)
+        with pytest.raises(SaebenchError, match="SAEBENCH_VISION_CLAIM_STALE_SECONDS=") as exc:
+            Runner(suite, toy_manager)
+        assert "\n" not in str(exc.value)
