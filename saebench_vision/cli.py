@@ -102,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = runner.run()
     print(
         f"{summary.computed_cells} of {summary.total_cells} cells computed in {summary.seconds:.1f} s "
-        f"(run {summary.run_id})",
+        + (f"and {summary.taken_cells} by a concurrent run " if summary.taken_cells else "")
+        + f"(run {summary.run_id})",
         file=sys.stderr,
     )
     _print_board(runner.store, suite.hash, suite.name, args, out=None, summary=True)

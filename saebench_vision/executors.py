@@ -3,12 +3,16 @@
 An executor receives the :class:`~saebench_vision.plan.Schedule` (steps and what each needs) and
 a driver (:class:`saebench_vision.runner.Runner`), runs every step somewhere, and hands each
 output back with ``driver.step_finished(step, output)`` or reports ``driver.step_failed(step,
-message)``. The driver is the only writer of the results store. Light: importing this module
+message)``. Before it runs an SAE group or a cell it asks ``driver.claim(step)``: ``"run"``,
+``"done"`` (another run stored it: count it finished) or ``"wait"`` (another run computes it:
+ask again later, meanwhile run other steps, not the ones that need it). The driver is the only
+writer of the results store. Light: importing this module
 imports neither torch nor Ray.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from saebench_vision.errors import SaebenchError
@@ -31,7 +35,10 @@ class Executor:
 class LocalExecutor(Executor):
     """Every step in this process, one after another, in the schedule's order (each split
     extracted once, each group trained in one pass, the adapter loaded once). A failing step
-    stops the run at once with its error, as a single machine user expects."""
+    stops the run at once with its error, as a single machine user expects. A step that
+    another run is computing (``driver.claim``) is set aside with the steps that need it; the
+    others go on, and when only set-aside steps are left the executor polls until the other
+    run has stored them (or died, and this run takes them over)."""
 
     name = "local"
 
@@ -45,11 +52,27 @@ class LocalExecutor(Executor):
         bar = make_progress(
             len(schedule.steps), "steps", "step", driver.progress, file=driver.log, leave=False
         )
+        finished: set[str] = set()
+        waiting = list(schedule.steps)
         try:
-            for step in schedule.steps:
-                driver.step_finished(step, run_step(ws, step))
-                if bar is not None:
-                    bar.update(1)
+            while waiting:
+                still = []
+                for step in waiting:
+                    if not all(n in finished for n in schedule.needs[step.id]):
+                        still.append(step)
+                        continue
+                    verdict = driver.claim(step)
+                    if verdict == "wait":
+                        still.append(step)
+                        continue
+                    if verdict == "run":
+                        driver.step_finished(step, run_step(ws, step))
+                    finished.add(step.id)
+                    if bar is not None:
+                        bar.update(1)
+                if len(still) == len(waiting):
+                    time.sleep(driver.poll_seconds)
+                waiting = still
         finally:
             if bar is not None:
                 bar.close()

@@ -16,8 +16,13 @@ plugins or validating a suite imports no torch. A reference is either
 * a :class:`saebench_vision.registry.ComponentRef` that also names a light module holding the
   Config dataclass, so that validation never imports the implementation.
 
-Lifecycle hooks are called by the runner with keyword arguments; every argument is optional for
-an implementation (pluggy passes only the ones it names).
+Lifecycle hooks (``saebench_run_start``, ``saebench_cell_finished``, ``saebench_run_finished``)
+are called by the runner with keyword arguments; every argument is optional for an
+implementation (only the ones it names are passed). They are observers: each implementation is
+called on its own, and one that raises is reported in a one-line warning naming the plugin and
+the hook (once per plugin and hook) while the others and the run go on, even under
+``SAEBENCH_VISION_STRICT_PLUGINS=1``, which only concerns what a plugin provides. Observers never
+kill a run; they cannot be hook wrappers.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Environment variables:
 ``SAEBENCH_VISION_STRICT_PLUGINS``
     ``1``/``true``/``yes`` turns a plugin that fails to import, or whose discovery hook raises,
     into an error instead of a warning; ``0``/``false``/``no`` or unset keeps warnings; any other
-    value is an error.
+    value is an error. A lifecycle hook that raises is always a warning (see :meth:`PluginManager.notify`).
 ``SAEBENCH_VISION_NO_ENTRYPOINTS``
     ``1`` loads only the built-ins (and ``SAEBENCH_VISION_PLUGINS``).
 ``SAEBENCH_VISION_PLUGINS``
@@ -139,6 +139,31 @@ class PluginManager:
                 f"(disable it with {ENV_DISABLE}={plugin_name})",
                 file=sys.stderr,
             )
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call a lifecycle hook's implementations one by one, each isolated: an observer that
+        raises is reported in a named one-line warning (once per plugin and hook) and the others,
+        and the run, go on. Observers never stop a run, not even under ``SAEBENCH_VISION_STRICT_PLUGINS``:
+        a dashboard's bug must not cost hours of training. ``KeyboardInterrupt`` still stops it."""
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+            try:
+                if impl.hookwrapper or impl.wrapper:
+                    raise TypeError("a wrapper cannot observe a run; drop wrapper=True")
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - an observer's bug must not end the run
+                if (plugin_name, hook_name) in self._warned:
+                    continue
+                self._warned.add((plugin_name, hook_name))
+                problem = str(exc).strip().splitlines()
+                print(
+                    f"warning: plugin `{plugin_name}`: {hook_name}() raised "
+                    f"{type(exc).__name__}{': ' + problem[0] if problem else ''}; the run goes on "
+                    f"(shown once; disable the plugin with {ENV_DISABLE}={plugin_name})",
+                    file=sys.stderr,
+                )
 
     def plugin_info(self) -> list[dict[str, Any]]:
         """One row per registered plugin: name, distribution, version, hooks, components."""

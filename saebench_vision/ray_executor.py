@@ -10,7 +10,9 @@ come back to the driver, the only writer of ``results.sqlite``.
 
 A task whose worker dies is retried up to ``max_retries`` times (Ray retries system failures
 only); a task that raises is recorded as failed with its message, the steps that need it are not
-run, and every other step goes on. Imported only when the Ray executor is chosen.
+run, and every other step goes on. Steps that another run of the same output folder is
+computing (``driver.claim``) are not submitted but asked about again each round, until that run
+has stored them. Imported only when the Ray executor is chosen.
 """
 
 from __future__ import annotations
@@ -184,6 +186,14 @@ class RayExecutor(Executor):
                     failed.add(step.id)  # not run: what it needs failed
                     progress.skipped += 1
                 elif all(n in finished for n in needs):
+                    verdict = driver.claim(step)
+                    if verdict == "wait":
+                        still.append(step)  # another run computes it; asked again next round
+                        continue
+                    if verdict == "done":
+                        finished.add(step.id)
+                        progress.done += 1
+                        continue
                     ref = task.options(
                         name=f"saebench-{STEP_KINDS[type(step)]}",
                         max_retries=self.max_retries,
@@ -196,6 +206,11 @@ class RayExecutor(Executor):
             waiting = still
             progress.show(len(waiting), len(running))
             if not running:
+                if waiting and any(
+                    all(n in finished for n in schedule.needs[s.id]) for s in waiting
+                ):
+                    time.sleep(driver.poll_seconds)  # only steps another run computes are left
+                    continue
                 break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in ready:

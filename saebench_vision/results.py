@@ -2,7 +2,8 @@
 
 Tables: ``runs`` (one per ``saebench run``: suite hash, plugin versions, times, status),
 ``saes`` (trained checkpoints), ``cells`` (finished evaluation cells) with their ``records``,
-and ``suite_cells`` (which cells make up a suite, in suite order, for stable tables). A cell's
+``suite_cells`` (which cells make up a suite, in suite order, for stable tables) and ``claims``
+(the SAEs and cells a live run is computing, so that concurrent runs share work). A cell's
 records and its "finished" mark are written in one transaction, so a killed run never leaves a
 half-recorded cell; the next run recomputes exactly the cells that are missing.
 """
@@ -16,7 +17,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,13 @@ from saebench_vision.errors import ResultsError
 
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1
+HEARTBEAT_SECONDS = 5.0
+"""How often a run refreshes the heartbeat of its claims."""
+CLAIM_STALE_SECONDS = 60.0
+"""A claim of a run on another host whose heartbeat is older than this is taken over (12 missed
+beats: a busy shared filesystem may delay a few; a dead node's work waits at most a minute).
+Claims of this host are judged by whether their process is alive instead. Override with
+``SAEBENCH_VISION_CLAIM_STALE_SECONDS``."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +62,9 @@ CREATE TABLE IF NOT EXISTS suite_cells (
     seed INTEGER NOT NULL, PRIMARY KEY (suite_hash, cell_id));
 CREATE TABLE IF NOT EXISTS failures (
     run_id TEXT NOT NULL, step TEXT NOT NULL, message TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY, run_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    heartbeat REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS suite_splits (
     suite_hash TEXT NOT NULL, split TEXT NOT NULL, role TEXT NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (suite_hash, split));
@@ -213,6 +224,57 @@ class ResultsStore:
                     [(r,) for r in gone],
                 )
         return gone
+
+    # -- claims -----------------------------------------------------------------------------
+    def claim(
+        self,
+        keys: Iterable[str],
+        run_id: str,
+        finished: Callable[[], bool],
+        *,
+        stale_after: float = CLAIM_STALE_SECONDS,
+    ) -> tuple[str, str]:
+        """Claim the work named by ``keys`` for ``run_id``, all or nothing, in one transaction.
+
+        Returns ``("done", "")`` when ``finished()`` (asked inside the transaction) says another
+        run already stored it, ``("theirs", run_id)`` while a live other run holds one of the
+        keys, else ``("mine", "")``. A claim's owner is dead when its run is no longer
+        ``running``, when it is on this host and its process is gone, or when it is on another
+        host and its heartbeat is older than ``stale_after`` seconds; such claims are taken over.
+        """
+        keys = list(keys)
+        node, pid, now = platform.node(), os.getpid(), time.time()
+        with self.transaction() as db:
+            if finished():
+                return "done", ""
+            for key in keys:
+                row = db.execute(
+                    """SELECT c.run_id, c.host, c.pid, c.heartbeat, r.status FROM claims c
+                       LEFT JOIN runs r ON r.run_id = c.run_id WHERE c.key=?""",
+                    (key,),
+                ).fetchone()
+                if row is None or row[0] == run_id or row[4] != "running":
+                    continue
+                owner, host, owner_pid, beat = row[0], row[1], int(row[2]), float(row[3])
+                alive = _alive(owner_pid) if host == node else now - beat < stale_after
+                if alive:
+                    return "theirs", str(owner)
+            db.executemany(
+                "INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
+                [(key, run_id, node, pid, now) for key in keys],
+            )
+        return "mine", ""
+
+    def release(self, keys: Iterable[str], run_id: str) -> None:
+        """Drop ``run_id``'s claims on ``keys`` (after their results are stored, or they failed)."""
+        with self.transaction() as db:
+            db.executemany(
+                "DELETE FROM claims WHERE key=? AND run_id=?", [(k, run_id) for k in keys]
+            )
+
+    def release_all(self, run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM claims WHERE run_id=?", (run_id,))
 
     def other_suites(self, suite_name: str) -> list[str]:
         """Names of the other suites whose runs this store holds."""
@@ -438,6 +500,39 @@ class ResultsStore:
             (suite_hash,),
         ).fetchone()[0]
         return int(done), int(total)
+
+
+class ClaimHeartbeat:
+    """A thread that refreshes a run's claims every ``interval`` seconds, on its own connection,
+    so that runs on other hosts see the claims are alive however long one step takes."""
+
+    def __init__(self, path: Path, run_id: str, interval: float = HEARTBEAT_SECONDS) -> None:
+        import threading
+
+        self.path, self.run_id, self.interval = path, run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="saebench-claims", daemon=True)
+
+    def __enter__(self) -> ClaimHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    db.execute(
+                        "UPDATE claims SET heartbeat=? WHERE run_id=?", (time.time(), self.run_id)
+                    )
+                except sqlite3.Error:
+                    pass  # a busy store: the next beat tries again, well within stale_after
+        finally:
+            db.close()
 
 
 def _alive(pid: int) -> bool:

@@ -10,6 +10,7 @@ cells are all finished is answered from the database in a fraction of a second.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from saebench_vision.errors import SaebenchError
 from saebench_vision.plan import (
     BASELINE,
     EvaluateStep,
+    ExtractStep,
     Group,
     Plan,
     PlannedSAE,
@@ -42,7 +44,7 @@ from saebench_vision.plan import (
 from saebench_vision.plugins import PluginManager
 from saebench_vision.progress import ProgressMode
 from saebench_vision.registry import KIND_TITLES
-from saebench_vision.results import CellKey, ResultsStore
+from saebench_vision.results import CLAIM_STALE_SECONDS, CellKey, ClaimHeartbeat, ResultsStore
 from saebench_vision.suite import ComponentSpec, EvaluatorSpec, ModelSpec, SplitSpec, Suite
 
 __all__ = [
@@ -138,12 +140,27 @@ class RunSummary:
     """(step, message) of every step that failed."""
     unfinished: list[CellKey] = field(default_factory=list)
     """Cells of the suite that are still not finished when the run ends."""
+    taken_cells: int = 0
+    """Cells this run planned but another run, at the same time, computed and stored."""
+
+
+ENV_CLAIM_STALE = "SAEBENCH_VISION_CLAIM_STALE_SECONDS"
+WAIT_LINES = 5
 
 
 class Runner:
     """Plans a suite, has an executor run the missing steps, and records what they return;
     every finished cell is committed at once, so a killed run loses at most the cells in
-    flight."""
+    flight.
+
+    Concurrent runs on one output folder share the work: before an executor runs an SAE group
+    or a cell it asks :meth:`claim`, which claims it in the store; one claimed by another live
+    run is waited for (the executor goes on with other steps meanwhile and asks again) and read
+    back from the store and the SAE checkpoints once that run has stored it. A claim whose run
+    died is taken over. Extraction needs no claim: the activation cache locks each entry."""
+
+    poll_seconds = 0.5
+    """How long an executor sleeps when every step left waits on another run."""
 
     def __init__(
         self,
@@ -171,6 +188,10 @@ class Runner:
         self._run_id = ""
         self._done: set[str] = set()
         self.failures: list[tuple[str, str]] = []
+        self.computed_cells = 0
+        self.taken_cells = 0
+        self._waiting: set[str] = set()
+        self.claim_stale_s = _stale_seconds()
 
     def say(self, message: str) -> None:
         print(message, file=self.log, flush=True)
@@ -195,25 +216,33 @@ class Runner:
             f"suite {self.suite.name} ({self.suite.hash}): {len(cells)} cells, {len(done)} already finished, "
             f"{len(pending)} to run; results in {self.store.path}"
         )
-        self.manager.hook.saebench_run_start(suite=self.suite, run_id=run_id, cells=pending)
         status = "failed"
         self._run_id, self._done, self.failures = run_id, done, []
+        self.computed_cells = self.taken_cells = 0
         try:
+            self.manager.notify(
+                "saebench_run_start", suite=self.suite, run_id=run_id, cells=pending
+            )
             if pending:
-                self._execute(plan)
+                with ClaimHeartbeat(self.store.path, run_id):
+                    self._execute(plan)
             status = "failed" if self.failures else "finished"
         finally:
+            self.store.release_all(run_id)
             self.store.finish_run(run_id, status)
-            self.manager.hook.saebench_run_finished(suite=self.suite, run_id=run_id, status=status)
+            self.manager.notify(
+                "saebench_run_finished", suite=self.suite, run_id=run_id, status=status
+            )
         unfinished = [c for c in cells if c.cell_id not in self._done]
         return RunSummary(
             run_id,
             len(cells),
-            len(pending) - len(unfinished),
+            self.computed_cells,
             time.time() - started,
             status,
             list(self.failures),
             unfinished,
+            self.taken_cells,
         )
 
     def _versions(self, heavy: bool) -> dict[str, str]:
@@ -269,20 +298,86 @@ class Runner:
             )
         return self._workspace
 
+    def claim(self, step: Step) -> str:
+        """Whether this run computes ``step`` now: ``"run"`` (claimed, or needs no claim),
+        ``"done"`` (another run stored it meanwhile: nothing to do) or ``"wait"`` (a live other
+        run is computing it: ask again later)."""
+        if isinstance(step, ExtractStep):
+            return "run"
+        verdict, owner = self.store.claim(
+            _claim_keys(step),
+            self._run_id,
+            lambda: self._stored(step),
+            stale_after=self.claim_stale_s,
+        )
+        if verdict == "theirs":
+            if step.id not in self._waiting:
+                self._waiting.add(step.id)
+                # A paper-scale sweep may wait on hundreds of steps: name the first few only.
+                if len(self._waiting) <= WAIT_LINES:
+                    self.say(f"{step.id}: run {owner} is computing it; waiting for it")
+                if len(self._waiting) == WAIT_LINES:
+                    self.say("(further steps that other runs compute are waited for silently)")
+            return "wait"
+        if verdict == "done":
+            if isinstance(step, EvaluateStep):
+                self._done.add(step.cell.cell_id)
+                self.taken_cells += 1
+            return "done"
+        if step.id in self._waiting:
+            self.say(f"{step.id}: the run computing it ended without storing it; computing it here")
+        return "run"
+
+    def _stored(self, step: Step) -> bool:
+        if isinstance(step, EvaluateStep):
+            return bool(self.store.done_cells([step.cell.cell_id]))
+        assert isinstance(step, TrainStep)
+        paths = [self.store.sae_path(sae_id) for sae_id, _, _ in step.saes]
+        return all(path is not None and path.exists() for path in paths)
+
     def step_finished(self, step: Step, output: Any) -> None:
         """Record what a step returned (the driver is the only writer of the store)."""
         if isinstance(step, TrainStep):
             self.store.add_saes([row | {"run_id": self._run_id} for row in output.rows])
+            self.store.release(_claim_keys(step), self._run_id)
         elif isinstance(step, EvaluateStep):
             self.store.add_cell(
                 self._run_id, step.cell, output.records, output.seconds, output.headline
             )
+            self.store.release(_claim_keys(step), self._run_id)
             self._done.add(step.cell.cell_id)
-            self.manager.hook.saebench_cell_finished(cell=step.cell, records=output.records)
+            self.computed_cells += 1
+            self.manager.notify("saebench_cell_finished", cell=step.cell, records=output.records)
 
     def step_failed(self, step: Step, message: str) -> None:
         self.failures.append((step.id, message))
         self.store.add_failure(self._run_id, step.id, message)
+        if not isinstance(step, ExtractStep):
+            self.store.release(_claim_keys(step), self._run_id)
+
+
+def _claim_keys(step: Step) -> list[str]:
+    # SAEs are claimed one by one: two suites sharing an output folder may group them differently.
+    if isinstance(step, TrainStep):
+        return [f"sae {sae_id}" for sae_id, _, _ in step.saes]
+    assert isinstance(step, EvaluateStep)
+    return [f"cell {step.cell.cell_id}"]
+
+
+def _stale_seconds() -> float:
+    text = os.environ.get(ENV_CLAIM_STALE, "").strip()
+    if not text:
+        return CLAIM_STALE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise SaebenchError(
+            f"{ENV_CLAIM_STALE}={text!r} is not a positive number of seconds; unset it for the "
+            f"default ({CLAIM_STALE_SECONDS:g} s)"
+        )
+    return value
 
 
 def _suite_json(suite: Suite) -> dict[str, Any]:

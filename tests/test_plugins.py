@@ -205,6 +205,72 @@ def test_lifecycle_hooks_reach_plugins(manager):
     assert seen == ["finished"]
 
 
+def test_a_raising_observer_is_one_warning_and_the_others_still_run(manager, capsys):
+    seen = []
+
+    class Broken:
+        @staticmethod
+        @hookimpl
+        def saebench_cell_finished(cell):
+            raise ValueError(f"dashboard down\nsecond line {cell}")
+
+    class Listener:
+        @staticmethod
+        @hookimpl
+        def saebench_cell_finished(cell, records):
+            seen.append((cell, records))
+
+    manager.register(Broken(), "broken")
+    manager.register(Listener(), "listener")
+    for i in range(3):
+        manager.notify("saebench_cell_finished", cell=i, records=[i])
+    assert seen == [(0, [0]), (1, [1]), (2, [2])]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "warning: plugin `broken`: saebench_cell_finished() raised ValueError: dashboard down; "
+        "the run goes on (shown once; disable the plugin with "
+        "SAEBENCH_VISION_DISABLE_PLUGINS=broken)"
+    ]
+
+
+def test_observers_cannot_kill_a_run_even_when_strict(tmp_path, toy_manager, capsys, monkeypatch):
+    from test_runner import SUITE, write_suite
+
+    from saebench_vision.results import ResultsStore
+    from saebench_vision.runner import Runner
+    from saebench_vision.suite import load_suite
+
+    monkeypatch.setenv("SAEBENCH_VISION_STRICT_PLUGINS", "1")
+    cells = []
+
+    class Observers:
+        @hookimpl
+        def saebench_run_start(self, run_id):
+            raise RuntimeError("cannot reach the tracker")
+
+        @hookimpl
+        def saebench_cell_finished(self, cell):
+            cells.append(cell.cell_id)
+            raise KeyError("no such panel")
+
+        @hookimpl
+        def saebench_run_finished(self, status):
+            raise SystemExit(3)
+
+    toy_manager.register(Observers(), "observers")
+    try:
+        suite = load_suite(write_suite(tmp_path, SUITE), toy_manager.registry())
+        summary = Runner(suite, toy_manager, progress=False).run()
+    finally:
+        toy_manager.unregister("observers")
+    assert summary.status == "finished" and summary.computed_cells == 16
+    assert len(set(cells)) == 16  # called for every cell despite raising each time
+    err = capsys.readouterr().err
+    for hook in ("saebench_run_start", "saebench_cell_finished", "saebench_run_finished"):
+        assert err.count(f"warning: plugin `observers`: {hook}() raised") == 1
+    assert [r["status"] for r in ResultsStore(suite.output).runs()] == ["finished"]
+
+
 def test_cli_startup_imports_nothing_heavy():
     """`saebench --help` and `saebench plugins` must not import torch and friends."""
     code = textwrap.dedent(

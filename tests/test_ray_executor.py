@@ -312,3 +312,62 @@ def test_ray_per_layer_tokens_and_log_progress_match_local(cluster, tmp_path):
         ("layer.0", "mean-patch"),
         ("final", "cls"),
     }
+
+
+def test_ray_and_local_runs_at_once_compute_each_cell_once(cluster, tmp_path, flag):
+    import subprocess
+    import sys
+    from collections import Counter
+
+    from conftest import subprocess_env
+    from test_claims import COUNTER
+
+    from saebench_vision import hookimpl
+
+    doc = copy.deepcopy(SUITE)
+    doc["evaluators"][1]["args"] = {"fail_if_exists": str(flag)}
+    doc |= {"output": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (tmp_path / "cellcounter.py").write_text(COUNTER)
+    cell_log = tmp_path / "cells.jsonl"
+    env = subprocess_env(SAEBENCH_VISION_PLUGINS="toyplugin,cellcounter", CELL_LOG=str(cell_log))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    local = subprocess.Popen(
+        [sys.executable, "-m", "saebench_vision", "run", str(path), "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    mine: list[str] = []
+
+    class Count:
+        @hookimpl
+        def saebench_cell_finished(self, cell):
+            mine.append(cell.cell_id)
+
+    import toyplugin
+
+    # Registered as the subprocess registers it, so that both plan the same cell ids.
+    manager = get_plugin_manager(load_entrypoints=False)
+    manager.register(toyplugin, "toyplugin", ("$SAEBENCH_VISION_PLUGINS", ""))
+    manager.register(Count(), "count")
+    try:
+        assert local.stderr is not None
+        started = [local.stderr.readline() for _ in range(2)]  # threads, then the plan
+        assert "to run;" in started[-1], started
+        suite = load_suite(path, manager.registry())
+        runner = Runner(suite, manager, progress=False, executor="ray", log=open(os.devnull, "w"))
+        summary = runner.run()
+    finally:
+        _, err = local.communicate(timeout=300)
+    assert local.returncode == 0, err[-3000:]
+    assert summary.status == "finished"
+    lines = cell_log.read_text().splitlines() if cell_log.exists() else []
+    theirs = [json.loads(line)[0] for line in lines]
+    per_cell = Counter(mine + theirs)
+    assert len(per_cell) == 6 and set(per_cell.values()) == {1}
+    assert summary.computed_cells == len(mine)
+    # (Registered under another name than in `reference`, the SAEs have other ids and seeds.)
+    assert _board(runner).count("\n") == 1 + 3
