@@ -12,9 +12,11 @@ SAEs of the sweep, then the evaluators.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -297,9 +299,15 @@ class Runner:
         import torch
 
         from saebench_vision.cache import ActivationCache
+        from saebench_vision.encodings import EncodingStore
 
         preflight(self.suite, self.manager)
         self._cache = ActivationCache(self.cache_dir, verify=self.suite.cache_verify)
+        # Shared SAE encodings (see EvalContext.latents); `saebench cache gc` sweeps the folder
+        # if the process dies before a group of cells closes it.
+        self._encodings = EncodingStore(
+            self._cache.root / "tmp" / f"encodings.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        )
         evaluators = {e.plugin: self._instantiate("evaluator", e) for e in self.suite.evaluators}
         for model in self.suite.models:
             groups = [
@@ -470,6 +478,8 @@ class Runner:
             dataset_loader=self.dataset,
             adapter_loader=adapter_loader,
             output_dir=self.suite.output / "artifacts",
+            # Shared SAE encodings: one store per run, so each (SAE, split) is encoded once.
+            encodings=self._encodings,
         )
         resolve = self._sae_class
         from tqdm.auto import tqdm
@@ -511,6 +521,7 @@ class Runner:
             )
             done.add(cell.cell_id)
             self.manager.hook.saebench_cell_finished(cell=cell, records=records)
+        self._encodings.close()
 
     def _sae_class(self, name: str) -> Any:
         return self.registry.get("sae", name).load()

@@ -27,6 +27,7 @@ from saebench_vision_plugins.evaluators.common import iter_rows, prepare_sae, st
 from saebench_vision_plugins.evaluators.configs import ReconstructionConfig
 
 from saebench_vision.cache import ActivationSet
+from saebench_vision.encodings import Encoding
 from saebench_vision.interfaces import SAE, EvalContext, Evaluator, Record
 
 
@@ -97,13 +98,21 @@ def reconstruction_stats(
     device: torch.device,
     batch_size: int,
     rows: np.ndarray | None = None,
+    latents: Encoding | None = None,
 ) -> ReconstructionStats:
-    """Stream a split (or ``rows`` of it) through the SAE and accumulate the statistics."""
+    """Stream a split (or ``rows`` of it) through the SAE and accumulate the statistics.
+    ``latents`` (the split's shared encoding) saves re-encoding: only the decoder runs."""
     stats = ReconstructionStats(d=acts.d, d_sae=sae.d_sae)
     with torch.no_grad():
-        for _, chunk in iter_rows(acts, batch_size, rows):
+        for lo, chunk in iter_rows(acts, batch_size, rows):
             x = torch.from_numpy(chunk).to(device)
-            z = sae.encode(x)
+            if latents is None:
+                z = sae.encode(x)
+            else:
+                picked = (
+                    np.arange(lo, lo + len(chunk)) if rows is None else rows[lo : lo + len(chunk)]
+                )
+                z = torch.from_numpy(latents.read(picked)).to(device)
             stats.update(x, sae.decode(z), z)
     return stats
 
@@ -138,7 +147,12 @@ class ReconstructionEvaluator(Evaluator):
                 acts = ctx.activations(split)
                 rows = strided_rows(acts.n, cfg.max_rows)
                 stats = reconstruction_stats(
-                    sae, acts, device=device, batch_size=cfg.batch_size, rows=rows
+                    sae,
+                    acts,
+                    device=device,
+                    batch_size=cfg.batch_size,
+                    rows=rows,
+                    latents=ctx.latents(split, device=cfg.device, batch_size=cfg.batch_size),
                 )
                 for metric, (value, se) in stats.values(
                     cfg.dead_threshold, cfg.dense_threshold
