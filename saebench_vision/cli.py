@@ -108,11 +108,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 cfg = entry.config_class()
                 types = field_types(cfg)
                 for name, f in config_fields(cfg).items():
-                    default = f.default if f.default is not f.default_factory else "(required)"
                     print(
-                        f"  {name}: {describe_type(types[name])} = {default!r}  {f.metadata.get('help', '')}"
+                        f"  {name}: {describe_type(types[name])} = {_default_text(f)}  "
+                        f"{f.metadata.get('help', '')}"
                     )
     return 0
+
+
+def _default_text(f: Any) -> str:
+    """A Config field's default as shown by ``plugins --verbose`` (factories are called)."""
+    import dataclasses
+
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return repr(f.default_factory())
+    return "(required)"
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -230,6 +241,15 @@ def _print_board(
 
     summary = summary and not (args.layout or args.metric or args.split or args.all_metrics)
     frame = store.records_frame(suite_hash)
+    if getattr(args, "evaluator", None):
+        present = sorted(set(frame["evaluator"])) if len(frame) else []
+        unknown = [e for e in args.evaluator if e not in present]
+        if unknown:
+            raise SaebenchError(
+                f"--evaluator {unknown[0]}: no results of that evaluator in {store.path} "
+                f"(evaluators with results: {', '.join(present) or 'none'})"
+            )
+        frame = frame[frame["evaluator"].isin(args.evaluator)]
     done, total = store.progress(suite_hash)
     title = f"{suite_name or 'suite'} ({suite_hash}): {done}/{total} cells"
     text = render(
@@ -280,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="only metrics matching this glob (metric or evaluator/metric); repeatable",
         )
         p.add_argument("--split", action="append", help="only this split; repeatable")
+        p.add_argument(
+            "--evaluator",
+            action="append",
+            help="only this evaluator's results, e.g. ood-accuracy; repeatable",
+        )
         p.add_argument(
             "--all-metrics",
             action="store_true",
