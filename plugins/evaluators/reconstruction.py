@@ -51,7 +51,8 @@ class ReconstructionStats:
         self.fire_counts = np.zeros(self.d_sae, dtype=np.int64)
 
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> None:
-        x, x_hat, z = x.double(), x_hat.double(), z.double()
+        # x and the error in float64; z (B, d_sae) is only reduced, so no float64 copy of it.
+        x, x_hat = x.double(), x_hat.double()
         sq_err = (x - x_hat).pow(2).sum(1)
         active = z != 0
         self.n += x.shape[0]
@@ -59,7 +60,7 @@ class ReconstructionStats:
         self.sum_x += x.sum(0).cpu().numpy()
         self.sum_sq_x += float(x.pow(2).sum())
         self.per_row_mse.append((sq_err / self.d).cpu().numpy())
-        self.per_row_l1.append(z.abs().sum(1).cpu().numpy())
+        self.per_row_l1.append(z.abs().sum(1, dtype=torch.float64).cpu().numpy())
         self.per_row_l0.append(active.sum(1).cpu().numpy().astype(np.float64))
         self.fire_counts += active.sum(0).cpu().numpy()
 
