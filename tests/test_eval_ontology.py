@@ -171,8 +171,8 @@ def test_firing_rate_baselines_are_centred(tmp_path):
     assert centred[("n_multiclass", "val")].value == 0
 
 
-def test_projection_rates_by_hand(tmp_path):
-    from saebench_vision_plugins.evaluators.ontology import _projection_rates
+def testprojection_rates_by_hand(tmp_path):
+    from saebench_vision_plugins.evaluators.ontology import projection_rates
 
     rng = np.random.default_rng(2)
     labels = np.repeat(np.arange(3), 7)
@@ -180,7 +180,7 @@ def test_projection_rates_by_hand(tmp_path):
     ctx = make_ctx(tmp_path, {"val": ("eval", x, labels)})
     dirs = rng.normal(size=(5, 4))
     offsets = dirs @ x.mean(0)
-    got = _projection_rates(ctx, "val", dirs, offsets, 3, 4, "cpu")
+    got = projection_rates(ctx, "val", dirs, offsets, 3, 4, "cpu")
     fires = (x.astype(np.float64) @ dirs.T) > offsets
     want = np.stack([fires[labels == c].mean(0) for c in range(3)], axis=1)
     np.testing.assert_allclose(got, want)

@@ -509,7 +509,7 @@ class OntologyEvaluator(Evaluator):
         rates = None
         if cfg.class_rule == "firing-rate":
             offsets = directions @ baseline_centre(stats, cfg)
-            rates = _projection_rates(
+            rates = projection_rates(
                 ctx, split, directions, offsets, index.n_classes, cfg.batch_size, cfg.device
             )
         scores = score_features(means, rates, index, cfg)
@@ -531,7 +531,7 @@ class OntologyEvaluator(Evaluator):
             rates = None
             if cfg.class_rule == "firing-rate":
                 eye = np.eye(stats.x_sum.shape[1])
-                rates = _projection_rates(
+                rates = projection_rates(
                     ctx,
                     split,
                     eye,
@@ -558,7 +558,7 @@ def baseline_centre(stats: ClassStats, cfg: OntologyConfig) -> np.ndarray:
     return stats.x_sum.sum(0) / max(float(stats.counts.sum()), 1.0)
 
 
-def _projection_rates(
+def projection_rates(
     ctx: EvalContext,
     split: str,
     directions: np.ndarray,
