@@ -250,7 +250,7 @@ def dense_limit_error(split: str, n: int, d_sae: int, limit: int) -> SaebenchErr
     return SaebenchError(
         f"split {split!r}: a dense ({n:,} x {d_sae:,}) float32 encoding would take "
         f"{n * d_sae * 4 / 2**30:.1f} GiB, over the {limit / 2**30:.1f} GiB limit of "
-        f"EvalContext.sae_encode; stream with ctx.encodings(split).iter_dense / iter_sparse, or "
+        f"EvalContext.sae_encode; stream with ctx.latents(split).iter_dense / iter_sparse, or "
         f"pass max_bytes= to allow more"
     )
 
