@@ -64,11 +64,12 @@ class Encoding:
         """Rows at ``rows`` (any order) as a dense float32 array (len(rows), d_sae)."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.zeros((len(rows), self.d_sae), dtype=np.float32)
-        local, cols, vals = self._gather(rows)
+        local, cols, vals = self.gather(rows)
         out[local, cols] = vals
         return out
 
-    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The non-zeros of ``rows``: ``(position in rows, latent id, value)`` arrays."""
         lo, hi = self.indptr[rows], self.indptr[rows + 1]
         counts = hi - lo
         local = np.repeat(np.arange(len(rows)), counts)
@@ -88,7 +89,7 @@ class Encoding:
         """``(start row, row offsets within the chunk, latent ids, values)`` per chunk of ``rows``."""
         for start in range(0, self.n, rows):
             stop = min(start + rows, self.n)
-            local, cols, vals = self._gather(np.arange(start, stop))
+            local, cols, vals = self.gather(np.arange(start, stop))
             yield start, local, cols, vals
 
     def fire_counts(self) -> np.ndarray:

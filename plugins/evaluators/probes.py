@@ -35,6 +35,9 @@ from saebench_vision.cache import ActivationSet
 from saebench_vision.encodings import Encoding
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+SPARSE_STEP_DENSITY = 0.02
+"""A minibatch step on SAE latents sums over non-zeros (embedding_bag) when at most this
+fraction of the batch's latents is non-zero; beyond it a dense product is faster on the CPU."""
 
 
 class FeatureRows:
@@ -210,13 +213,34 @@ def fit_probe(
     def standard(f: torch.Tensor) -> torch.Tensor:
         return (f - mean) / std
 
-    def objective(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(f @ weight.T + bias, y) + 0.5 * cfg.l2 * weight.pow(2).sum()
+    def batch_loss(idx: np.ndarray, y: torch.Tensor) -> torch.Tensor:
+        sparse_rows = None
+        if rows.latents is not None:
+            sparse_rows = rows.latents.gather(idx)
+            if len(sparse_rows[0]) > SPARSE_STEP_DENSITY * len(idx) * p:
+                sparse_rows = None  # dense enough that a dense product is faster
+        if sparse_rows is not None:
+            # Sparse latents: ((z - mean) / std) @ W.T = (z / std) @ W.T - (mean / std) @ W.T,
+            # summed over each row's non-zeros with embedding_bag, so a step costs
+            # O(non-zeros x classes), not O(rows x d_sae x classes); the same objective up to
+            # float rounding.
+            local, cols, vals = sparse_rows
+            counts = np.bincount(local, minlength=len(idx))
+            offsets = torch.from_numpy(np.cumsum(counts) - counts).to(device)
+            cols_t = torch.from_numpy(cols.astype(np.int64)).to(device)
+            scaled = torch.from_numpy(vals).to(device) / std[cols_t]
+            per_row = F.embedding_bag(
+                cols_t, weight.T.contiguous(), offsets, mode="sum", per_sample_weights=scaled
+            )
+            logits = per_row - (mean / std) @ weight.T + bias
+        else:
+            logits = standard(rows.take(idx)) @ weight.T + bias
+        return F.cross_entropy(logits, y) + 0.5 * cfg.l2 * weight.pow(2).sum()
 
     if solver == "lbfgs":
         final = _lbfgs(rows, y_all, standard, [weight, bias], cfg, device, p)
     else:
-        _minibatch(rows, y_all, standard, objective, [weight, bias], cfg, seed)
+        _minibatch(rows.n, y_all, batch_loss, [weight, bias], cfg, seed)
         # The exact full-batch objective, so both solvers report the same quantity.
         with torch.no_grad():
             final = 0.5 * cfg.l2 * float(weight.pow(2).sum())
@@ -293,16 +317,14 @@ def _lbfgs(
 
 
 def _minibatch(
-    rows: FeatureRows,
+    n: int,
     y_all: torch.Tensor,
-    standard: FeatureFn,
-    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_loss: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
     params: list[torch.Tensor],
     cfg: ProbeConfig,
     seed: int,
 ) -> float:
     gen = torch.Generator().manual_seed(seed)
-    n = rows.n
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(cfg.epochs * steps_per_epoch, 1)
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -316,8 +338,7 @@ def _minibatch(
             # Sorted reads keep memory-mapped access mostly sequential; held rows are read in
             # the same order, so the memory budget does not change the numbers.
             idx, _ = order[lo : lo + cfg.batch_size].sort()
-            idx_np = idx.numpy()
-            loss = objective(standard(rows.take(idx_np)), y_all[idx.to(y_all.device)])
+            loss = batch_loss(idx.numpy(), y_all[idx.to(y_all.device)])
             opt.zero_grad()
             loss.backward()
             opt.step()
