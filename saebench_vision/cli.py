@@ -1,4 +1,5 @@
-"""The ``saebench`` command: run, validate, plugins, leaderboard, layers, cache.
+"""The ``saebench`` command: run, validate, plugins, leaderboard, layers, cache, plot, report,
+export.
 
 Start-up stays light: nothing here imports torch, transformers, diffusers or open_clip; ``run``
 imports them only when a cell actually has to be computed.
@@ -17,6 +18,8 @@ from saebench_vision import __version__
 from saebench_vision.errors import SaebenchError
 
 EXIT_ERROR = 2
+EXIT_BUG = 1
+"""Exit codes: 2 for a problem with the input (suite, files, plugins), 1 for an unexpected error."""
 
 
 def _manager() -> Any:
@@ -37,13 +40,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     manager = _manager()
     suite = _load(args.suite, manager, args.output)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    if args.address and (args.executor or suite.executor.get("name", "local")) != "ray":
+        raise SaebenchError(
+            f"--address {args.address}: only the ray executor joins a cluster; add --executor ray"
+        )
     runner = Runner(
         suite,
         manager,
         cache_dir=cache_dir,
         progress=not args.no_progress and sys.stderr.isatty(),
         argv=sys.argv,
+        executor=args.executor,
+        address=args.address,
     )
+    others = runner.store.other_suites(suite.name)
+    if others:
+        print(
+            f"note: {suite.output} also holds the results of suite "
+            f"{', '.join(f'`{o}`' for o in others)}; cells they share are reused, and this "
+            f"suite's tables show only its own cells (give it its own `output:` to keep them apart)",
+            file=sys.stderr,
+        )
     summary = runner.run()
     print(
         f"{summary.computed_cells} of {summary.total_cells} cells computed in {summary.seconds:.1f} s "
@@ -51,6 +68,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     _print_board(runner.store, suite.hash, suite.name, args, out=None, summary=True)
+    if summary.status != "finished":
+        for step, message in summary.failures:
+            print(f"failed: {step}: {message}", file=sys.stderr)
+        shown = summary.unfinished[:20]
+        print(
+            f"run {summary.run_id} failed: {len(summary.unfinished)} cell(s) unfinished"
+            + "".join(
+                f"\n  {c.model}/{c.layer}/{c.sae_label}/{c.evaluator}/seed {c.seed}" for c in shown
+            )
+            + ("\n  ..." if len(summary.unfinished) > len(shown) else "")
+            + "\nrun the same command again to resume",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -276,6 +307,234 @@ def _print_board(
         )
 
 
+# -- figures, report, export ------------------------------------------------------------------
+
+
+def _results(args: argparse.Namespace) -> Any:
+    from saebench_vision.resultset import open_results
+
+    manager = _manager()
+    return manager, open_results(
+        args.target, results=args.results, suite_hash=args.suite_hash, manager=manager
+    )
+
+
+def _figure_options(args: argparse.Namespace) -> Any:
+    from saebench_vision.figures import FigureOptions
+    from saebench_vision.sparsity import DEFAULT_FRONT_BY, SparsityError, parse_l0_list
+
+    at_l0 = tuple(parse_l0_list(args.at_l0)) if getattr(args, "at_l0", None) else ()
+    budget = None
+    if getattr(args, "l0_budget", None):
+        (budget,) = parse_l0_list(args.l0_budget, "--l0-budget")
+    elif at_l0:
+        budget = max(at_l0)
+    front_by = (
+        tuple(p.strip() for p in args.front_by.split(",") if p.strip())
+        if getattr(args, "front_by", None)
+        else DEFAULT_FRONT_BY
+    )
+    if "plugin" not in front_by:
+        raise SparsityError(
+            f"--front-by {args.front_by}: must include `plugin` (e.g. plugin,expansion)"
+        )
+    return FigureOptions(at_l0=at_l0, l0_budget=budget, front_by=front_by, dpi=args.dpi)
+
+
+def _stats_options(args: argparse.Namespace) -> Any:
+    from saebench_vision.summary import StatsOptions
+
+    if not 0 < args.confidence < 1:
+        raise SaebenchError(
+            f"--confidence {args.confidence}: give a level between 0 and 1, e.g. 0.95"
+        )
+    if args.resamples < 1:
+        raise SaebenchError(f"--resamples {args.resamples}: give at least 1 (default 1000)")
+    return StatsOptions(
+        resamples=args.resamples,
+        level=args.confidence,
+        seed=args.bootstrap_seed,
+        max_items=args.bootstrap_max_items or None,
+    )
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from saebench_vision.figures import draw_all, figure_entries
+
+    manager, results = _results(args)
+    if args.list:
+        for name, entry in figure_entries(manager).items():
+            print(f"{name}\t{entry.plugin}\t{entry.target}")
+        return 0
+    out = Path(args.out) if args.out else results.output / "figures"
+    outcomes = draw_all(
+        manager, results, names=args.figure or (), options=_figure_options(args), out_dir=out
+    )
+    for o in outcomes:
+        if o.error:
+            print(f"error: {o.error}", file=sys.stderr)
+        elif o.missing:
+            print(f"skipped {o.missing}", file=sys.stderr)
+        else:
+            print(" ".join(str(f) for f in o.files))
+    if not args.figure:
+        from saebench_vision.figures import write_tables
+
+        tables = write_tables(results, out)
+        if tables:
+            print(" ".join(str(t) for t in tables))
+    return EXIT_ERROR if any(o.error for o in outcomes) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from saebench_vision.report import ReportOptions, build_report, write_report
+
+    started = time.perf_counter()
+    manager, results = _results(args)
+    compare = None
+    if args.compare:
+        compare = []
+        for item in args.compare:
+            a, sep, b = item.partition(" vs ")
+            if not sep:
+                raise SaebenchError(
+                    f"--compare {item!r}: write 'ROW vs ROW', e.g. --compare 'topk[expansion=2,k=32] vs baseline'"
+                )
+            compare.append((a.strip(), b.strip()))
+    options = ReportOptions(
+        stats=_stats_options(args),
+        figures=_figure_options(args),
+        figure_names=tuple(args.figure or ()),
+        compare=tuple(compare) if compare is not None else None,
+    )
+    text = build_report(manager, results, options)
+    out = Path(args.out) if args.out else results.output / "report.html"
+    write_report(out, text)
+    print(
+        f"wrote {out} ({len(text) / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from saebench_vision.export import export
+    from saebench_vision.sparsity import matched_rows
+
+    _, results = _results(args)
+    fo = _figure_options(args)
+    matched = None
+    if fo.at_l0 or fo.l0_budget is not None:
+        matched = matched_rows(
+            results.frame, at_l0=fo.at_l0, budget=fo.l0_budget, front_by=fo.front_by
+        )
+    text = export(
+        results, args.format, Path(args.out) if args.out else None, _stats_options(args), matched
+    )
+    if text is None:
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _add_report_commands(sub: Any) -> None:
+    def source(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "target", nargs="?", default=".", help="suite YAML file or results folder (default: .)"
+        )
+        p.add_argument(
+            "--results", help="results folder when TARGET is a suite (overrides its `output`)"
+        )
+        p.add_argument(
+            "--suite-hash", help="which suite of the results folder (default: the latest run's)"
+        )
+
+    def sparsity(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--at-l0",
+            metavar="L0,L0,...",
+            help="read every front at these L0 values, e.g. 16,32,64 (piecewise linear in log L0, never extrapolated)",
+        )
+        p.add_argument(
+            "--l0-budget",
+            metavar="L0",
+            help="also the best SAE of each front with L0 at most this (default: the largest --at-l0)",
+        )
+        p.add_argument(
+            "--front-by",
+            metavar="FIELDS",
+            help="what makes a front: plugin and these SAE config fields (default: plugin,expansion)",
+        )
+
+    def statistics(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--resamples", type=int, default=1000, help="bootstrap resamples (default: 1000)"
+        )
+        p.add_argument(
+            "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default: 0)"
+        )
+        p.add_argument(
+            "--confidence", type=float, default=0.95, help="interval level (default: 0.95)"
+        )
+        p.add_argument(
+            "--bootstrap-max-items",
+            type=int,
+            default=100_000,
+            help="continuous values over more items use the normal limit of the bootstrap "
+            "(0: always resample; default: 100000)",
+        )
+
+    p = sub.add_parser(
+        "plot",
+        help="draw the figures of a suite's results as PNG and SVG (and each evaluator's table)",
+    )
+    source(p)
+    p.add_argument(
+        "--figure",
+        action="append",
+        metavar="NAME",
+        help="only this figure; repeatable (see --list)",
+    )
+    p.add_argument("--out", help="folder for the files (default: RESULTS/figures)")
+    p.add_argument("--list", action="store_true", help="list the registered figures and exit")
+    p.add_argument("--dpi", type=int, default=110, help="PNG resolution (default: 110)")
+    sparsity(p)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "report", help="write a one-file HTML report: tables, figures, statistics, provenance"
+    )
+    source(p)
+    p.add_argument("--out", "-o", help="the HTML file (default: RESULTS/report.html)")
+    p.add_argument("--figure", action="append", metavar="NAME", help="only this figure; repeatable")
+    p.add_argument(
+        "--compare",
+        action="append",
+        metavar="'A vs B'",
+        help="paired comparison of two rows (SAE labels or baseline); repeatable (default: every SAE vs baseline)",
+    )
+    p.add_argument("--dpi", type=int, default=90, help="figure resolution (default: 90)")
+    sparsity(p)
+    statistics(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export results in a versioned schema (json, csv, parquet)")
+    source(p)
+    p.add_argument(
+        "--format", choices=("json", "csv", "parquet"), default="json", help="default: json"
+    )
+    p.add_argument(
+        "--out", "-o", help="write to this file (default: standard output; required for parquet)"
+    )
+    p.add_argument("--dpi", type=int, default=90, help=argparse.SUPPRESS)
+    sparsity(p)
+    statistics(p)
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from saebench_vision.leaderboard import FORMATS, LAYOUTS
 
@@ -284,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate sparse autoencoders on vision models; suites in YAML, results as leaderboards.",
     )
     parser.add_argument("--version", action="version", version=f"saebench-vision {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of any error (also SAEBENCH_VISION_DEBUG=1); for developers",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def board_options(p: argparse.ArgumentParser) -> None:
@@ -322,6 +586,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress",
         action="store_true",
         help="no progress bars (they are off when stderr is not a terminal)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="where steps run: local (this process, the default) or ray (a Ray cluster); "
+        "overrides the suite's `executor:`",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto, host:port or ray://host:10001 (default: start a local one)",
     )
     board_options(p)
     p.set_defaults(func=cmd_run)
@@ -396,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache_dir_option(q)
     q.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     q.set_defaults(func=cmd_cache)
+    _add_report_commands(sub)
     return parser
 
 
@@ -405,10 +682,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    debug = bool(getattr(args, "debug", False)) or _debug_env()
     try:
         return int(args.func(args) or 0)
     except SaebenchError as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except RecursionError as exc:
+        if debug:
+            raise
+        print(f"error: input nested too deeply to process ({exc})", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(
@@ -419,6 +704,46 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except MemoryError:
+        if debug:
+            raise
+        print(
+            "error: out of memory; use smaller batches, fewer latents or a smaller image size",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - a bug or a plugin's failure: one line, not a traceback
+        if debug:
+            raise
+        where = _origin(exc)
+        print(
+            f"error: {type(exc).__name__}: {_one_line(exc)}{where}; this is a bug (or a plugin's): "
+            f"run again with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def _debug_env() -> bool:
+    return os.environ.get("SAEBENCH_VISION_DEBUG", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _origin(exc: BaseException) -> str:
+    """`` (in module.function)`` of the innermost frame, so a plugin's bug names the plugin."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return ""
+    module = last.tb_frame.f_globals.get("__name__", "?")
+    return f" (in {module}.{last.tb_frame.f_code.co_name})"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Every component declares a ``Config`` dataclass; each field carries a help text 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import types
 import typing
@@ -17,9 +19,32 @@ from saebench_vision.errors import ConfigError
 _MISSING = dataclasses.MISSING
 
 
-def option(default: Any = _MISSING, help: str = "", *, factory: Any = _MISSING) -> Any:
-    """A Config field with a help text: ``k: int = option(32, "latents kept per sample")``."""
-    metadata = {"help": help}
+def option(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    factory: Any = _MISSING,
+    identity: bool | None = None,
+    path: bool = False,
+) -> Any:
+    """A Config field with a help text: ``k: int = option(32, "latents kept per sample")``.
+
+    ``identity`` declares, once and next to the field, whether its value changes the numbers
+    the component produces. Identity fields (the default) enter every key derived from the
+    Config: activation cache keys, SAE ids and evaluation-cell ids, so changing one recomputes
+    what depends on it. ``identity=False`` marks a runtime setting (device, batch of a forward
+    pass, worker count) that is left out of every key, so changing it reruns nothing. A
+    subclass that redefines a field without saying inherits its base class's declaration.
+
+    ``path=True`` marks a file or folder option: its identity is the resolved absolute path
+    when the path exists, so ``root: data/train`` read from two working directories is two
+    different datasets.
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if identity is not None:
+        metadata["identity"] = bool(identity)
+    if path:
+        metadata["path"] = True
     if factory is not _MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -30,17 +55,15 @@ class ModelConfig:
     """Fields every model adapter has. ``device`` and ``dtype`` are never hard-coded."""
 
     device: str = option(
-        "cpu", "torch device: cpu, cuda, cuda:1, mps, or auto (cuda when available)"
+        "cpu", "torch device: cpu, cuda, cuda:1, mps, or auto (cuda when available)", identity=False
     )
     dtype: Literal["float32", "float16", "bfloat16"] = option(
         "float32", "dtype of the model's forward pass; activations are stored as float32"
     )
-    batch_size: int = option(32, "inputs per forward pass")
-    num_workers: int = option(0, "DataLoader worker processes for decoding and preprocessing")
-
-
-RUNTIME_FIELDS = frozenset({"device", "batch_size", "num_workers"})
-"""Config fields that do not change the numbers a component produces (left out of cache keys)."""
+    batch_size: int = option(32, "inputs per forward pass", identity=False)
+    num_workers: int = option(
+        0, "DataLoader worker processes for decoding and preprocessing", identity=False
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +95,12 @@ class TrainingConfig:
         "sparsity coefficients comparable across models; the SAE undoes it on output",
     )
     max_samples: int | None = option(None, "use at most this many training activations")
-    device: str = option("cpu", "torch device for training: cpu, cuda, auto")
+    device: str = option("cpu", "torch device for training: cpu, cuda, auto", identity=False)
     checkpoint_every: int = option(
         0,
         "steps between resumable training-state checkpoints (0: none); the state is removed "
         "once training completes",
+        identity=False,
     )
     fuse: Literal["auto", "on", "off"] = option(
         "auto",
@@ -84,11 +108,13 @@ class TrainingConfig:
         "off, or auto (on CUDA, where many small steps are launch-bound; off on the CPU, where "
         "batched products are no faster than one after another); numbers match separate "
         "training up to float rounding",
+        identity=False,
     )
     parallel_saes: int = option(
         0,
         "on the CPU, train this many SAEs (or fused groups) side by side, one thread each "
         "(0: as many as torch's intra-op threads; 1: one after another)",
+        identity=False,
     )
     in_memory_limit_gb: float = option(
         8.0,
@@ -133,7 +159,12 @@ class TrainingConfig:
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:[0-9]+)?)$")
 """Device strings accepted by every ``device`` option (checked before torch is imported)."""
 
-_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_SCALARS = {
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+    bool: "true or false",
+}
 
 
 def describe_type(tp: Any) -> str:
@@ -164,12 +195,21 @@ def check_type(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+        # Beyond int64 no tensor, seed or size can hold it.
+        ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+        return ok, value
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # inf and nan pass YAML but no recipe trains with them; a float past 1.8e308 is inf.
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and abs(value) < 2**1023
+            and math.isfinite(value)
+        )
         return ok, float(value) if ok else value
     if tp is str:
-        return isinstance(value, str), value
+        # A NUL byte cannot be part of a path, a name or a prompt that reaches the OS.
+        return isinstance(value, str) and "\x00" not in value, value
     if origin is Literal:
         return value in typing.get_args(tp), value
     if origin in (Union, types.UnionType):
@@ -284,6 +324,39 @@ def config_as_dict(config: Any) -> dict[str, Any]:
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
+def is_identity_field(config_cls: type, name: str) -> bool:
+    """Whether field ``name`` of ``config_cls`` changes numbers (see :func:`option`): the
+    nearest declaration along the class's bases wins; undeclared fields count as identity."""
+    for klass in config_cls.__mro__:
+        fields = getattr(klass, "__dataclass_fields__", None)
+        if fields and name in fields and "identity" in fields[name].metadata:
+            return bool(fields[name].metadata["identity"])
+    return True
+
+
+def identity_fields(config_cls: type) -> list[str]:
+    """Names of the fields that enter keys, in declaration order."""
+    return [f.name for f in dataclasses.fields(config_cls) if is_identity_field(config_cls, f.name)]
+
+
+def _resolved_path(value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    expanded = os.path.expanduser(value)
+    return os.path.realpath(expanded) if os.path.exists(expanded) else value
+
+
 def identity_dict(config: Any) -> dict[str, Any]:
-    """The config without runtime-only fields: what determines the numbers."""
-    return {k: v for k, v in config_as_dict(config).items() if k not in RUNTIME_FIELDS}
+    """The config's identity fields, path options resolved: what determines the numbers.
+
+    Cache keys, SAE ids and cell ids all derive from this one function (and so from the
+    ``identity`` declarations of :func:`option`)."""
+    cls = type(config)
+    values = config_as_dict(config)
+    out = {}
+    for f in dataclasses.fields(config):
+        if not is_identity_field(cls, f.name):
+            continue
+        value = values[f.name]
+        out[f.name] = _resolved_path(value) if f.metadata.get("path") else value
+    return out

@@ -15,6 +15,7 @@ This module imports torch; it is used by :class:`~saebench_vision.interfaces.Eva
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import uuid
@@ -183,7 +184,10 @@ class EncodingStore:
     def _spill_root(self) -> Path:
         if self._root is None:
             self._root = Path(tempfile.mkdtemp(prefix="saebench-encodings-"))
-        self._root.mkdir(parents=True, exist_ok=True)
+        if not self._root.exists():
+            self._root.mkdir(parents=True)
+            # Also gone when the process exits normally without closing the store.
+            atexit.register(shutil.rmtree, self._root, True)
         return self._root
 
     def get(

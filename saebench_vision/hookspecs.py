@@ -66,6 +66,21 @@ def register_evaluators() -> dict[str, Any]:
 
 
 @hookspec
+def register_figures() -> dict[str, str]:
+    """Name the figures this plugin draws.
+
+    Called when ``saebench plot`` or ``saebench report`` lists figures. Returns
+    ``{name: "module:function"}`` (lower-kebab names, e.g. ``"reconstruction-pareto"``); the
+    module is imported only when the figure is drawn. The function is called as
+    ``fn(results, options)`` with a :class:`saebench_vision.resultset.ResultSet` and a
+    :class:`saebench_vision.figures.FigureOptions`, and returns a ``matplotlib.figure.Figure``;
+    when the results lack its data it raises :class:`saebench_vision.figures.FigureDataMissing`
+    with one line saying what it needs. Results of all plugins are merged; a name registered
+    twice is an error naming both plugins.
+    """
+
+
+@hookspec
 def saebench_run_start(suite: Any, run_id: str, cells: list[Any]) -> None:
     """Called once when ``saebench run`` starts, after the suite is validated and expanded.
 

@@ -238,6 +238,30 @@ class Dataset(Component):
     def hierarchy(self) -> dict[str, list[str]] | None:
         return None
 
+    def fingerprint(self) -> str | None:
+        """A cheap digest of what this split reads from outside its Config (files on disk), or
+        None when the Config determines the items (generated or pinned data).
+
+        It enters the activation cache key, so changed folder contents are re-extracted. Folder
+        datasets return :func:`files_fingerprint` of the files they list; override it in a
+        dataset that reads files. Computed once per run, so keep it to listing and ``stat``.
+        """
+        return None
+
+
+def files_fingerprint(files: Iterable[str | Path]) -> str:
+    """SHA-256 of each file's resolved path, size and modification time, in the given order:
+    changes when a file is added, removed, replaced or edited, without reading any file."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    for f in files:
+        path = os.path.realpath(f)
+        st = os.stat(path)
+        digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
 
 @dataclass
 class SAEOutput:
@@ -446,6 +470,14 @@ class Evaluator(Component):
 
     def evaluate(self, ctx: EvalContext) -> list[Record]:
         raise NotImplementedError
+
+    def required_roles(self) -> tuple[str, ...]:
+        """Split roles this evaluator cannot run without (``validate`` checks them up front).
+
+        Default: none. E.g. a probe evaluator returns ``("train",)``; one that reads only the
+        in-distribution test split returns ``("eval",)``.
+        """
+        return ()
 
     def baseline(self, ctx: EvalContext) -> list[Record]:
         return []

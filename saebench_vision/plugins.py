@@ -5,7 +5,9 @@ Environment variables:
 ``SAEBENCH_VISION_DISABLE_PLUGINS``
     Comma-separated plugin names (entry-point names or built-in names) that are not imported.
 ``SAEBENCH_VISION_STRICT_PLUGINS``
-    ``1`` turns a plugin that fails to import into an error instead of a warning.
+    ``1``/``true``/``yes`` turns a plugin that fails to import, or whose discovery hook raises,
+    into an error instead of a warning; ``0``/``false``/``no`` or unset keeps warnings; any other
+    value is an error.
 ``SAEBENCH_VISION_NO_ENTRYPOINTS``
     ``1`` loads only the built-ins (and ``SAEBENCH_VISION_PLUGINS``).
 ``SAEBENCH_VISION_PLUGINS``
@@ -25,7 +27,7 @@ from typing import Any
 import pluggy
 
 from saebench_vision import PROJECT_NAME, hookspecs
-from saebench_vision.errors import PluginError
+from saebench_vision.errors import DuplicateComponentError, PluginError
 from saebench_vision.registry import KINDS, Registry
 
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
@@ -59,7 +61,9 @@ class PluginManager:
     failures: list[LoadFailure] = field(default_factory=list)
     disabled: set[str] = field(default_factory=set)
     distributions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    strict: bool = False
     _registry: Registry | None = None
+    _warned: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def hook(self) -> Any:
@@ -88,22 +92,52 @@ class PluginManager:
                     plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
                     try:
                         result = impl.function()
-                    except Exception as exc:  # noqa: BLE001 - a plugin's bug must not hide others
-                        raise PluginError(
-                            f"plugin `{plugin_name}`: {hook_name}() raised "
-                            f"{type(exc).__name__}: {exc}"
-                        ) from exc
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - a plugin's bug must not hide others
+                        self._hook_failed(
+                            plugin_name, hook_name, f"raised {type(exc).__name__}: {exc}"
+                        )
+                        continue
                     if result is None:
                         continue
                     if not isinstance(result, dict):
-                        raise PluginError(
-                            f"plugin `{plugin_name}`: {hook_name}() must return a dict of "
-                            f"name -> 'module:Class', not {type(result).__name__}"
+                        self._hook_failed(
+                            plugin_name,
+                            hook_name,
+                            f"must return a dict of name -> 'module:Class', not "
+                            f"{type(result).__name__}",
                         )
+                        continue
                     for name, ref in result.items():
-                        registry.add(kind, name, ref, plugin_name)
+                        try:
+                            registry.add(kind, name, ref, plugin_name)
+                        except DuplicateComponentError:
+                            raise
+                        except PluginError as exc:
+                            self._hook_failed(plugin_name, hook_name, f"gave a bad entry: {exc}")
             self._registry = registry
         return self._registry
+
+    def _hook_failed(self, plugin_name: str, hook_name: str, problem: str) -> None:
+        """A discovery hook that raised: an error when strict, else a named warning."""
+        message = f"plugin `{plugin_name}`: {hook_name}() {problem}"
+        if self.strict:
+            raise PluginError(f"{message}; fix or uninstall it, or unset {ENV_STRICT} to skip it")
+        if (plugin_name, hook_name) not in self._warned:
+            self._warned.add((plugin_name, hook_name))
+            self.failures.append(
+                LoadFailure(
+                    plugin_name,
+                    self.distributions.get(plugin_name, ("", ""))[0],
+                    f"{hook_name}() {problem}",
+                )
+            )
+            print(
+                f"warning: {message}; what it registers there is skipped "
+                f"(disable it with {ENV_DISABLE}={plugin_name})",
+                file=sys.stderr,
+            )
 
     def plugin_info(self) -> list[dict[str, Any]]:
         """One row per registered plugin: name, distribution, version, hooks, components."""
@@ -136,7 +170,15 @@ def _env_list(name: str) -> set[str]:
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+    value = os.environ.get(name, "").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    raise PluginError(
+        f"{name}={os.environ[name]!r} is not a yes/no value; use 1, true or yes to turn it on, "
+        "or 0, false, no or leave it unset to turn it off"
+    )
 
 
 def get_plugin_manager(
@@ -160,7 +202,7 @@ def get_plugin_manager(
 
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    manager = PluginManager(pm=pm, disabled=disabled)
+    manager = PluginManager(pm=pm, disabled=disabled, strict=strict)
 
     for name, module_name in DEFAULT_PLUGINS:
         if name in disabled:
@@ -185,7 +227,9 @@ def get_plugin_manager(
                 raise PluginError(f"a plugin named `{name}` is already registered")
             plugin = importlib.import_module(source) if isinstance(source, str) else source.load()
             pm.register(plugin, name=name)
-        except Exception as exc:  # noqa: BLE001 - isolate each third-party plugin
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - isolate each plugin, sys.exit() included
             message = (
                 f"plugin `{name}` from {dist_name or 'an unknown distribution'} failed to "
                 f"load ({value}): {type(exc).__name__}: {exc}"

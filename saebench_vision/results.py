@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS suite_cells (
     suite_hash TEXT NOT NULL, cell_id TEXT NOT NULL, position INTEGER NOT NULL,
     model TEXT NOT NULL, layer TEXT NOT NULL, sae_label TEXT NOT NULL, evaluator TEXT NOT NULL,
     seed INTEGER NOT NULL, PRIMARY KEY (suite_hash, cell_id));
+CREATE TABLE IF NOT EXISTS failures (
+    run_id TEXT NOT NULL, step TEXT NOT NULL, message TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS suite_splits (
     suite_hash TEXT NOT NULL, split TEXT NOT NULL, role TEXT NOT NULL, position INTEGER NOT NULL,
     PRIMARY KEY (suite_hash, split));
@@ -86,8 +88,14 @@ class ResultsStore:
             raise ResultsError(
                 f"{self.output}: cannot create the output folder ({exc.strerror}); choose another `output`"
             ) from exc
+        self._check_file()
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            if self.path.stat().st_size > 0:
+                problems = [row[0] for row in self.db.execute("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    self.db.close()
+                    raise ResultsError(self._damaged(problems[0]))
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
@@ -95,9 +103,46 @@ class ResultsStore:
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         except sqlite3.DatabaseError as exc:
-            raise ResultsError(
-                f"{self.path}: not a usable results database ({exc}); move it aside and run again"
-            ) from exc
+            raise ResultsError(self._damaged(str(exc))) from exc
+
+    @property
+    def backup_path(self) -> Path:
+        return self.output / (DB_NAME + ".bak")
+
+    def _check_file(self) -> None:
+        """An existing empty database is damage, unless the folder holds nothing else yet."""
+        if not self.path.exists() or self.path.stat().st_size > 0:
+            return
+        others = [
+            p.name
+            for p in self.output.iterdir()
+            if not p.name.startswith(DB_NAME) or p.name == self.backup_path.name
+        ]
+        if others:
+            raise ResultsError(self._damaged("the file is empty, but the folder holds results"))
+
+    def _damaged(self, problem: str) -> str:
+        restore = (
+            f"restore the snapshot of the last finished run with "
+            f"`cp {self.backup_path} {self.path}`"
+            if self.backup_path.exists()
+            else "move it aside to start afresh (everything will be recomputed)"
+        )
+        return f"{self.path}: the results database is damaged ({problem}); {restore}"
+
+    def snapshot(self) -> None:
+        """Write a consistent copy of the store beside it (SQLite's backup API), atomically."""
+        tmp = self.backup_path.with_name(f".{self.backup_path.name}.{os.getpid()}.tmp")
+        try:
+            dest = sqlite3.connect(tmp)
+            try:
+                self.db.backup(dest)
+            finally:
+                dest.close()
+            os.replace(tmp, self.backup_path)
+        except (OSError, sqlite3.Error):
+            tmp.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -123,6 +168,7 @@ class ResultsStore:
         versions: dict[str, str],
         argv: list[str],
     ) -> str:
+        self.mark_interrupted()
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with self.transaction() as db:
             db.execute(
@@ -147,6 +193,33 @@ class ResultsStore:
                 "UPDATE runs SET finished_at=?, status=? WHERE run_id=?",
                 (time.time(), status, run_id),
             )
+        self.snapshot()
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark as ``interrupted`` this machine's ``running`` runs whose process is gone."""
+        node = platform.node()
+        gone = []
+        for run_id, host in self.db.execute(
+            "SELECT run_id, host FROM runs WHERE status='running'"
+        ).fetchall():
+            name, _, pid = str(host).rpartition(" pid ")
+            if name == node and pid.isdigit() and not _alive(int(pid)):
+                gone.append(run_id)
+        if gone:
+            with self.transaction() as db:
+                db.executemany(
+                    "UPDATE runs SET status='interrupted' WHERE run_id=? AND status='running'",
+                    [(r,) for r in gone],
+                )
+        return gone
+
+    def other_suites(self, suite_name: str) -> list[str]:
+        """Names of the other suites whose runs this store holds."""
+        rows = self.db.execute(
+            "SELECT DISTINCT suite_name FROM runs WHERE suite_name != ? ORDER BY suite_name",
+            (suite_name,),
+        ).fetchall()
+        return [r[0] for r in rows]
 
     def runs(self) -> list[dict[str, Any]]:
         cur = self.db.execute(
@@ -235,6 +308,19 @@ class ResultsStore:
                         time.time(),
                     ),
                 )
+
+    def add_failure(self, run_id: str, step: str, message: str) -> None:
+        """Record a step that failed (the run goes on with the steps that do not need it)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO failures VALUES (?,?,?,?)", (run_id, step, message, time.time())
+            )
+
+    def failures(self, run_id: str) -> list[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT step, message FROM failures WHERE run_id=? ORDER BY at", (run_id,)
+        ).fetchall()
+        return [(str(a), str(b)) for a, b in rows]
 
     # -- cells ------------------------------------------------------------------------------
     def done_cells(self, cell_ids: Iterable[str]) -> set[str]:
@@ -329,6 +415,16 @@ class ResultsStore:
             (suite_hash,),
         ).fetchone()[0]
         return int(done), int(total)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _finite(value: Any) -> float | None:

@@ -19,9 +19,12 @@ Shape (every component entry is ``{plugin: NAME, args: {...}}``)::
       - plugin: relu
         args: {expansion: 4}
         sweep: {l1_coefficient: [0.1, 1.0]}   # grid: one SAE per combination
+        training: {epochs: 5}                 # this entry's overrides of the recipe below
     training: {epochs: 3, batch_size: 64, lr: 1.0e-4}
     evaluators:
       - plugin: reconstruction
+      - {plugin: ontology, label: ontology-firing, args: {class_rule: firing-rate}}
+    executor: {name: ray, address: auto, max_retries: 3, resources: {train: {num_gpus: 1}}}
 
 Validation never imports a component's implementation when its plugin registered a light Config
 (see :class:`saebench_vision.registry.ComponentRef`), so ``saebench validate`` stays fast.
@@ -58,11 +61,16 @@ TOP_KEYS = (
     "saes",
     "training",
     "evaluators",
+    "max_variants",
+    "executor",
 )
 MODEL_KEYS = ("plugin", "args", "layers", "tokens", "label")
 DATASET_KEYS = ("plugin", "args", "role")
-SAE_KEYS = ("plugin", "args", "sweep", "label")
-EVALUATOR_KEYS = ("plugin", "args")
+SAE_KEYS = ("plugin", "args", "sweep", "label", "training")
+EVALUATOR_KEYS = ("plugin", "args", "label")
+EXECUTOR_KEYS = ("name", "address", "max_retries", "resources")
+EXECUTOR_NAMES = ("local", "ray")
+STEP_NAMES = ("extract", "train", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -92,19 +100,31 @@ class SplitSpec(ComponentSpec):
 
 
 @dataclass(frozen=True)
+class EvaluatorSpec(ComponentSpec):
+    """An evaluator entry; ``label`` (default: the plugin name) tells two entries of one
+    evaluator with different args apart, in cell ids and tables."""
+
+    label: str = ""
+
+
+@dataclass(frozen=True)
 class SAEVariant:
-    """One SAE of a sweep: the plugin with fully specified suite arguments."""
+    """One SAE of a sweep: the plugin with fully specified suite arguments.
+
+    ``training`` holds the entry's overrides of the suite's training recipe (empty: none)."""
 
     plugin: str
     args: Mapping[str, Any]
     label: str
     where: str
+    training: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class SAESpec(ComponentSpec):
     sweep: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     label: str = ""
+    training: Mapping[str, Any] = field(default_factory=dict)
 
     def variants(self) -> list[SAEVariant]:
         """The sweep's grid in row-major order of the ``sweep`` keys as written."""
@@ -117,7 +137,7 @@ class SAESpec(ComponentSpec):
             label = (
                 f"{self.label or self.plugin}[{detail}]" if detail else (self.label or self.plugin)
             )
-            out.append(SAEVariant(self.plugin, args, label, self.where))
+            out.append(SAEVariant(self.plugin, args, label, self.where, dict(self.training)))
         return out
 
 
@@ -142,8 +162,11 @@ class Suite:
     datasets: tuple[SplitSpec, ...]
     saes: tuple[SAESpec, ...]
     training: Mapping[str, Any]
-    evaluators: tuple[ComponentSpec, ...]
+    evaluators: tuple[EvaluatorSpec, ...]
     hash: str
+    executor: Mapping[str, Any] = field(default_factory=dict)
+    """How the suite runs by default (``name``: local or ray, ``address``, ``max_retries``,
+    per-step ``resources``); never part of the hash, since it changes no number."""
 
     @property
     def train_split(self) -> SplitSpec:
@@ -152,8 +175,10 @@ class Suite:
     def split(self, name: str) -> SplitSpec:
         return next(s for s in self.datasets if s.name == name)
 
-    def training_config(self) -> TrainingConfig:
-        return TrainingConfig(**dict(self.training))
+    def training_config(self, variant: SAEVariant | None = None) -> TrainingConfig:
+        """The suite's recipe, with ``variant``'s own ``training:`` overrides when given."""
+        overrides = dict(variant.training) if variant is not None else {}
+        return TrainingConfig(**(dict(self.training) | overrides))
 
     def sae_variants(self) -> list[SAEVariant]:
         return [v for spec in self.saes for v in spec.variants()]
@@ -235,26 +260,120 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class SuiteLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no tags that build Python objects) that also reads ``1e-3`` as a float.
+MAX_NODES = 100_000
+"""Most YAML nodes a suite may expand to once aliases are followed (a 1 KB alias bomb expands to
+billions); real suites have a few hundred."""
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists in a suite."""
+MAX_VARIANTS = 10_000
+"""Most SAE variants one suite may sweep over, unless its top-level `max_variants` says more."""
+MAX_SEEDS = 1_000
 
-    YAML 1.1, which PyYAML implements, reads exponents without a dot (``1e-3``) as strings;
-    YAML 1.2 and every user writing a learning rate read them as numbers.
+
+class SuiteLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build Python objects) with YAML 1.2 core-schema scalars.
+
+    PyYAML implements YAML 1.1, whose implicit types surprise: ``2:24`` is the sexagesimal 144,
+    ``no``/``on``/``off`` are booleans (a split named ``no:`` becomes ``False``), and ``1e-3``
+    without a dot is a string. Suites are read with the 1.2 core schema instead: booleans are
+    only ``true``/``false``, integers are decimal (``_`` allowed between digits), ``0x`` or ``0o``, floats need a digit and a dot
+    or an exponent (plus ``.inf``/``.nan``), null is ``null``, ``~`` or empty. Anything else is a
+    string. Duplicate keys are errors that name both lines.
     """
 
+    yaml_implicit_resolvers: dict[Any, Any] = {}
 
-SuiteLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if (
+                    not isinstance(key_node, yaml.ScalarNode)
+                    or key_node.tag == "tag:yaml.org,2002:merge"
+                ):
+                    continue
+                key = self.construct_object(key_node, deep=False)
+                line = key_node.start_mark.line + 1
+                try:
+                    hashable = hash(key) is not None
+                except TypeError:
+                    hashable = False
+                if hashable and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key `{key}` (lines {seen[key]} and {line}): keep one",
+                        key_node.start_mark,
+                    )
+                if hashable:
+                    seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    (
+        "tag:yaml.org,2002:int",
+        r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$",
+        list("-+0123456789"),
     ),
-    list("-+0123456789."),
-)
+    (
+        "tag:yaml.org,2002:float",
+        r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        list("-+0123456789."),
+    ),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:merge", r"^(?:<<)$", ["<"]),
+):
+    SuiteLoader.add_implicit_resolver(_tag, re.compile(_pattern, re.X), _first)
+
+
+def _int_1_2(loader: SuiteLoader, node: Any) -> int:
+    value = loader.construct_scalar(node)
+    text = str(value).replace("_", "")
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)
+
+
+SuiteLoader.add_constructor("tag:yaml.org,2002:int", _int_1_2)
+
+
+def _check_size(node: Any, path: Path) -> None:
+    """Refuse documents that expand past :data:`MAX_NODES` or nest past :data:`MAX_DEPTH`.
+
+    Aliases share nodes, so sizes are memoised per node: the check is linear in the file even
+    for an alias bomb, and runs before anything is constructed (or printed) from it.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(n: Any, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            line = n.start_mark.line + 1
+            raise SuiteError(
+                f"{path}: line {line}: nested more than {MAX_DEPTH} levels deep; flatten the suite"
+            )
+        if id(n) in sizes:
+            return sizes[id(n)]
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            for child in n.value:
+                total += size(child, depth + 1)
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += size(k, depth + 1) + size(v, depth + 1)
+        if total > MAX_NODES:
+            raise SuiteError(
+                f"{path}: expands to more than {MAX_NODES:,} values once its aliases (*name) "
+                "are followed; a suite this large is almost certainly an alias loop or bomb"
+            )
+        sizes[id(n)] = total
+        return total
+
+    size(node, 0)
 
 
 def load_suite(
@@ -270,8 +389,19 @@ def load_suite(
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError(f"{path}: cannot read it ({exc})") from None
+    loader = SuiteLoader(text)  # a SafeLoader: nothing in the file runs
     try:
-        doc = yaml.load(text, Loader=SuiteLoader)  # a SafeLoader: nothing in the file runs
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_size(node, path)
+            doc = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise SuiteError(
+            f"{path}: nested too deeply to read (more than {MAX_DEPTH} levels); flatten the suite"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -300,7 +430,9 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
     if (
         not isinstance(seeds_raw, list)
         or not seeds_raw
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds_raw)
+        or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in seeds_raw
+        )
         or len(set(seeds_raw)) != len(seeds_raw)
     ):
         raise c.fail(
@@ -308,29 +440,28 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
             f"{_show(seeds_raw)} is not a non-empty list of distinct non-negative integers, e.g. [0, 1, 2]",
         )
 
+    if len(seeds_raw) > MAX_SEEDS:
+        raise c.fail("seeds", f"{len(seeds_raw):,} seeds; at most {MAX_SEEDS:,} are allowed")
+    max_variants = doc.get("max_variants", MAX_VARIANTS)
+    if not isinstance(max_variants, int) or isinstance(max_variants, bool) or max_variants < 1:
+        raise c.fail("max_variants", f"{_show(max_variants)} is not a positive integer")
+
     models = _models(c, doc["models"])
     datasets = _datasets(c, doc["datasets"])
-    saes = _saes(c, doc["saes"])
+    training = _training(c, doc.get("training") or {}, "training")
+    saes = _saes(c, doc["saes"], training, max_variants)
     evaluators = _evaluators(c, doc["evaluators"])
+    executor = _executor(c, doc.get("executor"))
 
-    training_raw = doc.get("training") or {}
-    try:
-        training = validate_args(
-            TrainingConfig, training_raw, where=f"{path}: training", what="the training recipe"
-        )
-        TrainingConfig(**training)
-    except ConfigError as exc:
-        raise SuiteError(str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise c.fail("training", str(exc)) from None
-
+    # The name may say anything; the default folder made from it stays inside saebench-results/.
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "suite"
     out_value = (
-        output if output is not None else doc.get("output", os.path.join("saebench-results", name))
+        output if output is not None else doc.get("output", os.path.join("saebench-results", slug))
     )
-    if not isinstance(out_value, str) or not out_value:
+    if not isinstance(out_value, str) or not out_value or "\x00" in out_value:
         raise c.fail("output", f"{_show(out_value)} is not a folder path")
     cache_value = doc.get("cache_dir")
-    if cache_value is not None and not isinstance(cache_value, str):
+    if cache_value is not None and (not isinstance(cache_value, str) or "\x00" in cache_value):
         raise c.fail("cache_dir", f"{_show(cache_value)} is not a folder path")
     verify = doc.get("cache_verify", "sample")
     if verify not in ("sample", "full", "size"):
@@ -339,8 +470,13 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
     hashed = {
         "models": [m.identity() | {"layers": list(m.layers), "tokens": m.tokens} for m in models],
         "datasets": [d.identity() | {"name": d.name, "role": d.role} for d in datasets],
-        "saes": [s.identity() | {"sweep": {k: list(v) for k, v in s.sweep.items()}} for s in saes],
-        "evaluators": [e.identity() for e in evaluators],
+        "saes": [
+            s.identity()
+            | {"sweep": {k: list(v) for k, v in s.sweep.items()}}
+            | ({"training": dict(s.training)} if s.training else {})
+            for s in saes
+        ],
+        "evaluators": [e.identity() | {"label": e.label} for e in evaluators],
         "training": training,
         "seeds": list(seeds_raw),
     }
@@ -358,7 +494,75 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
         training=training,
         evaluators=evaluators,
         hash=content_key(hashed)[:16],
+        executor=executor,
     )
+
+
+def _training(
+    c: _Checker, raw: Any, where: str, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A training recipe (or a per-SAE override of one, merged over ``base``), checked."""
+    try:
+        training = validate_args(
+            TrainingConfig, raw, where=f"{c.path}: {where}", what="the training recipe"
+        )
+        TrainingConfig(**(dict(base or {}) | training))
+    except ConfigError as exc:
+        raise SuiteError(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise c.fail(where, str(exc)) from None
+    return training
+
+
+def _executor(c: _Checker, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    entry = c.mapping(raw, "executor", EXECUTOR_KEYS)
+    out: dict[str, Any] = {}
+    name = entry.get("name", "local")
+    if name not in EXECUTOR_NAMES:
+        raise c.fail(
+            "executor.name",
+            f"{_show(name)} is not an executor.{did_you_mean(str(name), EXECUTOR_NAMES)} (expected: {', '.join(EXECUTOR_NAMES)})",
+        )
+    out["name"] = name
+    address = entry.get("address")
+    if address is not None and not isinstance(address, str):
+        raise c.fail(
+            "executor.address",
+            f"{_show(address)} is not an address; write auto or ray://host:10001",
+        )
+    if address is not None:
+        out["address"] = address
+    retries = entry.get("max_retries", 3)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise c.fail("executor.max_retries", f"{_show(retries)} is not an integer of 0 or more")
+    out["max_retries"] = retries
+    resources = entry.get("resources") or {}
+    c.mapping(resources, "executor.resources", STEP_NAMES)
+    checked: dict[str, dict[str, float]] = {}
+    for step, wanted in resources.items():
+        where = f"executor.resources.{step}"
+        if not isinstance(wanted, dict) or not wanted:
+            raise c.fail(
+                where,
+                f"must map resource names to amounts, e.g. {{num_gpus: 1, num_cpus: 4}}, not {_show(wanted)}",
+            )
+        for key, amount in wanted.items():
+            if (
+                not isinstance(key, str)
+                or isinstance(amount, bool)
+                or not isinstance(amount, (int, float))
+                or amount < 0
+            ):
+                raise c.fail(
+                    f"{where}.{key}", f"{_show(amount)} is not a non-negative amount of a resource"
+                )
+        checked[step] = {str(k): float(v) for k, v in wanted.items()}
+    out["resources"] = checked
+    return out
 
 
 def _nonempty_list(c: _Checker, value: Any, where: str, example: str) -> list[Any]:
@@ -398,8 +602,8 @@ def _models(c: _Checker, value: Any) -> tuple[ModelSpec, ...]:
                 f"{_show(tokens)} is not a token selection.{did_you_mean(str(tokens), TOKEN_CHOICES)} (expected: {', '.join(TOKEN_CHOICES)})",
             )
         label = entry.get("label") or ""
-        if not isinstance(label, str):
-            raise c.fail(f"{where}.label", f"{_show(label)} is not a string")
+        if not isinstance(label, str) or "\x00" in label or "\n" in label:
+            raise c.fail(f"{where}.label", f"{_show(label)} is not a one-line string")
         out.append(ModelSpec("model", plugin, args, where, tuple(layers), tokens, label or plugin))
     labels = [m.label for m in out]
     for i, label in enumerate(labels):
@@ -443,8 +647,11 @@ def _datasets(c: _Checker, value: Any) -> tuple[SplitSpec, ...]:
     return tuple(out)
 
 
-def _saes(c: _Checker, value: Any) -> tuple[SAESpec, ...]:
+def _saes(
+    c: _Checker, value: Any, training: Mapping[str, Any], max_variants: int = MAX_VARIANTS
+) -> tuple[SAESpec, ...]:
     out = []
+    total = 0
     for i, raw in enumerate(_nonempty_list(c, value, "saes", "{plugin: topk, args: {k: 32}}")):
         where = f"saes[{i}]"
         plugin, args, config_cls = c.component("sae", raw, where, SAE_KEYS)
@@ -488,10 +695,28 @@ def _saes(c: _Checker, value: Any) -> tuple[SAESpec, ...]:
                 except ConfigError as exc:
                     raise SuiteError(str(exc).replace(f"[{j}].{key}:", f"[{j}]:")) from None
             sweep[key] = tuple(checked)
+        count = 1
+        for values in sweep.values():
+            count *= len(values)
+        total += count
+        if total > max_variants:
+            raise c.fail(
+                f"{where}.sweep",
+                f"the suite sweeps over {total:,} SAE variants so far, more than the limit of "
+                f"{max_variants:,}; sweep fewer values, or raise the limit with a top-level "
+                "`max_variants: N`",
+            )
         label = entry.get("label") or ""
-        if not isinstance(label, str):
-            raise c.fail(f"{where}.label", f"{_show(label)} is not a string")
-        spec = SAESpec("sae", plugin, args, where, sweep, label)
+        if not isinstance(label, str) or "\x00" in label or "\n" in label:
+            raise c.fail(f"{where}.label", f"{_show(label)} is not a one-line string")
+        overrides = entry.get("training") or {}
+        if not isinstance(overrides, dict):
+            raise c.fail(
+                f"{where}.training",
+                f"must map training options to values, e.g. {{epochs: 10}}, not {_show(overrides)}",
+            )
+        overrides = _training(c, overrides, f"{where}.training", training)
+        spec = SAESpec("sae", plugin, args, where, sweep, label, overrides)
         for variant in spec.variants():
             shown = ", ".join(f"{k}={_short(variant.args[k])}" for k in sweep)
             c.instantiate(
@@ -510,14 +735,34 @@ def _saes(c: _Checker, value: Any) -> tuple[SAESpec, ...]:
     return tuple(out)
 
 
-def _evaluators(c: _Checker, value: Any) -> tuple[ComponentSpec, ...]:
+def _evaluators(c: _Checker, value: Any) -> tuple[EvaluatorSpec, ...]:
     out = []
     for i, raw in enumerate(_nonempty_list(c, value, "evaluators", "{plugin: reconstruction}")):
         where = f"evaluators[{i}]"
         plugin, args, _ = c.component("evaluator", raw, where, EVALUATOR_KEYS)
-        out.append(ComponentSpec("evaluator", plugin, args, where))
-    names = [e.plugin for e in out]
-    for i, n in enumerate(names):
-        if names.index(n) != i:
-            raise c.fail(f"evaluators[{i}]", f"evaluator `{n}` is listed twice; merge the entries")
+        entry = raw if isinstance(raw, dict) else {}
+        label = entry.get("label") or ""
+        if not isinstance(label, str) or (
+            label and not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", label)
+        ):
+            raise c.fail(
+                f"{where}.label",
+                f"{_show(label)} is not a label; use letters, digits, '-', '_' or '.', e.g. ontology-firing",
+            )
+        out.append(EvaluatorSpec("evaluator", plugin, args, where, label or plugin))
+    labels = [e.label for e in out]
+    for i, n in enumerate(labels):
+        first = labels.index(n)
+        if first != i:
+            same = out[first].plugin == out[i].plugin
+            raise c.fail(
+                f"evaluators[{i}]"
+                + (".label" if not same or out[i].label != out[i].plugin else ""),
+                f"evaluator `{n}` is listed twice (also evaluators[{first}]); "
+                + (
+                    "give each entry a distinct `label` to compare their args, or merge them"
+                    if same
+                    else "give each entry a distinct `label`"
+                ),
+            )
     return tuple(out)

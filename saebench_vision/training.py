@@ -43,7 +43,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from saebench_vision.config import TrainingConfig, config_as_dict
+from saebench_vision.config import TrainingConfig, identity_dict
 from saebench_vision.errors import ConfigError, SaebenchError
 from saebench_vision.interfaces import SAE, resolve_device
 
@@ -296,11 +296,7 @@ def _fingerprint(saes: Sequence[SAE], rows: _Rows, config: TrainingConfig, seed:
         "n_total": rows.n_total,
         "d": rows.d,
         "data": key,
-        "config": {
-            k: v
-            for k, v in config_as_dict(config).items()
-            if k not in ("device", "checkpoint_every")
-        },
+        "config": identity_dict(config),
         "saes": [s.identity() for s in saes],
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()

@@ -115,3 +115,12 @@ def test_leaderboard_from_folder_writes_file(tmp_path, capsys):
     assert "<th>mse ↓</th>" in html and "<td>0.25</td>" in html
     assert main(["leaderboard", str(tmp_path), "--format", "md", "--layout", "wide"]) == 0
     assert "| relu[k=1] " in capsys.readouterr().out
+
+
+def test_address_without_the_ray_executor_is_one_line(capsys):
+    code = main(["run", str(REPO / "suites" / "quickstart.yaml"), "--address", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        err == "error: --address auto: only the ray executor joins a cluster; add --executor ray\n"
+    )

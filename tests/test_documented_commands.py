@@ -85,7 +85,7 @@ def test_documented_command_parses(where, command):
             actions = re.split(r"\\?\|", words[1])
             assert set(actions) <= set(nested), f"{where}: `{command}`: unknown {actions}"
             targets = [nested[a] for a in actions]
-        flags = set(re.findall(r"--[a-z][a-z-]*", command))
+        flags = set(re.findall(r"--[a-z][a-z0-9-]*", command))
         for target in targets:
             missing = flags - _flags(target)
             assert not missing, f"{where}: `{command}` quotes {sorted(missing)}, which do not exist"

@@ -144,7 +144,9 @@ def test_corrupt_database_is_one_line(tmp_path):
     from saebench_vision.errors import ResultsError
 
     (tmp_path / "results.sqlite").write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(ResultsError, match="not a usable results database") as info:
+    with pytest.raises(
+        ResultsError, match="the results database is damaged .*; move it aside"
+    ) as info:
         ResultsStore(tmp_path)
     assert "\n" not in str(info.value)
 

@@ -163,10 +163,18 @@ class _BadRef:
         (_BadRef(), "model `m`: component reference 'no_colon_here'"),
     ],
 )
-def test_malformed_registrations(manager, plugin, expected):
+def test_malformed_registrations(manager, plugin, expected, capsys):
+    # Strict: an error naming the plugin. Otherwise a named warning, and the rest still work.
+    manager.strict = True
     manager.register(plugin, "bad")
     with pytest.raises(PluginError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         manager.registry()
+    manager.strict = False
+    manager._registry = None
+    registry = manager.registry()
+    assert "plugin `bad`" in capsys.readouterr().err
+    assert "relu" in {e.name for e in registry.entries("sae")}
+    assert [f.name for f in manager.failures] == ["bad"]
 
 
 def test_unimportable_component_names_the_plugin(manager):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import sqlite3
@@ -234,3 +235,36 @@ def test_missing_cuda_fails_before_any_work(tmp_path, toy_manager):
         f"{path}: models[0].args.device: device 'cuda': this torch sees no CUDA device"
     )
     assert not any((tmp_path / "out").glob("saes/*"))
+
+
+def test_labelled_evaluators_and_per_sae_training(tmp_path, toy_manager, capsys):
+    """One evaluator twice with different args, and an SAE with its own recipe: each is a cell
+    (or SAE) of its own, and the override reaches the trainer."""
+    doc = copy.deepcopy(SUITE)
+    doc["models"][0]["layers"] = ["final"]
+    doc["saes"][1]["training"] = {"epochs": 1}
+    doc["evaluators"] = [
+        {"plugin": "reconstruction", "label": "recon-val", "args": {"roles": ["eval"]}},
+        {"plugin": "reconstruction", "label": "recon-all"},
+    ]
+    suite, runner, summary = run(write_suite(tmp_path, doc), toy_manager)
+    assert (summary.status, summary.computed_cells) == ("finished", 8)
+    err = capsys.readouterr().err
+    # the ReLU SAE with its own recipe trains in a pass of its own
+    assert "training 2 SAE(s) on toy-model/final" in err and "training 1 SAE(s)" in err
+    frame = runner.store.records_frame(suite.hash)
+    assert set(frame["evaluator"]) == {"recon-val", "recon-all"}
+    assert set(frame[frame.evaluator == "recon-val"]["split"]) == {"val"}
+    assert set(frame[frame.evaluator == "recon-all"]["split"]) >= {"train", "val", "far"}
+    steps = {
+        row[0]: json.loads(row[1])["steps"]
+        for row in runner.store.db.execute("SELECT label, stats_json FROM saes")
+    }
+    relu = steps["relu[expansion=2,l1_coefficient=0.1]"]
+    toy = steps["toy-sae[expansion=2,l1_coefficient=0.01]"]
+    assert (toy, relu) == (round(3 * 240 / 64), round(1 * 240 / 64))  # epochs 3 vs the override's 1
+    # the override is part of the SAE's identity: changing it retrains that SAE only
+    doc["saes"][1]["training"] = {"epochs": 2}
+    _, _, again = run(write_suite(tmp_path, doc), toy_manager)
+    assert again.computed_cells == 2  # its two cells
+    assert capsys.readouterr().err.count("training 1 SAE(s)") == 1

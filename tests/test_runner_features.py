@@ -16,8 +16,14 @@ from conftest import subprocess_env
 from test_runner import SUITE, run, write_suite
 
 from saebench_vision import hookimpl
+from saebench_vision.cache import ActivationCache
 from saebench_vision.checkpoint import load_sae
 from saebench_vision.runner import plan_suite
+
+
+def _resolver(manager):
+    return lambda name: manager.registry().get("sae", name).load()
+
 
 SMALL = copy.deepcopy(SUITE)
 SMALL["models"][0]["layers"] = ["final"]
@@ -83,8 +89,8 @@ def test_training_normalize_through_the_runner(tmp_path, toy_manager, normalize)
     doc["training"] = doc["training"] | {"normalize": normalize}
     suite, runner, _ = run(write_suite(tmp_path, doc), toy_manager)
     (planned,) = [p for g in plan_suite(suite, toy_manager).groups for p in g.saes]
-    sae, _ = load_sae(runner.store.sae_path(planned.sae_id), runner._sae_class)
-    acts = runner._cache.entries()
+    sae, _ = load_sae(runner.store.sae_path(planned.sae_id), _resolver(toy_manager))
+    acts = ActivationCache(runner.cache_dir).entries()
     train = next(a for a in acts if a.meta["split"] == "train")
     x = train.read(np.arange(train.n)).astype(np.float64)
     want = 1.0 if normalize == "none" else math.sqrt(x.shape[1]) / np.linalg.norm(x, axis=1).mean()
@@ -98,7 +104,7 @@ def test_several_seeds_train_separate_saes_and_report_intervals(tmp_path, toy_ma
     planned = [p for g in plan_suite(suite, toy_manager).groups for p in g.saes]
     assert len({p.sae_id for p in planned}) == 3
     weights = [
-        load_sae(runner.store.sae_path(p.sae_id), runner._sae_class)[0].W_enc.detach().numpy()
+        load_sae(runner.store.sae_path(p.sae_id), _resolver(toy_manager))[0].W_enc.detach().numpy()
         for p in planned
     ]
     assert not np.allclose(weights[0], weights[1]) and not np.allclose(weights[1], weights[2])

@@ -145,7 +145,7 @@ MALFORMED = [
     ),
     (
         _set("saes.0.sweep", {"l1_coefficient": [0.1, "big"]}),
-        "saes[0].sweep.l1_coefficient[1]: 'big' is not a number",
+        "saes[0].sweep.l1_coefficient[1]: 'big' is not a finite number",
     ),
     (
         _set("saes.0.sweep", {"expansion": [2, 4]}),
@@ -156,7 +156,7 @@ MALFORMED = [
         "saes[0].sweep.l1_coefficient: [0.1, 0.1] repeats a value",
     ),
     (_set("saes.0.args", {"tags": "a"}), "saes[0].args.tags: 'a' is not a list of a string"),
-    (_set("training", {"lr": "fast"}), "training.lr: 'fast' is not a number"),
+    (_set("training", {"lr": "fast"}), "training.lr: 'fast' is not a finite number"),
     (
         _set("training", {"epoch": 3}),
         "training: unknown key `epoch` for the training recipe. Did you mean: epochs?",
@@ -175,6 +175,35 @@ MALFORMED = [
     ),
     (_set("seeds", ["zero"]), "seeds: ['zero'] is not a non-empty list"),
     (_set("cache_verify", "sha"), "cache_verify: 'sha' is not one of: sample, full, size"),
+    (
+        _set(
+            "evaluators",
+            [{"plugin": "toy-slow", "label": "a"}, {"plugin": "reconstruction", "label": "a"}],
+        ),
+        "evaluators[1].label: evaluator `a` is listed twice (also evaluators[0]); give each entry a distinct `label`",
+    ),
+    (
+        _set("evaluators", [{"plugin": "toy-slow", "label": "two words"}]),
+        "evaluators[0].label: 'two words' is not a label",
+    ),
+    (
+        _set("saes.0.training", {"epoch": 2}),
+        "saes[0].training: unknown key `epoch` for the training recipe. Did you mean: epochs?",
+    ),
+    (
+        _set("saes.0.training", {"warmup_fraction": 0.9}),
+        "saes[0].training: warmup_fraction + decay_fraction is 1.1",
+    ),
+    (_set("saes.0.training", [1]), "saes[0].training: must map training options to values"),
+    (_set("executor", {"name": "dask"}), "executor.name: 'dask' is not an executor"),
+    (
+        _set("executor", {"resources": {"training": {"num_gpus": 1}}}),
+        "executor.resources: unknown key `training`. Did you mean: train?",
+    ),
+    (
+        _set("executor", {"resources": {"train": {"num_gpus": -1}}}),
+        "executor.resources.train.num_gpus: -1 is not a non-negative amount",
+    ),
 ]
 
 

@@ -1,6 +1,7 @@
 """The toy plugin behind light hooks: Configs in a module that imports no torch, implementations
 referenced lazily in :mod:`toyplugin`. Used to check that a warm run imports no torch
-(``SAEBENCH_VISION_PLUGINS=toylight``); a test keeps these Configs equal to toyplugin's."""
+(``SAEBENCH_VISION_PLUGINS=toylight``); a test keeps these Configs equal to toyplugin's. The
+toy classes declare ``version`` in their bodies, so planning reads it from the source."""
 
 from __future__ import annotations
 
@@ -33,12 +34,18 @@ class ToyClustersConfig:
 @dataclass(frozen=True)
 class SlowConfig:
     sleep: float = option(0.0, "seconds to sleep per cell")
+    fail_if_exists: str = option(
+        "", "raise in every cell while this file exists (tests of failed cells)"
+    )
 
 
 @dataclass(frozen=True)
 class ToySAEConfig(SAEConfig):
     l1_coefficient: float = option(0.1, "L1 penalty")
     tags: list[str] = option(factory=list, help="free-form labels (a list-typed option)")
+    step_sleep: float = option(
+        0.0, "seconds to sleep after each optimiser step (tests kill workers mid-training)"
+    )
 
 
 def _ref(cls: str, config: str) -> ComponentRef:

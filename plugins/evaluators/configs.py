@@ -21,7 +21,9 @@ class ReconstructionConfig:
         ("train", "eval", "shifted", "near-ood", "far-ood"),
         "split roles to score; every split of these roles gets its own records",
     )
-    batch_size: int = option(4096, "activation rows per chunk streamed through the SAE")
+    batch_size: int = option(
+        4096, "activation rows per chunk streamed through the SAE", identity=False
+    )
     max_rows: int | None = option(
         None, "score at most this many rows per split (evenly strided); null scores every row"
     )
@@ -35,7 +37,9 @@ class ReconstructionConfig:
         "a latent is dense when it fires on more than this fraction of rows (0.1: on more than "
         "one row in ten, a feature too common to name one concept)",
     )
-    device: str = option("auto", "torch device for the SAE forward pass: cpu, cuda, auto")
+    device: str = option(
+        "auto", "torch device for the SAE forward pass: cpu, cuda, auto", identity=False
+    )
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -84,6 +88,7 @@ class ProbeConfig:
         "raw activation rows of a split up to this size are copied once onto the probe's device; "
         "larger splits stream from the memory-mapped cache (same rows in the same order, so the "
         "numbers do not depend on it)",
+        identity=False,
     )
     lbfgs_max_iter: int = option(500, "lbfgs solver: iteration limit")
     lbfgs_tol: float = option(1e-7, "lbfgs solver: gradient tolerance")
@@ -105,7 +110,7 @@ class OODAccuracyConfig(ProbeConfig):
         "encoder output before its nonlinearity); the baseline always probes raw embeddings",
     )
     roles: tuple[str, ...] = option(("eval", "shifted"), "split roles to test the probe on")
-    device: str = option("auto", "torch device for probe training: cpu, cuda, auto")
+    device: str = option("auto", "torch device for probe training: cpu, cuda, auto", identity=False)
     seed_offset: int = option(0, "added to the cell's seed for probe initialisation and shuffling")
 
     def __post_init__(self) -> None:
@@ -171,8 +176,10 @@ class OntologyConfig:
         True, "also score random unit directions, as many as the SAE has latents (Table 2 baseline)"
     )
     histogram_bins: int = option(20, "bins per axis of Fig. 3's height x coverage histogram")
-    batch_size: int = option(4096, "activation rows per chunk streamed through the SAE")
-    device: str = option("auto", "torch device for encoding: cpu, cuda, auto")
+    batch_size: int = option(
+        4096, "activation rows per chunk streamed through the SAE", identity=False
+    )
+    device: str = option("auto", "torch device for encoding: cpu, cuda, auto", identity=False)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:

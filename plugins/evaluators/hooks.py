@@ -25,3 +25,15 @@ def register_evaluators() -> dict[str, ComponentRef]:
             f"{_P}.layer_sweep:LayerSweepEvaluator", config=f"{_P}.configs:LayerSweepConfig"
         ),
     }
+
+
+@hookimpl
+def register_figures() -> dict[str, str]:
+    """The paper's figures drawn from the built-in evaluators' records and artifacts."""
+    return {
+        "reconstruction-pareto": f"{_P}.figures:reconstruction_pareto",
+        "ood-vs-sparsity": f"{_P}.figures:ood_vs_sparsity",
+        "accuracy-vs-l0": f"{_P}.figures:accuracy_vs_l0",
+        "ontology-histograms": f"{_P}.figures:ontology_histograms",
+        "layer-sweep": f"{_P}.figures:layer_sweep",
+    }

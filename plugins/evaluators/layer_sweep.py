@@ -58,6 +58,9 @@ class LayerSweepEvaluator(Evaluator):
     }
     headline: ClassVar[tuple[str, ...]] = ("mse", "explained_variance", "l0", "coverage_gt_0.99")
 
+    def required_roles(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.config.split_role, self.config.recon_role)))
+
     def _first(self, ctx: EvalContext, role: str) -> str:
         splits = ctx.split_names(role)
         if not splits:

@@ -403,6 +403,10 @@ class OntologyEvaluator(Evaluator):
     name: ClassVar[str] = "ontology"
     version: ClassVar[str] = "2"
     Config: ClassVar[type] = OntologyConfig
+
+    def required_roles(self) -> tuple[str, ...]:
+        return (self.config.split_role,)
+
     metrics: ClassVar[dict[str, bool | None]] = {
         "n_features": None,
         "n_with_classes": None,

@@ -23,6 +23,7 @@ from saebench_vision_plugins.evaluators.probes import FeatureFn, Probe, fit_prob
 from saebench_vision.encodings import Encoding
 from saebench_vision.errors import DatasetError
 from saebench_vision.interfaces import EvalContext, Evaluator, Record, resolve_device
+from saebench_vision.items import save_item_values
 
 FEATURE_METRIC = {"raw": "acc", "latents": "acc", "pre-activations": "acc_pre"}
 
@@ -59,6 +60,10 @@ class OODAccuracyEvaluator(Evaluator):
     name: ClassVar[str] = "ood-accuracy"
     version: ClassVar[str] = "2"
     Config: ClassVar[type] = OODAccuracyConfig
+
+    def required_roles(self) -> tuple[str, ...]:
+        return ("train",)
+
     metrics: ClassVar[dict[str, bool | None]] = {
         "acc": True,
         "acc_pre": True,
@@ -148,7 +153,19 @@ class OODAccuracyEvaluator(Evaluator):
             stderr=float(np.sqrt(acc * (1 - acc) / len(correct))),
             higher_is_better=True,
             n=len(correct),
-            extra={**extra, "role": role, "classes": n_allowed},
+            extra={
+                **extra,
+                "role": role,
+                "classes": n_allowed,
+                **save_item_values(
+                    ctx.output_dir,
+                    f"{FEATURE_METRIC[kind]}_{split}",
+                    correct,
+                    items=acts.sample_index,
+                    pairing=acts.key,
+                    over="test items",
+                ),
+            },
         )
 
     def baseline(self, ctx: EvalContext) -> list[Record]:

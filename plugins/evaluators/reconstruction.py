@@ -29,6 +29,7 @@ from saebench_vision_plugins.evaluators.configs import ReconstructionConfig
 from saebench_vision.cache import ActivationSet
 from saebench_vision.encodings import Encoding
 from saebench_vision.interfaces import SAE, EvalContext, Evaluator, Record
+from saebench_vision.items import save_item_values
 
 
 @dataclass
@@ -155,6 +156,22 @@ class ReconstructionEvaluator(Evaluator):
                     rows=rows,
                     latents=ctx.latents(split, device=cfg.device, batch_size=cfg.batch_size),
                 )
+                # Per-row values of the mean-over-rows metrics, for bootstrap and paired tests
+                # (test splits only: the train split's rows are not test items).
+                sample = acts.sample_index if rows is None else acts.sample_index[rows]
+                items = {}
+                if role != "train":
+                    items = {
+                        m: save_item_values(
+                            ctx.output_dir,
+                            f"{m}_{split}",
+                            np.concatenate(getattr(stats, f"per_row_{m}")),
+                            items=sample,
+                            pairing=acts.key + ("" if rows is None else f"/rows={len(rows)}"),
+                            over="test items",
+                        )
+                        for m in ("mse", "l1", "l0")
+                    }
                 for metric, (value, se) in stats.values(
                     cfg.dead_threshold, cfg.dense_threshold
                 ).items():
@@ -166,7 +183,7 @@ class ReconstructionEvaluator(Evaluator):
                             stderr=se,
                             higher_is_better=self.metrics[metric],
                             n=stats.n,
-                            extra={"role": role},
+                            extra={"role": role, **items.get(metric, {})},
                         )
                     )
                     if metric == "mse" and role in ("near-ood", "far-ood"):

@@ -1,0 +1,428 @@
+"""The plan: a suite expanded into cells, their identity and their dependencies. Pure, no torch.
+
+A suite expands into evaluation cells (model, layer, SAE variant or the baseline, evaluator,
+seed), grouped by (model, layer, seed). Every cell and every SAE has a content id that hashes
+exactly what determines its numbers: the identity fields of each component's Config (declared
+next to the field, see :func:`saebench_vision.config.option`), the component's own ``version``
+and its distribution's, the split roles, the training recipe and the seed. The results store
+marks finished cells; a run computes only the missing ones.
+
+:func:`schedule` turns the cells still to compute into steps (extract a split, train an SAE
+group, evaluate a cell) with their dependencies; executors decide where and when they run.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saebench_vision.cache import content_key
+from saebench_vision.config import TrainingConfig, build_config, config_as_dict, identity_dict
+from saebench_vision.plugins import PluginManager
+from saebench_vision.registry import KIND_TITLES, Entry
+from saebench_vision.results import CellKey
+from saebench_vision.suite import ComponentSpec, EvaluatorSpec, ModelSpec, SAEVariant, Suite
+
+BASELINE = "baseline"
+
+
+@dataclass
+class PlannedSAE:
+    sae_id: str
+    variant: SAEVariant
+    config_identity: dict[str, Any]
+    training_identity: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlannedCell:
+    key: CellKey
+    evaluator: EvaluatorSpec
+    sae: PlannedSAE | None
+
+
+@dataclass
+class Group:
+    """Everything of one (model, layer, seed): its SAEs and its cells."""
+
+    model: ModelSpec
+    layer: str
+    seed: int
+    saes: list[PlannedSAE] = field(default_factory=list)
+    cells: list[PlannedCell] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    suite: Suite
+    groups: list[Group]
+
+    @property
+    def cells(self) -> list[CellKey]:
+        return [c.key for g in self.groups for c in g.cells]
+
+    def split_roles(self) -> list[tuple[str, str]]:
+        return [(s.name, s.role) for s in self.suite.datasets]
+
+
+# --------------------------------------------------------------------------------------------
+# Identity
+
+
+def _declared_version(target: str) -> str | None:
+    """The ``version = "..."`` literal in the body of class ``target``, read from its module's
+    source without executing it; None when the class does not spell it out there."""
+    module, _, name = target.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None) if spec else None
+    if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
+        return None
+    st = os.stat(origin)
+    return _version_in_source(origin, st.st_size, st.st_mtime_ns, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _version_in_source(origin: str, size: int, mtime_ns: int, name: str) -> str | None:
+    try:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            for item in node.body:
+                targets = (
+                    item.targets
+                    if isinstance(item, ast.Assign)
+                    else [item.target]
+                    if isinstance(item, ast.AnnAssign) and item.value is not None
+                    else []
+                )
+                value = getattr(item, "value", None)
+                for t in targets:
+                    if isinstance(t, ast.Name) and t.id == "version":
+                        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                            return value.value
+                        return None
+                    if isinstance(t, ast.Tuple) and any(
+                        isinstance(e, ast.Name) and e.id == "version" for e in t.elts
+                    ):
+                        return None
+    return None
+
+
+def component_version(entry: Entry) -> str:
+    """The component class's ``version``, read without importing the class when possible.
+
+    Planning stays light (no torch), yet a bumped ``version`` changes every key: the version
+    is read from the class body in its module's source (``version = "2"``), or, for a class
+    that inherits or computes it, from the imported class.
+    """
+    if entry._cls is not None or entry.ref.config is None:
+        return str(getattr(entry.load(), "version", ""))
+    declared = _declared_version(entry.ref.target)
+    if declared is not None:
+        return declared
+    return str(getattr(entry.load(), "version", ""))
+
+
+def tree_digest(path: str) -> str | None:
+    """SHA-256 of every file under ``path`` (or of the file itself): relative name, size and
+    modification time, from ``stat`` alone. None when the path does not exist."""
+    root = os.path.realpath(os.path.expanduser(path))
+    if not os.path.exists(root):
+        return None
+    digest = hashlib.sha256()
+    if os.path.isfile(root):
+        st = os.stat(root)
+        digest.update(f"{st.st_size}\0{st.st_mtime_ns}".encode())
+        return digest.hexdigest()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            rel = os.path.relpath(full, root)
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def component_identity(
+    manager: PluginManager, spec: ComponentSpec | SAEVariant, kind: str
+) -> dict[str, Any]:
+    """Plugin, the Config's identity fields (defaults filled), the component's version and its
+    distribution's version; for path options (``option(..., path=True)``) also a digest of the
+    files there, so results computed from a folder whose contents changed are not reused."""
+    entry = manager.registry().get(kind, spec.plugin)
+    config = build_config(
+        entry.config_class(),
+        dict(spec.args),
+        where=spec.where,
+        what=f"{KIND_TITLES[kind]} `{spec.plugin}`",
+    )
+    out = {
+        "plugin": spec.plugin,
+        "config": identity_dict(config),
+        "version": component_version(entry),
+        "from": manager.versions().get(entry.plugin, ""),
+    }
+    files = {
+        f.name: tree_digest(getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if f.metadata.get("path") and isinstance(getattr(config, f.name), str)
+    }
+    if any(files.values()):
+        out["files"] = files
+    return out
+
+
+def training_identity(suite: Suite, variant: SAEVariant | None = None) -> dict[str, Any]:
+    """The identity fields of the recipe an SAE is trained with (its overrides applied)."""
+    config: TrainingConfig = suite.training_config(variant)
+    return identity_dict(config)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts, stable across processes (Python's hash() is salted)."""
+    return int(content_key({"parts": [str(p) for p in parts]})[:15], 16)
+
+
+def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
+    """Expand a suite into cells with content ids. Imports no component implementation."""
+    splits = {
+        s.name: {"role": s.role, **component_identity(manager, s, "dataset")}
+        for s in suite.datasets
+    }
+    train = splits[suite.train_split.name]
+    evaluators = [
+        (e, component_identity(manager, e, "evaluator") | {"label": e.label})
+        for e in suite.evaluators
+    ]
+    variants = [
+        (v, component_identity(manager, v, "sae"), training_identity(suite, v))
+        for v in suite.sae_variants()
+    ]
+    groups = []
+    for model in suite.models:
+        model_id = component_identity(manager, model, "model") | {
+            "tokens": model.tokens or "default"
+        }
+        for layer in model.layers:
+            for seed in suite.seeds:
+                group = Group(model, layer, seed)
+                for variant, sae_identity, recipe in variants:
+                    sae_id = content_key(
+                        {
+                            "model": model_id,
+                            "layer": layer,
+                            "train": train,
+                            "sae": sae_identity,
+                            "training": recipe,
+                            "seed": seed,
+                        }
+                    )[:24]
+                    group.saes.append(PlannedSAE(sae_id, variant, sae_identity["config"], recipe))
+                for evaluator, ev_identity in evaluators:
+                    base = {"evaluator": ev_identity, "splits": splits}
+                    baseline_id = content_key(
+                        base
+                        | {
+                            "model": model_id,
+                            "layer": layer,
+                            "seed": seed,
+                            "train": train,
+                            "baseline": True,
+                        }
+                    )[:24]
+                    version = "+".join(
+                        x for x in (ev_identity["from"], ev_identity["version"]) if x
+                    )
+                    group.cells.append(
+                        PlannedCell(
+                            CellKey(
+                                baseline_id,
+                                model.label,
+                                layer,
+                                model.tokens or "default",
+                                "",
+                                BASELINE,
+                                "",
+                                {},
+                                evaluator.label,
+                                version,
+                                seed,
+                            ),
+                            evaluator,
+                            None,
+                        )
+                    )
+                    for planned in group.saes:
+                        cell_id = content_key(base | {"sae": planned.sae_id})[:24]
+                        group.cells.append(
+                            PlannedCell(
+                                CellKey(
+                                    cell_id,
+                                    model.label,
+                                    layer,
+                                    model.tokens or "default",
+                                    planned.sae_id,
+                                    planned.variant.label,
+                                    planned.variant.plugin,
+                                    planned.config_identity,
+                                    evaluator.label,
+                                    version,
+                                    seed,
+                                ),
+                                evaluator,
+                                planned,
+                            )
+                        )
+                groups.append(group)
+    return Plan(suite, groups)
+
+
+# --------------------------------------------------------------------------------------------
+# Steps to run
+
+
+@dataclass(frozen=True)
+class ExtractStep:
+    """Activations of one split at the listed layers of one model, in one pass."""
+
+    model: ModelSpec
+    split: str
+    layers: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return f"extract {self.model.label}/{self.split}"
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """The SAEs of one (model, layer, seed) that share a training recipe, trained in one pass."""
+
+    model: ModelSpec
+    layer: str
+    seed: int
+    saes: tuple[tuple[str, SAEVariant, str], ...]
+    """(sae id, variant, JSON of its Config identity) for every SAE to train."""
+
+    @property
+    def id(self) -> str:
+        ids = sorted(sae_id for sae_id, _, _ in self.saes)
+        return (
+            f"train {self.model.label}/{self.layer}/seed {self.seed} {content_key({'s': ids})[:8]}"
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateStep:
+    """One evaluation cell."""
+
+    model: ModelSpec
+    layer: str
+    seed: int
+    cell: CellKey
+    evaluator: EvaluatorSpec
+    sae_id: str = ""
+    sae_plugin: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"evaluate {self.cell.cell_id}"
+
+
+Step = ExtractStep | TrainStep | EvaluateStep
+
+
+@dataclass
+class Schedule:
+    """Steps in the order a single process runs them best, each with the steps it needs."""
+
+    steps: list[Step] = field(default_factory=list)
+    needs: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, step: Step, needs: list[str]) -> None:
+        self.steps.append(step)
+        self.needs[step.id] = needs
+
+
+def schedule(plan: Plan, done: set[str], trained: set[str]) -> Schedule:
+    """The steps that compute every cell not in ``done``. ``trained`` holds the ids of SAEs
+    whose checkpoints already exist. Order: per model, every split's extraction (all needed
+    layers in one pass), then per (layer, seed) group one training pass per recipe, then its
+    cells; an executor that runs steps one after another in this order extracts, trains and
+    loads everything once."""
+    suite = plan.suite
+    out = Schedule()
+    for model in suite.models:
+        groups = [
+            g
+            for g in plan.groups
+            if g.model is model and any(c.key.cell_id not in done for c in g.cells)
+        ]
+        if not groups:
+            continue
+        layers = tuple(sorted({g.layer for g in groups}, key=list(model.layers).index))
+        extracts = {}
+        for split in suite.datasets:
+            step = ExtractStep(model, split.name, layers)
+            extracts[split.name] = step.id
+            out.add(step, [])
+        for group in groups:
+            pending = [c for c in group.cells if c.key.cell_id not in done]
+            needed = {c.sae.sae_id: c.sae for c in pending if c.sae is not None}
+            by_recipe: dict[str, list[PlannedSAE]] = {}
+            for planned in needed.values():
+                if planned.sae_id not in trained:
+                    # Group by the whole recipe, runtime fields too: one pass, one device.
+                    recipe = content_key(config_as_dict(suite.training_config(planned.variant)))
+                    by_recipe.setdefault(recipe, []).append(planned)
+            producer: dict[str, str] = {}
+            for members in by_recipe.values():
+                train_step = TrainStep(
+                    model,
+                    group.layer,
+                    group.seed,
+                    tuple(
+                        (p.sae_id, p.variant, json.dumps(p.config_identity, default=str))
+                        for p in members
+                    ),
+                )
+                out.add(train_step, [extracts[suite.train_split.name]])
+                producer.update({p.sae_id: train_step.id for p in members})
+            layer_inputs = [extracts[s.name] for s in suite.datasets]
+            for c in pending:
+                sae_id = c.sae.sae_id if c.sae is not None else ""
+                eval_step = EvaluateStep(
+                    model,
+                    group.layer,
+                    group.seed,
+                    c.key,
+                    c.evaluator,
+                    sae_id,
+                    c.sae.variant.plugin if c.sae is not None else "",
+                )
+                out.add(
+                    eval_step, layer_inputs + ([producer[sae_id]] if sae_id in producer else [])
+                )
+    return out
+
+
+def sae_dir(output: Path, sae_id: str) -> Path:
+    """Where an SAE's checkpoint lives, relative to nothing: ``<output>/saes/<id>``."""
+    return output / "saes" / sae_id

@@ -1,0 +1,360 @@
+"""Identity is one mechanism: every field of every built-in Config, changed in turn, reruns
+exactly what it should (cells, SAEs, activation cache entries), and nothing else; component
+versions and what a dataset reads enter the keys."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import textwrap
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from saebench_vision.config import TrainingConfig, build_config, field_types, identity_dict
+from saebench_vision.plan import plan_suite
+from saebench_vision.suite import parse_suite
+
+# Written by hand from what each option does (its help text), not read from the declarations:
+# the fields that change no number. Every other field must change the keys.
+RUNTIME = {
+    ("model", "*"): {"device", "batch_size", "num_workers"},
+    ("dataset", "quickdraw-emoji"): {"cache_dir"},
+    ("evaluator", "reconstruction"): {"batch_size", "device"},
+    ("evaluator", "ood-accuracy"): {"device", "memory_budget_gb"},
+    ("evaluator", "ontology"): {"batch_size", "device"},
+    ("evaluator", "layer-sweep"): {"batch_size", "device"},
+    ("training", ""): {"device", "checkpoint_every", "fuse", "parallel_saes"},
+}
+
+
+def _runtime(kind: str, name: str) -> set[str]:
+    return RUNTIME.get((kind, name), set()) | RUNTIME.get((kind, "*"), set())
+
+
+def _candidates(value: Any, tp: Any) -> list[Any]:
+    """Other valid-looking values of a field's type, the most plausible first."""
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin is Literal:
+        return [a for a in typing.get_args(tp) if a != value]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        out = [] if value is None else [None]
+        for a in args:
+            out += _candidates(value if value is not None else _zero(a), a)
+            if value is None:
+                out.append(_zero(a))
+        return [v for v in out if v != value]
+    if tp is bool:
+        return [not value]
+    if tp is int:
+        return [value + 1, value * 2 + 1, 8, 64]
+    if tp is float:
+        return [v for v in (value / 2, value * 2, value + 0.25, 0.5, 0.9) if v != value]
+    if tp is str:
+        return [f"{value}x" if value else "cuda" if False else "other", "cuda", "auto"]
+    if origin in (tuple, list):
+        items = list(value or [])
+        out = [items[:-1]] if len(items) > 1 else []
+        out += [items + items[-1:]] if items else []
+        return [tuple(v) if origin is tuple else v for v in out]
+    return []
+
+
+def _zero(tp: Any) -> Any:
+    return {int: 8, float: 0.5, str: "other", bool: True}.get(tp, None)
+
+
+# Fields whose valid values the generic candidates miss (fixed-length or ordered tuples).
+SPECIAL = {
+    "adam_betas": [[0.8, 0.99]],
+    "scale": [[0.3, 0.6]],
+    "classes": [["circle", "square"]],
+    "prefix_fractions": [[0.25, 0.5, 1.0]],
+}
+
+
+def _variants(config_cls: type, base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """For every field, args that differ from ``base`` in that field only and still build."""
+    types = field_types(config_cls)
+    built = build_config(config_cls, base)
+    out = {}
+    for f in dataclasses.fields(config_cls):
+        current = getattr(built, f.name)
+        for candidate in SPECIAL.get(f.name, []) + _candidates(current, types[f.name]):
+            args = base | {f.name: list(candidate) if isinstance(candidate, tuple) else candidate}
+            try:
+                build_config(config_cls, args)
+            except Exception:
+                continue
+            out[f.name] = args
+            break
+    return out
+
+
+REQUIRED = {
+    ("dataset", "imagenet-folder"): {"root": "."},
+    ("dataset", "image-folder"): {"root": "."},
+}
+
+
+def _doc(**over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "output": "out",
+        "models": [{"plugin": "efficientnet-lite", "layers": ["final"]}],
+        "datasets": {
+            "train": {"plugin": "shapes", "args": {"split": "train"}},
+            "val": {"plugin": "shapes", "args": {"split": "val"}, "role": "eval"},
+        },
+        "saes": [{"plugin": "topk"}, {"plugin": "relu"}],
+        "evaluators": [{"plugin": "reconstruction"}, {"plugin": "ontology"}],
+    }
+    doc.update(copy.deepcopy(over))
+    return doc
+
+
+def _ids(doc: dict[str, Any], manager: Any) -> tuple[dict[str, str], set[str]]:
+    """{(layer, sae label, evaluator): cell id} and the SAE ids of a suite document."""
+    suite = parse_suite(copy.deepcopy(doc), Path("s.yaml"), manager.registry())
+    plan = plan_suite(suite, manager)
+    cells = {
+        f"{c.sae_label if c.sae_label == 'baseline' else c.sae_plugin}/{c.evaluator}": c.cell_id
+        for c in plan.cells
+    }
+    return cells, {p.sae_id for g in plan.groups for p in g.saes}
+
+
+def _changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
+    assert a.keys() == b.keys()
+    return {k for k in a if a[k] != b[k]}
+
+
+ALL = {
+    "baseline/reconstruction",
+    "baseline/ontology",
+    "topk/reconstruction",
+    "topk/ontology",
+    "relu/reconstruction",
+    "relu/ontology",
+}
+
+
+def test_every_field_of_every_builtin_config_reruns_exactly_what_it_should(
+    manager, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    registry = manager.registry()
+    base_cells, base_saes = _ids(_doc(), manager)
+    assert len(base_cells) == 6 and len(base_saes) == 2
+    checked = 0
+    for kind in ("model", "dataset", "sae", "evaluator", "training"):
+        names = [""] if kind == "training" else registry.names(kind)
+        for name in names:
+            config_cls = (
+                TrainingConfig if kind == "training" else registry.get(kind, name).config_class()
+            )
+            required = REQUIRED.get((kind, name), {})
+            for field, args in _variants(config_cls, dict(required)).items():
+                if kind == "model":
+                    before = _doc(models=[{"plugin": name, "args": required, "layers": ["final"]}])
+                    after = _doc(models=[{"plugin": name, "args": args, "layers": ["final"]}])
+                    expect_cells, expect_saes = ALL, True
+                elif kind == "dataset":
+                    train = {"plugin": name, "args": required}
+                    before = _doc()
+                    before["datasets"]["train"] = train
+                    after = copy.deepcopy(before)
+                    after["datasets"]["train"] = {"plugin": name, "args": args}
+                    expect_cells, expect_saes = ALL, True
+                elif kind == "sae":
+                    other = {"plugin": "topk" if name != "topk" else "relu"}
+                    before = _doc(saes=[{"plugin": name, "args": required}, other])
+                    after = _doc(saes=[{"plugin": name, "args": args}, other])
+                    expect_cells, expect_saes = {f"{name}/reconstruction", f"{name}/ontology"}, True
+                elif kind == "evaluator":
+                    other = "reconstruction" if name != "reconstruction" else "ontology"
+                    before = _doc(
+                        evaluators=[{"plugin": name, "args": required}, {"plugin": other}]
+                    )
+                    after = _doc(evaluators=[{"plugin": name, "args": args}, {"plugin": other}])
+                    expect_cells = {f"{x}/{name}" for x in ("baseline", "topk", "relu")}
+                    expect_saes = False
+                else:
+                    before, after = _doc(), _doc(training=args)
+                    expect_cells = ALL - {"baseline/reconstruction", "baseline/ontology"}
+                    expect_saes = True
+                try:
+                    cells0, saes0 = _ids(before, manager)
+                    cells1, saes1 = _ids(after, manager)
+                except Exception as exc:  # a value the suite loader refuses is not a variant
+                    if "not a" in str(exc) or "must" in str(exc):
+                        continue
+                    raise
+                what = f"{kind} {name} field {field}"
+                if field in _runtime(kind, name):
+                    assert _changed(cells0, cells1) == set(), what
+                    assert saes0 == saes1, what
+                else:
+                    if kind == "sae":
+                        expect_cells = {k for k in cells0 if k.startswith(f"{name}/")}
+                    assert _changed(cells0, cells1) == expect_cells, what
+                    assert (saes0 != saes1) is expect_saes, what
+                checked += 1
+    assert checked == sum(
+        len(
+            dataclasses.fields(
+                TrainingConfig if k == "training" else registry.get(k, n).config_class()
+            )
+        )
+        for k in ("model", "dataset", "sae", "evaluator", "training")
+        for n in ([""] if k == "training" else registry.names(k))
+    )  # every field of every built-in Config was changed once
+
+
+def test_adapter_cache_identity_follows_the_declarations():
+    """The activation cache key hashes ``adapter.identity()``: runtime fields leave it alone."""
+    from saebench_vision_plugins.models.dinov2 import DINOv2Adapter
+    from saebench_vision_plugins.models.efficientnet import EfficientNetLiteAdapter
+
+    for cls in (EfficientNetLiteAdapter, DINOv2Adapter):
+        base = cls(build_config(cls.Config, {})).identity()
+        for field, args in _variants(cls.Config, {}).items():
+            other = cls(build_config(cls.Config, args)).identity()
+            assert (other == base) is (field in _runtime("model", "*")), (cls.name, field)
+
+
+def test_component_version_bump_changes_every_key(manager, tmp_path, monkeypatch):
+    """A plugin with a light Config (read without importing its class) and one loaded from a
+    module (``SAEBENCH_VISION_PLUGINS``, no distribution version): bumping either's version
+    changes the SAE ids and their cells."""
+    import toyplugin
+
+    pkg = tmp_path / "bumpplugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "config.py").write_text(
+        "from dataclasses import dataclass\nfrom saebench_vision.config import SAEConfig\n"
+        "@dataclass(frozen=True)\nclass C(SAEConfig):\n    pass\n"
+    )
+    impl = pkg / "impl.py"
+    source = textwrap.dedent(
+        """
+        from toyplugin import ToySAE
+        from bumpplugin.config import C
+        class BumpSAE(ToySAE):
+            name, Config = "bump", C
+            version = "1"
+        """
+    )
+    impl.write_text(source)
+    (pkg / "hooks.py").write_text(
+        "from saebench_vision import hookimpl\nfrom saebench_vision.registry import ComponentRef\n"
+        "@hookimpl\ndef register_saes():\n"
+        "    return {'bump': ComponentRef('bumpplugin.impl:BumpSAE', config='bumpplugin.config:C')}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import bumpplugin.hooks
+
+    manager.register(toyplugin, "toy", ("", ""))
+    manager.register(bumpplugin.hooks, "bump", ("", ""))
+    doc = _doc(saes=[{"plugin": "bump"}, {"plugin": "toy-sae"}])
+    cells0, saes0 = _ids(doc, manager)
+    assert "bumpplugin.impl" not in __import__("sys").modules  # read without importing it
+    impl.write_text(source.replace('version = "1"', 'version = "2"'))
+    cells1, saes1 = _ids(doc, manager)
+    assert _changed(cells0, cells1) == {"bump/reconstruction", "bump/ontology"}
+    monkeypatch.setattr(toyplugin.ToySAE, "version", "7")
+    cells2, _ = _ids(doc, manager)
+    assert _changed(cells1, cells2) == {"toy-sae/reconstruction", "toy-sae/ontology"}
+    assert len(saes0 | saes1) == 3
+
+
+def test_relative_roots_are_resolved_and_folder_contents_fingerprinted(tmp_path, monkeypatch):
+    from PIL import Image
+    from saebench_vision_plugins.datasets.folders import ImageFolderDataset
+
+    for run in ("a", "b"):
+        (tmp_path / run / "data").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / run / "data" / "x.png")
+    cfg = build_config(ImageFolderDataset.Config, {"root": "data"})
+    monkeypatch.chdir(tmp_path / "a")
+    in_a = identity_dict(cfg)
+    first = ImageFolderDataset(cfg).fingerprint()
+    monkeypatch.chdir(tmp_path / "b")
+    assert identity_dict(cfg) != in_a and in_a["root"] == os.path.realpath(tmp_path / "a" / "data")
+    monkeypatch.chdir(tmp_path / "a")
+    assert ImageFolderDataset(cfg).fingerprint() == first
+    Image.new("RGB", (9, 9)).save(tmp_path / "a" / "data" / "x.png")  # same name, new content
+    assert ImageFolderDataset(cfg).fingerprint() != first
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "data" / "y.png")
+    assert len({first, ImageFolderDataset(cfg).fingerprint()}) == 2
+
+
+def test_changed_folder_contents_give_new_cells(manager, tmp_path, monkeypatch):
+    """Planning notices new or edited files under a dataset's root (a stat walk, no reads), so
+    cells computed from the old contents are not reused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.png").write_bytes(b"1")
+    doc = _doc()
+    doc["datasets"]["far"] = {"plugin": "image-folder", "args": {"root": "data"}, "role": "far-ood"}
+    cells0, saes0 = _ids(doc, manager)
+    assert _ids(doc, manager)[0] == cells0
+    (tmp_path / "data" / "b.png").write_bytes(b"22")
+    cells1, saes1 = _ids(doc, manager)
+    assert _changed(cells0, cells1) == ALL and saes0 == saes1  # SAEs train on `train` only
+    os.utime(tmp_path / "data" / "a.png", ns=(1, 1))
+    assert _changed(cells1, _ids(doc, manager)[0]) == ALL
+
+
+def test_training_batch_size_reruns_and_parallel_saes_does_not(manager, tmp_path, monkeypatch):
+    """The two cases the stale-results report named, end to end through the plan."""
+    monkeypatch.chdir(tmp_path)
+    cells0, saes0 = _ids(_doc(), manager)
+    cells1, saes1 = _ids(_doc(training={"batch_size": 128}), manager)
+    cells2, saes2 = _ids(_doc(training={"parallel_saes": 1}), manager)
+    assert saes0.isdisjoint(saes1) and _changed(cells0, cells1) == ALL - {
+        "baseline/reconstruction",
+        "baseline/ontology",
+    }
+    assert saes2 == saes0 and _changed(cells0, cells2) == set()
+    ood0, _ = _ids(_doc(evaluators=[{"plugin": "ood-accuracy"}]), manager)
+    ood1, _ = _ids(
+        _doc(evaluators=[{"plugin": "ood-accuracy", "args": {"batch_size": 256}}]), manager
+    )
+    assert len(_changed(ood0, ood1)) == 3
+
+
+def test_executor_settings_change_no_id(manager, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cells0, saes0 = _ids(_doc(), manager)
+    ray = {
+        "name": "ray",
+        "address": "auto",
+        "max_retries": 1,
+        "resources": {"train": {"num_gpus": 1}},
+    }
+    assert _ids(_doc(executor=ray), manager) == (cells0, saes0)
+    suite = parse_suite(_doc(executor=ray), Path("s.yaml"), manager.registry())
+    assert suite.hash == parse_suite(_doc(), Path("s.yaml"), manager.registry()).hash
+
+
+def test_planning_and_executors_import_neither_torch_nor_ray():
+    import subprocess
+    import sys
+
+    from conftest import builtins_only_env
+
+    code = (
+        "import sys; import saebench_vision.runner, saebench_vision.executors, saebench_vision.plan; "
+        "print('torch' in sys.modules, 'ray' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=builtins_only_env(),
+        timeout=120,
+    )
+    assert out.stdout.split() == ["False", "False"], out.stderr
