@@ -17,7 +17,11 @@ evaluators, and peak memory:
   memory the process really holds.
 
 Targets: peak anon within 1.3x and time per row within 1.5x from the smallest N to the largest,
-and the evaluators' time at most the training time. Every memory budget (training's
+and the evaluators' time at most the training time. Freed heap that glibc keeps (the dynamic
+mmap threshold sends the streaming loops' large temporaries to the heap, and small long-lived
+arrays between them keep it from shrinking) shows up as anonymous memory growing with N;
+``--malloc-trim`` runs each size with glibc returning freed memory at once, which separates
+memory held from memory merely not given back. Every memory budget (training's
 ``in_memory_limit_gb``, the probes' ``memory_budget_gb``, the encoding store's) is set to
 ``--budget-gb`` so that no size fits "in memory" and everything streams, as at the paper's scale.
 
@@ -69,6 +73,12 @@ class AnonSampler(threading.Thread):
         while self.running:
             self.peak = max(self.peak, _anon_kb())
             time.sleep(0.02)
+
+    def phase(self) -> int:
+        """Peak since the last call (then the count restarts)."""
+        peak = max(self.peak, _anon_kb())
+        self.peak = 0
+        return peak
 
     def stop(self) -> int:
         self.running = False
@@ -168,6 +178,7 @@ def one(args: argparse.Namespace) -> dict[str, float]:
 
     train_saes([sae], acts["train"], cfg, seed=0, progress=False)
     train_s = time.perf_counter() - t0
+    phase_peaks = {"train": sampler.phase()}
 
     store = EncodingStore(
         root / "tmp" / f"encodings.{os.getpid()}.bench", memory_budget_bytes=int(budget * 2**30)
@@ -205,8 +216,9 @@ def one(args: argparse.Namespace) -> dict[str, float]:
         t0 = time.perf_counter()
         records = ev.evaluate(ctx) if with_sae else ev.baseline(ctx.with_sae(None, ""))
         timings[label] = time.perf_counter() - t0
+        phase_peaks[label] = sampler.phase()
         assert records, label
-    peak_anon = sampler.stop()
+    peak_anon = max(sampler.stop(), *phase_peaks.values())
     store.close()
     return {
         "n": n,
@@ -217,6 +229,7 @@ def one(args: argparse.Namespace) -> dict[str, float]:
         "peak_rss_mb": _hwm_kb() / 1024,
         "peak_anon_mb": peak_anon / 1024,
         "start_anon_mb": base_anon / 1024,
+        **{f"anon_{k}_mb": v / 1024 for k, v in phase_peaks.items()},
     }
 
 
@@ -237,7 +250,12 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 2)))
     parser.add_argument("--cache-dir", help="where the synthetic cache goes (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the synthetic cache")
+    parser.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="run each size with glibc returning freed memory at once (MALLOC_TRIM_THRESHOLD_=0, "
+        "SAEBENCH_VISION_MALLOC_DEFAULTS=1): separates memory held from freed heap glibc keeps",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -257,7 +275,10 @@ def main() -> int:
                 "threads",
             ):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ)
+            if args.malloc_trim:
+                env |= {"MALLOC_TRIM_THRESHOLD_": "0", "SAEBENCH_VISION_MALLOC_DEFAULTS": "1"}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
@@ -272,7 +293,9 @@ def main() -> int:
                     for k in r
                     if k.endswith("_s") and k not in ("write_s", "train_s", "eval_s")
                 )
-                + f"), peak RSS {r['peak_rss_mb']:.0f} MB, peak anon {r['peak_anon_mb']:.0f} MB",
+                + f"), peak RSS {r['peak_rss_mb']:.0f} MB, peak anon {r['peak_anon_mb']:.0f} MB ("
+                + ", ".join(f"{k[5:-3]} {v:.0f}" for k, v in r.items() if k.startswith("anon_"))
+                + ")",
                 flush=True,
             )
     if len(results) > 1:
