@@ -3,9 +3,16 @@
 An entry holds the activations of one (model, layer, token selection, preprocessing, dataset
 split). Its key hashes everything that determines those numbers, so every SAE and evaluator of
 a suite, and every later run, shares one extraction. Entries are written to a private temporary
-folder and renamed into place (atomic on one filesystem), builders of the same key serialise on a
-file lock, and every shard's size and SHA-256 are checked before use; a damaged entry is removed
-and rebuilt.
+folder and renamed into place (atomic on one filesystem), and builders of the same key serialise
+on a file lock.
+
+Each file is hashed once, when it is written (SHA-256 of the whole file, plus a *sample* digest
+of a few 4 KiB blocks at fixed offsets). A lookup checks sizes and the sample digests (``verify:
+sample``, the default: a few reads per shard instead of rehashing ~315 GB before a resumed
+Fig. 8 run starts); ``full`` rehashes every file on its first lookup in a process; ``size``
+checks sizes only. ``saebench cache verify`` rehashes everything on demand. A damaged entry is
+removed and rebuilt. ``saebench cache gc`` sweeps the temporary folders of writers that died
+(their owner process is gone).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +39,12 @@ FORMAT_VERSION = 1
 SHARD_BYTES = 64 * 2**20
 RESPONSES_FILE = "responses.json"
 """Per dataset item, the text a generating model produced (``{item index: text}``)."""
+SAMPLE_BLOCK = 4096
+SAMPLE_POINTS = (0.0, 1 / 3, 2 / 3, 1.0)
+"""Where the sample digest reads its blocks, as fractions of the file (1.0: the last block)."""
+VERIFY_MODES = ("sample", "full", "size")
+OWNER_FILE = ".owner.json"
+"""In a writer's temporary folder: the pid and host that own it (read by ``cache gc``)."""
 
 
 def default_cache_dir() -> Path:
@@ -55,6 +70,26 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(8 * 2**20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sample_sha256(path: Path) -> str:
+    """SHA-256 of the file size and of ``SAMPLE_BLOCK`` bytes at each of ``SAMPLE_POINTS``."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for point in SAMPLE_POINTS:
+            fh.seek(max(0, min(int(point * size), size - SAMPLE_BLOCK)))
+            digest.update(fh.read(SAMPLE_BLOCK))
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What a manifest stores about a file: bytes, SHA-256 and the sample digest."""
+    return {
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "sample": sample_sha256(path),
+    }
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -149,6 +184,7 @@ class EntryWriter:
         self.cache, self.key, self.d, self.meta = cache, key, d, meta
         self.tmp = cache.root / "tmp" / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir(parents=True)
+        write_owner(self.tmp)
         self.rows_per_shard = max(1, SHARD_BYTES // (4 * d))
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
@@ -192,14 +228,7 @@ class EntryWriter:
         head, tail = data[:rows], data[rows:]
         name = f"shard-{len(self._shards):05d}.npy"
         np.save(self.tmp / name, np.ascontiguousarray(head))
-        self._shards.append(
-            {
-                "file": name,
-                "rows": len(head),
-                "bytes": (self.tmp / name).stat().st_size,
-                "sha256": file_sha256(self.tmp / name),
-            }
-        )
+        self._shards.append({"file": name, "rows": len(head), **file_record(self.tmp / name)})
         self._buffer = [tail] if len(tail) else []
         self._buffered = len(tail)
 
@@ -227,12 +256,11 @@ class EntryWriter:
             "dtype": "float32",
             "shards": self._shards,
             "meta": self.meta,
-            "files": {
-                f: {"bytes": (self.tmp / f).stat().st_size, "sha256": file_sha256(self.tmp / f)}
-                for f in extra_files
-            },
+            "files": {f: file_record(self.tmp / f) for f in extra_files},
+            "created": time.time(),
         }
         atomic_write_text(self.tmp / "manifest.json", json.dumps(manifest, indent=1))
+        (self.tmp / OWNER_FILE).unlink(missing_ok=True)
         final = self.cache.entry_path(self.key)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -254,10 +282,12 @@ class EntryWriter:
 class ActivationCache:
     """The store under ``root``: ``<root>/<key[:2]>/<key>/{manifest.json, shard-*.npy, ...}``."""
 
-    def __init__(self, root: Path | str | None = None, *, verify: str = "full") -> None:
+    def __init__(self, root: Path | str | None = None, *, verify: str = "sample") -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
-        if verify not in ("full", "size"):
-            raise CacheError(f"cache verify mode {verify!r} is not one of: full, size")
+        if verify not in VERIFY_MODES:
+            raise CacheError(
+                f"cache verify mode {verify!r} is not one of: {', '.join(VERIFY_MODES)}"
+            )
         self.verify = verify
         self._verified: set[str] = set()
         try:
@@ -290,7 +320,8 @@ class ActivationCache:
             return None
         return ActivationSet(path, json.loads(manifest_file.read_text()))
 
-    def _check(self, path: Path, manifest_file: Path) -> str:
+    def _check(self, path: Path, manifest_file: Path, mode: str | None = None) -> str:
+        mode = mode or self.verify
         try:
             manifest = json.loads(manifest_file.read_text())
             files = {s["file"]: s for s in manifest["shards"]}
@@ -305,15 +336,66 @@ class ActivationCache:
                 return f"{name} is missing"
             if file.stat().st_size != info["bytes"]:
                 return f"{name} has {file.stat().st_size} bytes, expected {info['bytes']}"
-        if self.verify == "full" and manifest["key"] not in self._verified:
-            for name, info in files.items():
-                if file_sha256(path / name) != info["sha256"]:
-                    return f"{name} fails its SHA-256 check"
-            self._verified.add(manifest["key"])
+        if mode == "size" or (mode != "verify" and manifest["key"] in self._verified):
+            return ""
+        for name, info in files.items():
+            if mode == "sample":
+                # Entries written before sample digests existed are checked by size only.
+                if "sample" in info and sample_sha256(path / name) != info["sample"]:
+                    return f"{name} fails its sample check"
+            elif file_sha256(path / name) != info["sha256"]:
+                return f"{name} fails its SHA-256 check"
+        self._verified.add(manifest["key"])
         return ""
 
+    def verify_entry(self, key: str, *, remove: bool = False) -> str:
+        """Rehash every file of an entry (SHA-256): "" when sound, else what is wrong. A damaged
+        entry is removed when ``remove``."""
+        path = self.entry_path(key)
+        manifest_file = path / "manifest.json"
+        if not manifest_file.exists():
+            return "no such entry"
+        problem = self._check(path, manifest_file, mode="verify")
+        if problem and remove:
+            self._discard(path)
+        return problem
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every entry's manifest as stored (nothing verified), with ``path`` and ``bytes`` added."""
+        found = []
+        for file in sorted(self.root.glob("??/*/manifest.json")):
+            try:
+                manifest = json.loads(file.read_text())
+            except (OSError, ValueError):
+                manifest = {"key": file.parent.name, "damaged": "unreadable manifest"}
+            manifest["path"] = str(file.parent)
+            manifest["bytes"] = sum(f.stat().st_size for f in file.parent.iterdir() if f.is_file())
+            found.append(manifest)
+        return found
+
+    def gc(self, *, dry_run: bool = False) -> list[tuple[Path, int, str]]:
+        """Remove temporary folders and entries no process will finish or use: writers' folders
+        whose owner process is gone (on this host), shared-encoding folders likewise, leftovers
+        of discarded entries, and entries whose manifest cannot be read. Returns
+        ``(path, bytes, why)`` for each (removed unless ``dry_run``)."""
+        swept: list[tuple[Path, int, str]] = []
+        for folder in sorted((self.root / "tmp").iterdir()) if (self.root / "tmp").exists() else []:
+            why = _orphan_reason(folder)
+            if why:
+                swept.append((folder, _tree_bytes(folder), why))
+        for folder in sorted(self.root.glob("??/*")):
+            manifest = folder / "manifest.json"
+            if folder.is_dir() and not manifest.exists():
+                swept.append((folder, _tree_bytes(folder), "entry without a manifest"))
+        if not dry_run:
+            for folder, _, _ in swept:
+                shutil.rmtree(folder, ignore_errors=True)
+                if folder.exists() and folder.is_file():
+                    folder.unlink()
+        return swept
+
     def _discard(self, path: Path) -> None:
-        trash = self.root / "tmp" / f"damaged-{path.name}-{uuid.uuid4().hex[:8]}"
+        trash = self.root / "tmp" / f"damaged-{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         with contextlib.suppress(OSError):
             os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
@@ -343,3 +425,48 @@ class ActivationCache:
             if entry is not None:
                 found.append(entry)
         return found
+
+
+def write_owner(folder: Path) -> None:
+    """Mark ``folder`` (under the cache's ``tmp``) as owned by this process, for ``cache gc``."""
+    (folder / OWNER_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _orphan_reason(folder: Path) -> str:
+    """Why ``folder`` in the cache's tmp is an orphan, or "" while its owner may still use it.
+
+    The owner is read from the folder's owner file, else from its name (``<name>.<pid>.<hex>``);
+    folders of another host are left alone (their pids mean nothing here)."""
+    owner: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        owner = json.loads((folder / OWNER_FILE).read_text())
+    if "pid" not in owner:
+        parts = folder.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit():
+            owner = {"pid": int(parts[1])}
+    if "pid" not in owner:
+        age = time.time() - folder.stat().st_mtime
+        return "no owner recorded, untouched for a day" if age > 86400 else ""
+    if owner.get("host", socket.gethostname()) != socket.gethostname():
+        return ""
+    if _pid_alive(int(owner["pid"])):
+        return ""
+    return f"its owner process {owner['pid']} is gone"
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

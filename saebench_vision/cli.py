@@ -1,4 +1,5 @@
-"""The ``saebench`` command: run, validate, plugins, leaderboard, layers, plot, report, export.
+"""The ``saebench`` command: run, validate, plugins, leaderboard, layers, cache, plot, report,
+export.
 
 Start-up stays light: nothing here imports torch, transformers, diffusers or open_clip; ``run``
 imports them only when a cell actually has to be computed.
@@ -183,11 +184,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                     print(f"  ({declared})")
                 types = field_types(cfg)
                 for name, f in config_fields(cfg).items():
-                    default = f.default if f.default is not f.default_factory else "(required)"
-                    if f.default_factory is not dataclasses.MISSING:
-                        default = f.default_factory()
                     print(
-                        f"  {name}: {describe_type(types[name])} = {default!r}  {f.metadata.get('help', '')}"
+                        f"  {name}: {describe_type(types[name])} = {_default_text(f)}  "
+                        f"{f.metadata.get('help', '')}"
                     )
     return 0
 
@@ -203,6 +202,16 @@ def _declared_kinds(kind: str, config: type) -> str:
         modality = getattr(config, "modality", None)
         return f"gives {modality} items" if modality else ""
     return ""
+
+
+def _default_text(f: Any) -> str:
+    """A Config field's default as shown by ``plugins --verbose`` (factories are called)."""
+
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return repr(f.default_factory())
+    return "(required)"
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -270,6 +279,68 @@ def find_results_folder(here: Path, command: str = "leaderboard") -> Path:
     )
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from saebench_vision.cache import ActivationCache
+
+    cache = ActivationCache(Path(args.cache_dir).expanduser() if args.cache_dir else None)
+    if args.cache_command == "ls":
+        manifests = cache.manifests()
+        if args.json:
+            print(json.dumps(manifests, indent=1, default=str))
+            return 0
+        from tabulate import tabulate
+
+        rows = [
+            [
+                str(m.get("key", "?"))[:12],
+                m.get("meta", {}).get("model", "?"),
+                m.get("meta", {}).get("layer", "?"),
+                m.get("meta", {}).get("tokens", "?"),
+                m.get("meta", {}).get("split", "?"),
+                m.get("n", "?"),
+                m.get("d", "?"),
+                _size(m["bytes"]),
+            ]
+            for m in manifests
+        ]
+        headers = ["key", "model", "layer", "tokens", "split", "rows", "width", "size"]
+        print(tabulate(rows, headers=headers, tablefmt="simple"))
+        total = sum(m["bytes"] for m in manifests)
+        print(f"{len(manifests)} entries, {_size(total)} in {cache.root}")
+        return 0
+    if args.cache_command == "verify":
+        keys = [m["key"] for m in cache.manifests()]
+        if args.key:
+            keys = [k for k in keys if any(k.startswith(prefix) for prefix in args.key)]
+        bad = 0
+        for key in keys:
+            problem = cache.verify_entry(key, remove=args.remove)
+            if problem:
+                bad += 1
+                action = "removed" if args.remove else "run with --remove to delete it"
+                print(f"DAMAGED {key[:12]}: {problem} ({action})")
+        print(
+            f"{len(keys) - bad} of {len(keys)} entries sound (SHA-256 of every file) in {cache.root}"
+        )
+        return 1 if bad else 0
+    swept = cache.gc(dry_run=args.dry_run)
+    for path, size, why in swept:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)}): {why}")
+    freed = sum(size for _, size, _ in swept)
+    print(
+        f"{len(swept)} item(s), {_size(freed)} {'to free' if args.dry_run else 'freed'} in {cache.root}"
+    )
+    return 0
+
+
 def _print_board(
     store: Any,
     suite_hash: str,
@@ -285,6 +356,15 @@ def _print_board(
 
     summary = summary and not (args.layout or args.metric or args.split or args.all_metrics)
     frame = store.records_frame(suite_hash)
+    if getattr(args, "evaluator", None):
+        present = sorted(set(frame["evaluator"])) if len(frame) else []
+        unknown = [e for e in args.evaluator if e not in present]
+        if unknown:
+            raise SaebenchError(
+                f"--evaluator {unknown[0]}: no results of that evaluator in {store.path} "
+                f"(evaluators with results: {', '.join(present) or 'none'})"
+            )
+        frame = frame[frame["evaluator"].isin(args.evaluator)]
     done, total = store.progress(suite_hash)
     title = f"{suite_name or 'suite'} ({suite_hash}): {done}/{total} cells"
     text = render(
@@ -577,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--split", action="append", help="only this split; repeatable")
         p.add_argument(
+            "--evaluator",
+            action="append",
+            help="only this evaluator's results, e.g. ood-accuracy; repeatable",
+        )
+        p.add_argument(
             "--all-metrics",
             action="store_true",
             help="every metric, not only the evaluators' headline ones",
@@ -660,6 +745,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", help="write to this file instead of standard output")
     board_options(p)
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("cache", help="list, verify or clean the activation cache")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+
+    def cache_dir_option(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--cache-dir",
+            help="activation cache folder (default: $SAEBENCH_VISION_CACHE or ~/.cache/saebench_vision)",
+        )
+
+    q = cache_sub.add_parser("ls", help="list the entries: model, layer, tokens, split, rows, size")
+    cache_dir_option(q)
+    q.add_argument("--json", action="store_true", help="the manifests, machine-readable")
+    q.set_defaults(func=cmd_cache)
+    q = cache_sub.add_parser(
+        "verify", help="rehash every file (SHA-256) and report damaged entries (exit status 1)"
+    )
+    cache_dir_option(q)
+    q.add_argument("key", nargs="*", help="only entries whose key starts with one of these")
+    q.add_argument("--remove", action="store_true", help="delete damaged entries (rebuilt on use)")
+    q.set_defaults(func=cmd_cache)
+    q = cache_sub.add_parser(
+        "gc",
+        help="remove temporary folders of killed runs (owner process gone) and broken entries",
+    )
+    cache_dir_option(q)
+    q.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    q.set_defaults(func=cmd_cache)
     _add_report_commands(sub)
     return parser
 

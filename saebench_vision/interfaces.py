@@ -25,6 +25,7 @@ from saebench_vision.errors import ConfigError
 
 if TYPE_CHECKING:
     from saebench_vision.cache import ActivationSet
+    from saebench_vision.encodings import Encoding, EncodingStore
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,7 +557,13 @@ class EvalContext:
     """What an evaluator gets for one cell: the SAE, the activations, datasets and the adapter.
 
     Everything is loaded lazily; the runner shares one context per (model, layer, seed) across
-    SAEs, so activations are read and the adapter loaded at most once.
+    SAEs, so activations are read and the adapter loaded at most once, and one
+    :class:`~saebench_vision.encodings.EncodingStore` across every cell of a run, so each
+    (SAE, split) is encoded once however many evaluators read its latents.
+
+    Evaluators read SAE latents by streaming: :meth:`latents` gives the split's sparse
+    :class:`~saebench_vision.encodings.Encoding` (``iter_dense`` / ``iter_sparse`` chunks,
+    ``read`` rows by index). :meth:`sae_encode` (dense, whole split) is for small splits only.
     """
 
     def __init__(
@@ -577,6 +584,7 @@ class EvalContext:
         layers: Sequence[str] = (),
         layer_activation_loader: Any = None,
         sae_resolver: Any = None,
+        encodings: EncodingStore | None = None,
     ) -> None:
         self.model_name = model_name
         self.layer = layer
@@ -594,6 +602,11 @@ class EvalContext:
         """Every layer of this cell's model in the suite (in suite order)."""
         self._layer_activation_loader = layer_activation_loader
         self._sae_resolver = sae_resolver
+        if encodings is None:
+            from saebench_vision.encodings import EncodingStore
+
+            encodings = EncodingStore()
+        self.encoding_store: EncodingStore = encodings
 
     def with_sae(self, sae: SAE | None, sae_id: str) -> EvalContext:
         clone = object.__new__(EvalContext)
@@ -617,19 +630,53 @@ class EvalContext:
         """The model adapter, loaded on first use (evaluators that drive the model need it)."""
         return self._adapter_loader()
 
-    def sae_encode(self, split: str, *, pre: bool = False, batch_size: int = 4096) -> np.ndarray:
-        """SAE latents (or pre-activations) of a split as a float32 array (N, d_sae)."""
+    def latents(self, split: str, *, device: str | None = None, batch_size: int = 4096) -> Encoding:
+        """The SAE's latents of ``split`` (sparse, shared: encoded on the first request of the
+        run and reused by every later evaluator of the same SAE). ``device`` runs the encoding
+        (default: the context's)."""
+        if self.sae is None:
+            raise ValueError("this evaluation cell has no SAE")
+        if not self.sae_id:
+            raise ValueError("EvalContext.latents needs the cell's sae_id to share encodings")
+        return self.encoding_store.get(
+            self.sae_id,
+            split,
+            self.sae,
+            self.activations(split),
+            device=resolve_device(device or self.device),
+            batch_size=batch_size,
+        )
+
+    def sae_encode(
+        self,
+        split: str,
+        *,
+        pre: bool = False,
+        batch_size: int = 4096,
+        max_bytes: int | None = None,
+    ) -> np.ndarray:
+        """SAE latents (or pre-activations) of a split as a dense float32 array (N, d_sae).
+
+        For small splits only: beyond ``max_bytes`` (default
+        :data:`~saebench_vision.encodings.DEFAULT_DENSE_LIMIT`, 2 GiB) it raises a one-line
+        error pointing to :meth:`latents`. Latents come from the shared encoding."""
+        from saebench_vision.encodings import DEFAULT_DENSE_LIMIT, dense_limit_error
+
         if self.sae is None:
             raise ValueError("this evaluation cell has no SAE")
         acts = self.activations(split)
+        limit = DEFAULT_DENSE_LIMIT if max_bytes is None else max_bytes
+        if acts.n * self.sae.d_sae * 4 > limit:
+            raise dense_limit_error(split, acts.n, self.sae.d_sae, limit)
+        if not pre:
+            return self.latents(split, batch_size=batch_size).dense(0, acts.n)
         device = resolve_device(self.device)
         sae = self.sae.to(device)
         out = np.empty((acts.n, sae.d_sae), dtype=np.float32)
         with torch.no_grad():
             for start, chunk in acts.iter_chunks(batch_size):
                 x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)
-                z = sae.pre_activations(x) if pre else sae.encode(x)
-                out[start : start + len(chunk)] = z.float().cpu().numpy()
+                out[start : start + len(chunk)] = sae.pre_activations(x).float().cpu().numpy()
         return out
 
     # -- other layers of the same model, and the suite's SAEs on them ----------------------

@@ -12,6 +12,7 @@ every step of a suite in one process loads each thing once.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -84,6 +85,7 @@ class Workspace:
         self._saes: dict[str, Any] = {}
         self._weights: dict[str, dict[str, str | None]] = {}
         self._sae_group: tuple[str, str, int] | None = None
+        self._encodings: Any = None
 
     def say(self, message: str) -> None:
         print(message, file=self.log or sys.stderr, flush=True)
@@ -224,6 +226,9 @@ class Workspace:
                 sae_resolver=lambda other, sae_id, label: self.suite_sae(
                     model, seed, layer, other, sae_id, label
                 ),
+                # Shared SAE encodings: each (SAE, split) is encoded once, whatever evaluators
+                # read it (see EvalContext.latents).
+                encodings=self.encodings(),
             )
         return self._contexts[memo]
 
@@ -286,6 +291,19 @@ class Workspace:
         # Kept beside the current group's SAEs (and dropped with them) without switching groups.
         return self._load_sae(planned.sae_id), planned.sae_id
 
+    def encodings(self) -> Any:
+        """This process's store of shared SAE encodings (closed when the group changes);
+        `saebench cache gc` sweeps its folder if the process dies first."""
+        if self._encodings is None:
+            import uuid
+
+            from saebench_vision.encodings import EncodingStore
+
+            self._encodings = EncodingStore(
+                self.cache.root / "tmp" / f"encodings.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            )
+        return self._encodings
+
     def sae(self, model: ModelSpec, layer: str, seed: int, sae_id: str) -> Any:
         """A trained SAE: from this process's last training pass, else from its checkpoint."""
         self._enter_group((model.label, layer, seed))
@@ -311,6 +329,8 @@ class Workspace:
         # Keep only one group's SAEs in memory: a paper-scale sweep holds gigabytes of weights.
         if self._sae_group != group:
             self._saes.clear()
+            if self._encodings is not None:
+                self._encodings.close()
             self._sae_group = group
 
 

@@ -476,9 +476,9 @@ def parse_suite(doc: Any, path: Path, registry: Registry, *, output: str | None 
     cache_value = doc.get("cache_dir")
     if cache_value is not None and (not isinstance(cache_value, str) or "\x00" in cache_value):
         raise c.fail("cache_dir", f"{_show(cache_value)} is not a folder path")
-    verify = doc.get("cache_verify", "full")
-    if verify not in ("full", "size"):
-        raise c.fail("cache_verify", f"{_show(verify)} is not one of: full, size")
+    verify = doc.get("cache_verify", "sample")
+    if verify not in ("sample", "full", "size"):
+        raise c.fail("cache_verify", f"{_show(verify)} is not one of: sample, full, size")
 
     hashed = {
         "models": [

@@ -162,3 +162,71 @@ def test_unwritable_cache_dir_is_one_line(tmp_path):
     with pytest.raises(CacheError, match="cannot create it") as info:
         ActivationCache(blocker / "cache")
     assert "\n" not in str(info.value)
+
+
+def test_lookup_hashes_nothing_by_default_and_samples_catch_edits(tmp_path, monkeypatch):
+    cache = ActivationCache(tmp_path)
+    entry, _, _ = fill(cache, "h" * 64, n=3000, d=8)  # one 96 kB shard
+    calls = []
+    real = cache_mod.file_sha256
+    monkeypatch.setattr(cache_mod, "file_sha256", lambda p: calls.append(p) or real(p))
+    assert ActivationCache(tmp_path).lookup("h" * 64) is not None
+    assert calls == []  # hashed when written, never again on lookup
+    shard = entry.path / entry.manifest["shards"][0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2 + 10] ^= 0xFF  # between the sampled blocks: only a full hash sees it
+    shard.write_bytes(bytes(raw))
+    assert ActivationCache(tmp_path).lookup("h" * 64) is not None
+    assert "SHA-256" in ActivationCache(tmp_path).verify_entry("h" * 64)
+    raw[len(raw) // 3 + 100] ^= 0xFF  # inside the block sampled at one third
+    shard.write_bytes(bytes(raw))
+    assert ActivationCache(tmp_path).lookup("h" * 64) is None
+
+
+def _killed_writer(root: str) -> None:
+    import os
+    import signal
+
+    w = ActivationCache(root).writer("z" * 64, 4, {})
+    w.append(np.ones((3, 4), np.float32), np.arange(3), None)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_gc_sweeps_only_folders_whose_owner_is_gone(tmp_path):
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_killed_writer, args=(str(tmp_path),))
+    proc.start()
+    proc.join()
+    assert proc.exitcode == -9
+    cache = ActivationCache(tmp_path)
+    live = cache.writer("y" * 64, 4, {})  # ours, still being written
+    (dead,) = [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("z")]
+    assert cache.gc(dry_run=True)[0][0] == dead and dead.exists()
+    swept = cache.gc()
+    assert [p for p, _, _ in swept] == [dead] and "is gone" in swept[0][2]
+    assert not dead.exists() and live.tmp.exists()
+    live.append(np.ones((2, 4), np.float32), np.arange(2), None)
+    assert live.commit().n == 2 and not (live.cache.entry_path("y" * 64) / ".owner.json").exists()
+
+
+def test_cache_commands(tmp_path, capsys):
+    from saebench_vision.cli import main
+
+    cache = ActivationCache(tmp_path)
+    entry, _, _ = fill(cache, "c" * 64)
+    fill(cache, "e" * 64)
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cccccccccccc" in out and "eeeeeeeeeeee" in out and "2 entries" in out
+    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
+    assert "2 of 2 entries sound" in capsys.readouterr().out
+    shard = entry.path / entry.manifest["shards"][0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[200] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 1
+    assert "DAMAGED cccccccccccc" in capsys.readouterr().out and entry.path.exists()
+    assert main(["cache", "verify", "ccc", "--remove", "--cache-dir", str(tmp_path)]) == 1
+    assert not entry.path.exists()
+    assert main(["cache", "gc", "--cache-dir", str(tmp_path)]) == 0
+    assert "0 item(s)" in capsys.readouterr().out

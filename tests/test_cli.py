@@ -48,7 +48,8 @@ def test_validate_quickstart_imports_no_torch():
     )
 
 
-def test_validate_checks_layer_names_by_default(tmp_path, capsys):
+def test_validate_checks_layer_names_by_default(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the suite's relative `output` would land here
     text = (
         (REPO / "suites" / "quickstart.yaml")
         .read_text()

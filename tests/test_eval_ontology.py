@@ -109,3 +109,78 @@ def test_relative_mean_rule_by_hand():
     sets, pivot = class_sets(means, threshold=0.5)
     np.testing.assert_array_equal(sets, [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1], [0] * 7])
     np.testing.assert_array_equal(pivot, [4, 5, -1])
+
+
+def test_class_sums_match_a_dense_groupby(tmp_path):
+    from saebench_vision_plugins.evaluators.ontology import class_stats
+
+    ctx, _ = _setup(tmp_path)
+    stats = class_stats(ctx, "val", len(LEAVES), with_sae=True, batch_size=5, device="cpu")
+    acts = ctx.activations("val")
+    x, y = acts.read(np.arange(acts.n)).astype(np.float64), acts.labels
+    import torch
+
+    with torch.no_grad():
+        z = ctx.sae.encode(torch.from_numpy(x).float()).double().numpy()
+    onehot = np.eye(len(LEAVES))[y]
+    np.testing.assert_allclose(stats.x_sum, onehot.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(stats.z_sum, onehot.T @ z, rtol=1e-6)
+    np.testing.assert_array_equal(stats.z_fire, onehot.T @ (z > 0))
+
+
+def test_near_root_features_are_counted_apart():
+    from saebench_vision_plugins.datasets.hierarchy import HierarchyIndex
+    from saebench_vision_plugins.evaluators.ontology import score_class_sets, summary
+
+    index = HierarchyIndex.build(TREE, LEAVES)
+    sets = np.zeros((3, len(LEAVES)), dtype=bool)
+    sets[0] = True  # every class: LCH root, coverage 1
+    sets[1, :17] = True  # all but one: LCH root, coverage 17/18
+    sets[2, :6] = True  # group g0: coverage 1, a real concept
+    scores = score_class_sets(sets, np.array([0, 0, 0]), index, near_root_fraction=0.9)
+    assert [index.nodes[i] for i in scores.lch] == ["root", "root", "g0"]
+    got = summary(scores, OntologyConfig(near_root_fraction=0.9))
+    assert got["n_multiclass"][0] == 3 and got["n_near_root"][0] == 2
+    assert got["coverage_gt_0.99"][0] == 1 and got["coverage_gt_0.75"][0] == 1
+    assert got["near_root_coverage_gt_0.99"][0] == 1 and got["near_root_coverage_gt_0.75"][0] == 2
+    assert got["mean_coverage"][0] == 1.0 and got["mean_lch_height"][0] == 2.0
+
+
+def test_firing_rate_baselines_are_centred(tmp_path):
+    # Non-negative activations (an offset of 5 plus a class code): raw x_j > 0 fires on every
+    # class, so without centring every neuron is a root-level "concept"; centred on the split
+    # mean, neuron j fires on class j only.
+    rng = np.random.default_rng(1)
+    n_cls = len(LEAVES)
+    labels = np.repeat(np.arange(n_cls), 4)
+    x = (5 + np.eye(n_cls)[labels] + 0.01 * rng.random((len(labels), n_cls))).astype(np.float32)
+    classes = [ClassInfo(leaf, leaf) for leaf in LEAVES]
+    ctx = make_ctx(tmp_path, {"val": ("eval", x, labels)}, classes={"val": classes}, hierarchy=TREE)
+    raw = by_key(
+        OntologyEvaluator(
+            OntologyConfig(device="cpu", class_rule="firing-rate", baseline_centre="none")
+        ).baseline(ctx)
+    )
+    assert raw[("n_multiclass", "val")].value == n_cls
+    assert raw[("n_near_root", "val")].value == n_cls
+    assert raw[("coverage_gt_0.99", "val")].value == 0  # not won by firing on everything
+    centred = by_key(
+        OntologyEvaluator(OntologyConfig(device="cpu", class_rule="firing-rate")).baseline(ctx)
+    )
+    assert centred[("n_with_classes", "val")].value == n_cls
+    assert centred[("n_multiclass", "val")].value == 0
+
+
+def testprojection_rates_by_hand(tmp_path):
+    from saebench_vision_plugins.evaluators.ontology import projection_rates
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 7)
+    x = rng.random((21, 4)).astype(np.float32)
+    ctx = make_ctx(tmp_path, {"val": ("eval", x, labels)})
+    dirs = rng.normal(size=(5, 4))
+    offsets = dirs @ x.mean(0)
+    got = projection_rates(ctx, "val", dirs, offsets, 3, 4, "cpu")
+    fires = (x.astype(np.float64) @ dirs.T) > offsets
+    want = np.stack([fires[labels == c].mean(0) for c in range(3)], axis=1)
+    np.testing.assert_allclose(got, want)

@@ -146,3 +146,49 @@ def test_streamed_prediction_matches_restricted_accuracy(tmp_path):
     np.testing.assert_array_equal(
         probe.predict(acts, torch.device("cpu"), mapping) == labels, expected
     )
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "minibatch"])
+def test_memory_budget_never_changes_the_probe(tmp_path, solver):
+    # Held on the device (budget large) or streamed from the memory map (budget 0): same rows,
+    # same order, so bit-identical weights; latents from the shared encoding equal sae.encode.
+    rng = np.random.default_rng(6)
+    x, y = _blobs(rng, 40, 2 * np.eye(5), 1.0)
+    acts = write_acts(tmp_path, "f" * 64, x, y, chunk=33)
+    cfg = dict(solver=solver, epochs=3, batch_size=32, full_batch_limit=10)
+    held = fit_probe(acts, y, 5, ProbeConfig(**cfg, memory_budget_gb=1.0), seed=1)
+    streamed = fit_probe(acts, y, 5, ProbeConfig(**cfg, memory_budget_gb=0.0), seed=1)
+    torch.testing.assert_close(held.weight, streamed.weight, rtol=0, atol=0)
+    assert held.train_loss == streamed.train_loss
+    sae = LinearReluSAE(
+        np.vstack([np.eye(5), -np.eye(5)]), np.zeros(10), np.zeros((5, 10)), np.zeros(5)
+    )
+    ctx = make_ctx(tmp_path / "ctx", {"train": ("train", x, y)}, sae=sae)
+    by_fn = fit_probe(acts, y, 5, ProbeConfig(**cfg), feature_fn=sae.encode, seed=1)
+    by_enc = fit_probe(acts, y, 5, ProbeConfig(**cfg), latents=ctx.latents("train"), seed=1)
+    if solver == "lbfgs":  # the same dense chunks
+        torch.testing.assert_close(by_fn.weight, by_enc.weight, rtol=0, atol=0)
+    else:  # minibatch steps on sparse latents: the same objective, other float rounding
+        torch.testing.assert_close(by_fn.weight, by_enc.weight, rtol=1e-4, atol=1e-5)
+        assert by_enc.train_loss == pytest.approx(by_fn.train_loss, rel=1e-5)
+
+
+def test_sparse_minibatch_steps_match_dense_ones(tmp_path, monkeypatch):
+    # Steps that sum over the latents' non-zeros (forced here, whatever the density) minimise
+    # the same objective as dense steps on sae.encode.
+    from saebench_vision_plugins.evaluators import probes
+
+    monkeypatch.setattr(probes, "SPARSE_STEP_DENSITY", 1.0)
+    rng = np.random.default_rng(7)
+    x, y = _blobs(rng, 60, 3 * np.eye(4), 0.5)
+    w_enc = rng.normal(size=(200, 4))
+    sae = LinearReluSAE(w_enc, -2.5 * np.ones(200), np.zeros((4, 200)), np.zeros(4))
+    ctx = make_ctx(tmp_path, {"train": ("train", x, y)}, sae=sae)
+    latents = ctx.latents("train")
+    assert 0 < latents.nnz < latents.n * 200
+    acts = ctx.activations("train")
+    cfg = ProbeConfig(solver="minibatch", epochs=5, batch_size=32, lr=5e-2)
+    dense = fit_probe(acts, y, 4, cfg, feature_fn=sae.encode, seed=2)
+    sparse = fit_probe(acts, y, 4, cfg, latents=latents, seed=2)
+    torch.testing.assert_close(sparse.weight, dense.weight, rtol=1e-4, atol=1e-5)
+    assert sparse.train_loss == pytest.approx(dense.train_loss, rel=1e-5)

@@ -164,3 +164,19 @@ def test_wordnet_dict_install_writes_lexnames(tmp_path):
     assert target == tmp_path / "root" / "corpora" / "wordnet"
     assert (target / "lexnames").read_text() == lexnames_text() and (target / "data.noun").is_file()
     assert (target.stat().st_mode & 0o077) == 0  # nltk reads only private corpus folders
+
+
+def test_tie_break_depends_on_the_class_set_not_the_pivot():
+    # H1 and H2 both have leaf set {a, b} (so does top). Distances: a->H1 1, b->H1 3 (total 4);
+    # a->H2 2, b->H2 1 (total 3); top: 2 + 2 = 4. The nearest node to the pivot differs with the
+    # pivot (a: H1, b: H2); the smallest total distance does not (H2). Highest: H1 and top tie at
+    # 4, and the lower node index (H1) wins.
+    dag = {"a": ["H1", "n"], "n": ["H2"], "b": ["H2", "m1"], "m1": ["m2"], "m2": ["H1"]}
+    dag |= {"H1": ["top"], "H2": ["top"]}
+    for tie_break, want in (("lowest", "H2"), ("highest", "H1")):
+        index = HierarchyIndex.build(dag, ["a", "b"], tie_break=tie_break)
+        sets = np.ones((2, 2), dtype=bool)
+        scores = score_class_sets(sets, np.array([0, 1]), index)
+        assert [index.nodes[i] for i in scores.lch] == [want, want]
+        total = {"H2": 3, "H1": 4}[want]
+        np.testing.assert_allclose(scores.height, [total / 2, total / 2])

@@ -26,7 +26,7 @@ RUNTIME = {
     ("dataset", "hf-text"): {"cache_dir"},
     ("evaluator", "diffusion-steering"): {"cache_dir"},
     ("evaluator", "reconstruction"): {"batch_size", "device"},
-    ("evaluator", "ood-accuracy"): {"device"},
+    ("evaluator", "ood-accuracy"): {"device", "memory_budget_gb"},
     ("evaluator", "ontology"): {"batch_size", "device"},
     ("evaluator", "layer-sweep"): {"batch_size", "device"},
     ("evaluator", "modality-overlap"): {"batch_size", "device"},

@@ -191,20 +191,6 @@ def test_unimportable_component_names_the_plugin(manager):
         manager.registry().get("evaluator", "stale").load()
 
 
-def test_lifecycle_hooks_reach_plugins(manager):
-    seen = []
-
-    class Listener:
-        @staticmethod
-        @hookimpl
-        def saebench_run_finished(status):
-            seen.append(status)
-
-    manager.register(Listener(), "listener")
-    manager.hook.saebench_run_finished(suite=None, run_id="r", status="finished")
-    assert seen == ["finished"]
-
-
 def test_a_raising_observer_is_one_warning_and_the_others_still_run(manager, capsys):
     seen = []
 

@@ -171,6 +171,11 @@ def _cells_done(db: Path) -> int:
 
 
 KILL_POINTS = {
+    # during the forward passes: a writer has its first rows buffered, no shard is written yet
+    "forward": lambda out, cache: (
+        any((cache / "tmp").glob("*/.owner.json"))
+        and not any((cache / "tmp").glob("*/shard-*.npy"))
+    ),
     # while activations are being written to the cache
     "extraction": lambda out, cache: any((cache / "tmp").glob("*/shard-*.npy")),
     # while a sweep is being trained (a resumable training state exists)
@@ -199,11 +204,21 @@ def test_sigkill_then_resume_gives_the_same_leaderboard(tmp_path, reference_boar
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    committed = _cells_done(out / "results.sqlite")
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "already finished" in resumed.stderr
+    # The resumed run skips exactly the cells committed before the kill and runs the rest.
+    assert f"16 cells, {committed} already finished, {16 - committed} to run" in resumed.stderr
+    assert (committed >= 5) == (point == "evaluation")
     assert _board(out) == reference_board
     assert not list((cache / "tmp").glob("*/shard-*.npy")) or point == "extraction"
+    if point in ("forward", "extraction"):
+        # The killed writer's folder is left behind; `cache gc` knows its owner is gone.
+        from saebench_vision.cache import ActivationCache
+
+        swept = ActivationCache(cache).gc()
+        assert swept and all("is gone" in why for _, _, why in swept)
+        assert not any((cache / "tmp").glob("*/.owner.json"))
 
 
 def test_missing_cuda_fails_before_any_work(tmp_path, toy_manager):

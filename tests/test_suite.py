@@ -174,7 +174,7 @@ MALFORMED = [
         "seeds: [0, 0] is not a non-empty list of distinct non-negative integers",
     ),
     (_set("seeds", ["zero"]), "seeds: ['zero'] is not a non-empty list"),
-    (_set("cache_verify", "sha"), "cache_verify: 'sha' is not one of: full, size"),
+    (_set("cache_verify", "sha"), "cache_verify: 'sha' is not one of: sample, full, size"),
     (
         _set(
             "evaluators",

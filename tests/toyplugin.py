@@ -64,6 +64,7 @@ class ToyModel(ModelAdapter):
     """Two fixed random layers; ``layer.0`` has one CLS and three patch tokens per input."""
 
     name = "toy-model"
+    version = "1"
     Config = ToyModelConfig
     input_kind = "image"
 
@@ -118,6 +119,7 @@ class ToyClusters(Dataset):
     """Gaussian clusters; classes c0..c5 under g0 (c0-c2) and g1 (c3-c5) under root `all`."""
 
     name = "toy-clusters"
+    version = "1"
     Config = ToyClustersConfig
     modality = "image"
 
@@ -167,6 +169,7 @@ class SlowEvaluator(Evaluator):
     """Mean latent activation on the train split, optionally slowly; baseline: mean activation."""
 
     name = "toy-slow"
+    version = "1"
     Config = SlowConfig
     metrics: ClassVar[dict[str, bool | None]] = {"mean_latent": None, "mean_input": None}
 
@@ -202,6 +205,7 @@ class ToySAE(SAE):
     """A plain ReLU SAE (eqs. 1-3), small enough to read in one glance."""
 
     name = "toy-sae"
+    version = "1"
     Config = ToySAEConfig
 
     def __init__(self, d_in: int, config: ToySAEConfig) -> None:

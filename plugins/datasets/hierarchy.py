@@ -176,6 +176,7 @@ class HierarchyIndex:
     dist: np.ndarray
     candidates: np.ndarray
     top: int
+    tie_break: Literal["lowest", "highest"] = "lowest"
 
     @property
     def n_classes(self) -> int:
@@ -266,6 +267,7 @@ class HierarchyIndex:
             dist=dist,
             candidates=candidates,
             top=top,
+            tie_break=tie_break,
         )
 
 

@@ -83,8 +83,21 @@ class ProbeConfig:
         "minibatch solver: Adam learning rate, cosine-decayed to zero (features are standardised, "
         "so the convex problem tolerates a large rate; 1e-3 stops short of the optimum)",
     )
+    memory_budget_gb: float = option(
+        4.0,
+        "raw activation rows of a split up to this size are copied once onto the probe's device; "
+        "larger splits stream from the memory-mapped cache (same rows in the same order, so the "
+        "numbers do not depend on it)",
+        identity=False,
+    )
     lbfgs_max_iter: int = option(500, "lbfgs solver: iteration limit")
     lbfgs_tol: float = option(1e-7, "lbfgs solver: gradient tolerance")
+
+    def __post_init__(self) -> None:
+        if self.memory_budget_gb < 0:
+            raise ValueError(f"memory_budget_gb must be 0 or more, not {self.memory_budget_gb}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,7 @@ class OODAccuracyConfig(ProbeConfig):
     seed_offset: int = option(0, "added to the cell's seed for probe initialisation and shuffling")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = set(self.features) - {"latents", "pre-activations"}
         if unknown:
             raise ValueError(
@@ -129,11 +143,28 @@ class OntologyConfig:
     )
     tie_break: Literal["lowest", "highest"] = option(
         "lowest",
-        "among common hypernyms with equally many leaves (single-child chains), lowest picks "
-        "the one nearest the classes, so a single-class feature's LCH is its class (height 0)",
+        "among common hypernyms with equally many leaves (single-child chains, DAG nodes with "
+        "one leaf set), lowest picks the smallest total distance from the feature's classes "
+        "(then the lowest node id), so a single-class feature's LCH is its class (height 0); "
+        "highest picks the largest. Depends on the class set only",
     )
     distance: Literal["shortest", "longest"] = option(
         "shortest", "dist(w, h) of eq. 11 in a DAG: the shortest or longest hypernym path"
+    )
+    near_root_fraction: float = option(
+        0.9,
+        "an LCH holding at least this fraction of all classes is near-root: its coverage is just "
+        "|C|/|Omega|, earned by firing on everything, so such features are counted apart "
+        "(n_near_root) and left out of the coverage counts. 0.9 because on ImageNet-1k's WordNet "
+        "the nodes above it (entity, physical entity, object, whole: >= 949 leaves) sit far "
+        "above the next (artifact, 522)",
+    )
+    baseline_centre: Literal["split-mean", "none"] = option(
+        "split-mean",
+        "under class_rule firing-rate, where the random-direction and neuron baselines are "
+        "measured from: split-mean fires when (x - mean) . u > 0, as an SAE fires on its "
+        "centred input x - b_dec; none uses the raw origin (x . u > 0), which on non-negative "
+        "activations lets directions near the mean fire on nearly every class",
     )
     min_classes: int = option(
         2,
@@ -155,6 +186,10 @@ class OntologyConfig:
             raise ValueError(f"threshold must lie in (0, 1], not {self.threshold}")
         if self.min_classes < 1:
             raise ValueError(f"min_classes must be at least 1, not {self.min_classes}")
+        if not 0.0 < self.near_root_fraction <= 1.0:
+            raise ValueError(
+                f"near_root_fraction must lie in (0, 1], not {self.near_root_fraction}"
+            )
 
 
 @dataclass(frozen=True)

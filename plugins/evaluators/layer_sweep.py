@@ -15,8 +15,10 @@ import numpy as np
 from saebench_vision_plugins.evaluators.common import prepare_sae
 from saebench_vision_plugins.evaluators.configs import LayerSweepConfig
 from saebench_vision_plugins.evaluators.ontology import (
+    baseline_centre,
     class_stats,
     hierarchy_index,
+    projection_rates,
     score_features,
     summary,
 )
@@ -28,6 +30,7 @@ from saebench_vision.interfaces import EvalContext, Evaluator, Record
 RECON_METRICS = ("mse", "explained_variance", "l0", "dead_fraction")
 ONTOLOGY_METRICS = (
     "n_multiclass",
+    "n_near_root",
     "coverage_gt_0.99",
     "coverage_gt_0.75",
     "mean_coverage",
@@ -39,7 +42,7 @@ class LayerSweepEvaluator(Evaluator):
     """Reconstruction, L0 and ontological coverage of one layer's SAE (Fig. 8)."""
 
     name: ClassVar[str] = "layer-sweep"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     Config: ClassVar[type] = LayerSweepConfig
     metrics: ClassVar[dict[str, bool | None]] = {
         "mse": False,
@@ -47,6 +50,7 @@ class LayerSweepEvaluator(Evaluator):
         "l0": False,
         "dead_fraction": False,
         "n_multiclass": None,
+        "n_near_root": None,
         "coverage_gt_0.99": True,
         "coverage_gt_0.75": True,
         "mean_coverage": True,
@@ -82,11 +86,14 @@ class LayerSweepEvaluator(Evaluator):
             assert stats.z_sum is not None and stats.z_fire is not None
             scores = score_features(stats.z_sum.T / denom, stats.z_fire.T / denom, index, cfg)
         else:
+            rates = None
             if cfg.class_rule == "firing-rate":
-                raise DatasetError(
-                    "layer-sweep baseline: class_rule firing-rate needs SAE latents; use relative-mean"
+                eye = np.eye(stats.x_sum.shape[1])
+                centre = baseline_centre(stats, cfg)
+                rates = projection_rates(
+                    ctx, split, eye, centre, index.n_classes, cfg.batch_size, cfg.device
                 )
-            scores = score_features(stats.x_means().T, None, index, cfg)
+            scores = score_features(stats.x_means().T, rates, index, cfg)
         values = summary(scores, cfg)
         return [
             Record(
@@ -108,7 +115,11 @@ class LayerSweepEvaluator(Evaluator):
         split = self._first(ctx, cfg.recon_role)
         sae, device = prepare_sae(ctx.sae, cfg.device)
         stats = reconstruction_stats(
-            sae, ctx.activations(split), device=device, batch_size=cfg.batch_size
+            sae,
+            ctx.activations(split),
+            device=device,
+            batch_size=cfg.batch_size,
+            latents=ctx.latents(split, device=cfg.device, batch_size=cfg.batch_size),
         )
         values = stats.values(cfg.dead_threshold, 1.0)
         records = [

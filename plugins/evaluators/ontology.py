@@ -39,11 +39,10 @@ from saebench_vision_plugins.datasets.hierarchy import (
     pack_bits,
     wordnet_hierarchy_for,
 )
-from saebench_vision_plugins.evaluators.common import prepare_sae
 from saebench_vision_plugins.evaluators.configs import OntologyConfig
 
 from saebench_vision.errors import DatasetError
-from saebench_vision.interfaces import EvalContext, Evaluator, Record
+from saebench_vision.interfaces import EvalContext, Evaluator, Record, resolve_device
 
 # --------------------------------------------------------------------------------------------
 # Class sets and scores (pure numpy; the evaluator below feeds them)
@@ -104,21 +103,38 @@ def _row_median(m: np.ndarray) -> np.ndarray:
 
 @dataclass
 class OntologyScores:
-    """Per-feature results; features with an empty class set have lch -1 and NaN scores."""
+    """Per-feature results; features with an empty class set have lch -1 and NaN scores.
+    ``near_root`` marks features whose LCH holds at least ``near_root_fraction`` of all classes."""
 
     size: np.ndarray
     lch: np.ndarray
     height: np.ndarray
     coverage: np.ndarray
+    near_root: np.ndarray | None = None
 
     def mask(self, min_classes: int) -> np.ndarray:
         return self.size >= min_classes
 
+    def specific(self, min_classes: int) -> np.ndarray:
+        """Multi-class features whose LCH is not the root or near it (Table 2's counts)."""
+        multi = self.mask(min_classes)
+        return multi if self.near_root is None else multi & ~self.near_root
+
 
 def score_class_sets(
-    sets: np.ndarray, pivot: np.ndarray, index: HierarchyIndex, *, chunk: int = 16384
+    sets: np.ndarray,
+    pivot: np.ndarray,
+    index: HierarchyIndex,
+    *,
+    near_root_fraction: float = 1.0,
+    chunk: int = 16384,
 ) -> OntologyScores:
-    """LCH (eq. 10), LCH height (eq. 11) and coverage (eq. 12) of every row of ``sets`` (K, C)."""
+    """LCH (eq. 10), LCH height (eq. 11) and coverage (eq. 12) of every row of ``sets`` (K, C).
+
+    Common hypernyms with the fewest leaves can tie (single-child chains, or DAG nodes with the
+    same leaf set); the tie goes to the smallest total distance from the feature's classes
+    (``tie_break: lowest``; the largest under ``highest``), then the lowest node index, so the
+    LCH depends on the class set only, never on which member was the pivot."""
     k, c = sets.shape
     if c != index.n_classes:
         raise ValueError(
@@ -127,6 +143,8 @@ def score_class_sets(
     size = sets.sum(1).astype(np.int64)
     lch = np.full(k, -1, dtype=np.int64)
     not_leaf = ~index.leaf_bits
+    sign = 1 if index.tie_break == "lowest" else -1
+    dist_all = index.dist.astype(np.int64)
     for lo in range(0, k, chunk):
         hi = min(lo + chunk, k)
         live = np.nonzero(size[lo:hi] > 0)[0]
@@ -137,7 +155,27 @@ def score_class_sets(
         # Outside-L(h) bits of each candidate, ANDed with the set: zero means C_k within L(h).
         inside = ~np.any(not_leaf[cands] & bits[:, None, :], axis=2)
         first = inside.argmax(1)
-        lch[lo + live] = cands[np.arange(len(live)), first]
+        best = cands[np.arange(len(live)), first]
+        tied = inside & (index.leaf_count[cands] == index.leaf_count[best][:, None])
+        multi = np.nonzero(tied.sum(1) > 1)[0]
+        if len(multi):
+            rows, cols = np.nonzero(sets[lo:hi][live[multi]])
+            total = np.stack(
+                [
+                    np.bincount(
+                        rows, weights=dist_all[cols, cands[multi, j][rows]], minlength=len(multi)
+                    )
+                    for j in range(cands.shape[1])
+                ],
+                axis=1,
+            )
+            key = np.where(tied[multi], sign * total, np.inf)
+            # Smallest key, then the lowest node index among the tied.
+            node = np.where(
+                key == key.min(1, keepdims=True), cands[multi].astype(np.int64), len(index.nodes)
+            )
+            best[multi] = node.min(1)
+        lch[lo + live] = best
     rows, cols = np.nonzero(sets)
     dist = index.dist[cols, lch[rows]].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -145,25 +183,39 @@ def score_class_sets(
         coverage = size / np.where(lch >= 0, index.leaf_count[np.maximum(lch, 0)], 0)
     height[size == 0] = np.nan
     coverage[size == 0] = np.nan
-    return OntologyScores(size=size, lch=lch, height=height, coverage=coverage)
+    near_root = (lch >= 0) & (
+        index.leaf_count[np.maximum(lch, 0)] >= near_root_fraction * index.n_classes
+    )
+    return OntologyScores(size=size, lch=lch, height=height, coverage=coverage, near_root=near_root)
 
 
 def summary(scores: OntologyScores, cfg: OntologyConfig) -> dict[str, tuple[float, bool | None]]:
-    """Table 2's counts and the means of height and coverage: ``{metric: (value, higher_is_better)}``."""
+    """Table 2's counts and the means of height and coverage: ``{metric: (value, higher_is_better)}``.
+
+    Coverage counts and means are over *specific* features: at least ``min_classes`` classes and
+    an LCH that is not the root or near it (``near_root_fraction``). A near-root feature's
+    coverage is just |C_k| / |Omega|, which any feature firing on most classes earns; those are
+    counted apart (``n_near_root``, ``near_root_coverage_gt_*``) so no row of Table 2 can be won
+    by firing on everything."""
     multi = scores.mask(cfg.min_classes)
+    specific = scores.specific(cfg.min_classes)
+    near = multi & ~specific
     out: dict[str, tuple[float, bool | None]] = {
         "n_features": (float(len(scores.size)), None),
         "n_with_classes": (float((scores.size > 0).sum()), None),
         "n_multiclass": (float(multi.sum()), None),
+        "n_near_root": (float(near.sum()), None),
     }
     for t in cfg.coverage_thresholds:
-        out[f"coverage_gt_{t:g}"] = (float((scores.coverage[multi] > t).sum()), True)
+        out[f"coverage_gt_{t:g}"] = (float((scores.coverage[specific] > t).sum()), True)
+    for t in cfg.coverage_thresholds:
+        out[f"near_root_coverage_gt_{t:g}"] = (float((scores.coverage[near] > t).sum()), None)
     out["mean_coverage"] = (
-        float(scores.coverage[multi].mean()) if multi.any() else float("nan"),
+        float(scores.coverage[specific].mean()) if specific.any() else float("nan"),
         True,
     )
     out["mean_lch_height"] = (
-        float(scores.height[multi].mean()) if multi.any() else float("nan"),
+        float(scores.height[specific].mean()) if specific.any() else float("nan"),
         None,
     )
     alive = scores.size > 0
@@ -229,40 +281,43 @@ class ClassStats:
 def class_stats(
     ctx: EvalContext, split: str, n_classes: int, *, with_sae: bool, batch_size: int, device: str
 ) -> ClassStats:
-    """One pass over ``split``: per-class counts and sums of x (C, d) and, with an SAE, of z (C, d_sae)."""
+    """One pass over ``split``: per-class counts and sums of x (C, d) and, with an SAE, of z (C, d_sae).
+
+    Sums accumulate with ``index_add_`` in float64 on ``device``: O(rows x d) for x and
+    O(non-zeros) for the SAE's latents, which come from the run's shared sparse encoding."""
     acts = ctx.activations(split)
     labels = acts.labels
     if labels is None:
         raise DatasetError(
             f"split {split!r} has no labels; the ontology evaluator needs a labelled split"
         )
-    dev = torch.device("cpu")
-    sae = None
+    dev = resolve_device(device)
+    latents = None
     if with_sae and ctx.sae is not None:
-        sae, dev = prepare_sae(ctx.sae, device)
+        latents = ctx.latents(split, device=device, batch_size=batch_size)
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     x_sum = torch.zeros(n_classes, acts.d, dtype=torch.float64, device=dev)
-    z_sum = z_fire = None
-    if sae is not None:
-        z_sum = torch.zeros(n_classes, sae.d_sae, dtype=torch.float32, device=dev)
-        z_fire = torch.zeros(n_classes, sae.d_sae, dtype=torch.float32, device=dev)
     with torch.no_grad():
         for start, chunk in acts.iter_chunks(batch_size):
-            x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(dev)
+            x = torch.from_numpy(np.array(chunk, dtype=np.float64)).to(dev)
             y = torch.from_numpy(labels[start : start + len(chunk)]).to(dev)
-            onehot = torch.zeros(len(y), n_classes, device=dev)
-            onehot[torch.arange(len(y), device=dev), y] = 1.0
-            x_sum += (onehot.T @ x).double()
-            if sae is not None:
-                z = sae.encode(x).float()
-                z_sum += onehot.T @ z  # type: ignore[operator]
-                z_fire += onehot.T @ (z > 0).float()  # type: ignore[operator]
-    return ClassStats(
-        counts=counts,
-        x_sum=x_sum.cpu().numpy(),
-        z_sum=None if z_sum is None else z_sum.cpu().numpy().astype(np.float64),
-        z_fire=None if z_fire is None else z_fire.cpu().numpy().astype(np.float64),
-    )
+            x_sum.index_add_(0, y, x)
+    z_sum = z_fire = None
+    if latents is not None:
+        d_sae = latents.d_sae
+        flat_sum = torch.zeros(n_classes * d_sae, dtype=torch.float64, device=dev)
+        flat_fire = torch.zeros(n_classes * d_sae, dtype=torch.float64, device=dev)
+        y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        with torch.no_grad():
+            for start, local, cols, vals in latents.iter_sparse(batch_size):
+                rows = torch.from_numpy(local) + start
+                flat = (y_all[rows] * d_sae + torch.from_numpy(cols.astype(np.int64))).to(dev)
+                v = torch.from_numpy(vals).to(dev, torch.float64)
+                flat_sum.index_add_(0, flat, v)
+                flat_fire.index_add_(0, flat, (v > 0).double())
+        z_sum = flat_sum.view(n_classes, d_sae).cpu().numpy()
+        z_fire = flat_fire.view(n_classes, d_sae).cpu().numpy()
+    return ClassStats(counts=counts, x_sum=x_sum.cpu().numpy(), z_sum=z_sum, z_fire=z_fire)
 
 
 def random_directions(d: int, count: int, seed: int) -> np.ndarray:
@@ -314,7 +369,7 @@ def score_features(
         min_class_mean=cfg.min_class_mean,
         rates=rates,
     )
-    return score_class_sets(sets, pivot, index)
+    return score_class_sets(sets, pivot, index, near_root_fraction=cfg.near_root_fraction)
 
 
 def write_figure_data(
@@ -346,7 +401,7 @@ class OntologyEvaluator(Evaluator):
     """
 
     name: ClassVar[str] = "ontology"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     Config: ClassVar[type] = OntologyConfig
 
     def required_roles(self) -> tuple[str, ...]:
@@ -356,6 +411,9 @@ class OntologyEvaluator(Evaluator):
         "n_features": None,
         "n_with_classes": None,
         "n_multiclass": None,
+        "n_near_root": None,
+        "near_root_coverage_gt_0.99": None,
+        "near_root_coverage_gt_0.75": None,
         "coverage_gt_0.99": True,
         "coverage_gt_0.75": True,
         "mean_coverage": True,
@@ -364,6 +422,9 @@ class OntologyEvaluator(Evaluator):
         "random_n_features": None,
         "random_n_with_classes": None,
         "random_n_multiclass": None,
+        "random_n_near_root": None,
+        "random_near_root_coverage_gt_0.99": None,
+        "random_near_root_coverage_gt_0.75": None,
         "random_coverage_gt_0.99": True,
         "random_coverage_gt_0.75": True,
         "random_mean_coverage": True,
@@ -451,7 +512,10 @@ class OntologyEvaluator(Evaluator):
         means = directions @ stats.x_means().T  # projections are linear: class means project too
         rates = None
         if cfg.class_rule == "firing-rate":
-            rates = _projection_rates(ctx, split, directions, index.n_classes, cfg.batch_size)
+            offsets = directions @ baseline_centre(stats, cfg)
+            rates = projection_rates(
+                ctx, split, directions, offsets, index.n_classes, cfg.batch_size, cfg.device
+            )
         scores = score_features(means, rates, index, cfg)
         return self._records(split, scores, index, "random_", f"ontology_random_{tag}", ctx)
 
@@ -471,25 +535,55 @@ class OntologyEvaluator(Evaluator):
             rates = None
             if cfg.class_rule == "firing-rate":
                 eye = np.eye(stats.x_sum.shape[1])
-                rates = _projection_rates(ctx, split, eye, index.n_classes, cfg.batch_size)
+                rates = projection_rates(
+                    ctx,
+                    split,
+                    eye,
+                    baseline_centre(stats, cfg),
+                    index.n_classes,
+                    cfg.batch_size,
+                    cfg.device,
+                )
             scores = score_features(stats.x_means().T, rates, index, cfg)
             tag = _safe(f"{ctx.model_name}_{ctx.layer}_{split}")
             records += self._records(split, scores, index, "", f"ontology_neurons_{tag}", ctx)
         return records
 
 
-def _projection_rates(
-    ctx: EvalContext, split: str, directions: np.ndarray, n_classes: int, batch_size: int
+def baseline_centre(stats: ClassStats, cfg: OntologyConfig) -> np.ndarray:
+    """The point the dense baselines are measured from under ``class_rule: firing-rate``.
+
+    An SAE fires on (x - b_dec); a random direction or a neuron scored as x . u > 0 on raw,
+    uncentred activations (all >= 0 after a ReLU6) fires on most images whenever u points near
+    the mean, so it would win Table 2 by firing on everything. ``split-mean`` centres on the
+    labelled split's mean activation (x . u > mean . u); ``none`` keeps the raw origin."""
+    if cfg.baseline_centre == "none":
+        return np.zeros(stats.x_sum.shape[1])
+    return stats.x_sum.sum(0) / max(float(stats.counts.sum()), 1.0)
+
+
+def projection_rates(
+    ctx: EvalContext,
+    split: str,
+    directions: np.ndarray,
+    offsets: np.ndarray,
+    n_classes: int,
+    batch_size: int,
+    device: str,
 ) -> np.ndarray:
-    """Per-class rate at which x . direction > 0, (K, C): the firing-rate rule for dense features."""
+    """Per-class rate at which x . direction > offset, (K, C): the firing-rate rule for dense
+    features, on ``device``, counted with ``index_add_``."""
     acts = ctx.activations(split)
     labels = acts.labels
     assert labels is not None
-    dirs = torch.from_numpy(directions.astype(np.float32))
-    fire = torch.zeros(n_classes, len(directions))
-    for start, chunk in acts.iter_chunks(batch_size):
-        y = torch.from_numpy(labels[start : start + len(chunk)])
-        proj = torch.from_numpy(np.array(chunk, dtype=np.float32)) @ dirs.T
-        fire.index_add_(0, y, (proj > 0).float())
+    dev = resolve_device(device)
+    dirs = torch.from_numpy(directions.astype(np.float64)).to(dev)
+    off = torch.from_numpy(np.asarray(offsets, dtype=np.float64)).to(dev)
+    fire = torch.zeros(n_classes, len(directions), dtype=torch.float64, device=dev)
+    with torch.no_grad():
+        for start, chunk in acts.iter_chunks(batch_size):
+            y = torch.from_numpy(labels[start : start + len(chunk)]).to(dev)
+            proj = torch.from_numpy(np.array(chunk, dtype=np.float64)).to(dev) @ dirs.T
+            fire.index_add_(0, y, (proj > off).double())
     counts = np.maximum(np.bincount(labels, minlength=n_classes), 1)
-    return fire.numpy().T / counts[None, :]
+    return fire.cpu().numpy().T / counts[None, :]

@@ -20,6 +20,7 @@ import torch
 from saebench_vision_plugins.evaluators.configs import OODAccuracyConfig
 from saebench_vision_plugins.evaluators.probes import FeatureFn, Probe, fit_probe
 
+from saebench_vision.encodings import Encoding
 from saebench_vision.errors import DatasetError
 from saebench_vision.interfaces import EvalContext, Evaluator, Record, resolve_device
 from saebench_vision.items import save_item_values
@@ -57,7 +58,7 @@ class OODAccuracyEvaluator(Evaluator):
     """Linear-probe accuracy on in-distribution and shifted splits (Table 1, Fig. 12)."""
 
     name: ClassVar[str] = "ood-accuracy"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     Config: ClassVar[type] = OODAccuracyConfig
 
     def required_roles(self) -> tuple[str, ...]:
@@ -74,6 +75,12 @@ class OODAccuracyEvaluator(Evaluator):
     def _classes(self, ctx: EvalContext, split: str) -> list[str] | None:
         classes = ctx.dataset(split).classes()
         return None if classes is None else [c.id for c in classes]
+
+    def _latents(self, ctx: EvalContext, kind: str, split: str) -> Encoding | None:
+        """The split's shared SAE encoding when the probe reads latents (encoded once per run)."""
+        if kind != "latents":
+            return None
+        return ctx.latents(split, device=self.config.device, batch_size=self.config.batch_size)
 
     def _run(self, ctx: EvalContext, kind: str, fn: FeatureFn) -> list[Record]:
         cfg: OODAccuracyConfig = self.config
@@ -99,10 +106,10 @@ class OODAccuracyEvaluator(Evaluator):
             feature_fn=fn,
             device=device,
             seed=ctx.seed + cfg.seed_offset,
+            latents=self._latents(ctx, kind, train),
         )
-        metric = FEATURE_METRIC[kind]
         extra = {"features": kind, "solver": probe.solver, "train_loss": probe.train_loss}
-        correct = probe.predict(acts, device) == labels
+        correct = probe.predict(acts, device, latents=self._latents(ctx, kind, train)) == labels
         records = [
             Record(
                 "train_acc" if kind != "pre-activations" else "train_acc_pre",
@@ -115,9 +122,7 @@ class OODAccuracyEvaluator(Evaluator):
         ]
         for role in cfg.roles:
             for split in ctx.split_names(role):
-                records.append(
-                    self._score(ctx, probe, split, train_ids, metric, device, extra, role)
-                )
+                records.append(self._score(ctx, probe, split, train_ids, kind, device, extra, role))
         return records
 
     def _score(
@@ -126,7 +131,7 @@ class OODAccuracyEvaluator(Evaluator):
         probe: Probe,
         split: str,
         train_ids: list[str] | None,
-        metric: str,
+        kind: str,
         device: torch.device,
         extra: dict,
         role: str,
@@ -137,11 +142,12 @@ class OODAccuracyEvaluator(Evaluator):
                 f"split {split!r} (role {role}) has no labels; give it a labelled dataset"
             )
         mapping = class_mapping(train_ids, self._classes(ctx, split), split)
-        correct = probe.predict(acts, device, mapping) == acts.labels
+        latents = self._latents(ctx, kind, split)
+        correct = probe.predict(acts, device, mapping, latents=latents) == acts.labels
         acc = float(correct.mean())
         n_allowed = len(mapping) if mapping is not None else probe.weight.shape[0]
         return Record(
-            metric,
+            FEATURE_METRIC[kind],
             acc,
             split=split,
             stderr=float(np.sqrt(acc * (1 - acc) / len(correct))),
@@ -153,7 +159,7 @@ class OODAccuracyEvaluator(Evaluator):
                 "classes": n_allowed,
                 **save_item_values(
                     ctx.output_dir,
-                    f"{metric}_{split}",
+                    f"{FEATURE_METRIC[kind]}_{split}",
                     correct,
                     items=acts.sample_index,
                     pairing=acts.key,

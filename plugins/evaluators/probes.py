@@ -2,8 +2,9 @@
 
 One recipe for every feature kind (the paper fits raw embeddings and SAE features "with
 identical training hyper-parameters"): features are a function of the raw activation rows
-(identity, SAE latents, SAE pre-activations), so SAE features of 1.28M rows x 12,288 latents are
-never materialised; each minibatch is encoded on the device when it is needed.
+(identity, SAE pre-activations) computed per chunk on the device, or rows of the run's shared
+sparse SAE encoding (latents), so SAE features of 1.28M rows x 12,288 latents are never
+materialised and no split is ever copied whole into host memory.
 
 * Features are standardised with the train split's mean and standard deviation (streamed in
   float64), because SAE latents and raw embeddings differ in scale by orders of magnitude and one
@@ -12,15 +13,17 @@ never materialised; each minibatch is encoded on the device when it is needed.
   ``LogisticRegression(C=1/(l2*n))`` objective up to a constant factor.
 * ``lbfgs`` solves it full-batch to convergence (exact; beyond ``full_batch_limit`` each
   objective evaluation streams the rows, so it stays exact at any size, one pass per
-  evaluation); ``minibatch`` runs Adam over shuffled minibatches with cosine learning-rate decay
-  (ImageNet scale on one GPU in minutes: the raw rows are moved to the device once when they fit
-  in ``DEVICE_ROWS_BYTES`` and SAE features are computed per minibatch).
+  evaluation); ``minibatch`` runs Adam over shuffled minibatches with cosine learning-rate decay.
+* Memory: raw rows of a split up to ``memory_budget_gb`` are copied once onto the probe's device
+  (chunk by chunk from the memory map); larger splits stream from the memory-mapped cache. Both
+  paths feed the same rows in the same order (minibatches are read in sorted row order), so the
+  budget never changes a number.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,10 +32,71 @@ import torch.nn.functional as F
 from saebench_vision_plugins.evaluators.configs import ProbeConfig
 
 from saebench_vision.cache import ActivationSet
+from saebench_vision.encodings import Encoding
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-DEVICE_ROWS_BYTES = 16 * 2**30
-"""Raw training rows up to this size are moved to the device once instead of streamed."""
+SPARSE_STEP_DENSITY = 0.02
+"""A minibatch step on SAE latents sums over non-zeros (embedding_bag) when at most this
+fraction of the batch's latents is non-zero; beyond it a dense product is faster on the CPU."""
+
+
+class FeatureRows:
+    """The probe's view of one split: features ``fn(x)`` of its rows, or rows of ``latents``.
+
+    Raw rows are held on ``device`` when they fit ``hold_bytes`` (copied chunk by chunk, never
+    through a whole-split host array); otherwise every read streams from the memory map."""
+
+    def __init__(
+        self,
+        acts: ActivationSet,
+        fn: FeatureFn,
+        device: torch.device,
+        *,
+        latents: Encoding | None = None,
+        hold_bytes: int = 0,
+    ) -> None:
+        if latents is not None and latents.n != acts.n:
+            raise ValueError(f"an encoding of {latents.n} rows for {acts.n} activation rows")
+        self.acts, self.fn, self.device, self.latents = acts, fn, device, latents
+        self.n = acts.n
+        self.rows: torch.Tensor | None = None
+        if latents is None and acts.n * acts.d * 4 <= hold_bytes:
+            self.rows = torch.empty((acts.n, acts.d), dtype=torch.float32, device=device)
+            for start, chunk in acts.iter_chunks(65536):
+                self.rows[start : start + len(chunk)] = torch.from_numpy(
+                    np.array(chunk, dtype=np.float32)
+                )
+
+    def chunks(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start row, features)`` of consecutive chunks of at most ``batch_size`` rows
+        (computed without gradients; no grad mode is held across a ``yield``)."""
+        if self.latents is not None:
+            for start, z in self.latents.iter_dense(batch_size):
+                yield start, torch.from_numpy(z).to(self.device)
+            return
+        # The memory map's chunk boundaries also for held rows, so both sums round alike.
+        for start, chunk in self.acts.iter_chunks(batch_size):
+            with torch.no_grad():
+                if self.rows is not None:
+                    x = self.rows[start : start + len(chunk)]
+                else:
+                    x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(self.device)
+                f = self.fn(x)
+            yield start, f
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        """Features of the rows ``idx`` (sorted ascending)."""
+        with torch.no_grad():
+            if self.latents is not None:
+                return torch.from_numpy(self.latents.read(idx)).to(self.device)
+            if self.rows is not None:
+                return self.fn(self.rows[torch.from_numpy(idx).to(self.device)])
+            return self.fn(torch.from_numpy(self.acts.read(idx)).to(self.device))
+
+    def width(self) -> int:
+        if self.latents is not None:
+            return self.latents.d_sae
+        return int(self.take(np.arange(1)).shape[1])
 
 
 @dataclass
@@ -49,7 +113,15 @@ class Probe:
     """The final full-batch objective (mean cross-entropy + L2 term) on the train split."""
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return ((self.feature_fn(x) - self.mean) / self.std) @ self.weight.T + self.bias
+        return self.logits_of_features(self.feature_fn(x))
+
+    def logits_of_features(self, f: torch.Tensor) -> torch.Tensor:
+        return ((f - self.mean) / self.std) @ self.weight.T + self.bias
+
+    def _rows(
+        self, acts: ActivationSet, device: torch.device, latents: Encoding | None
+    ) -> FeatureRows:
+        return FeatureRows(acts, self.feature_fn, device, latents=latents)
 
     def predict(
         self,
@@ -57,44 +129,49 @@ class Probe:
         device: torch.device,
         columns: np.ndarray | None = None,
         batch_size: int = 8192,
+        *,
+        latents: Encoding | None = None,
     ) -> np.ndarray:
         """Arg-max class of every row, over ``columns`` of the logits only when given (then the
-        result indexes ``columns``). Streams, so no (N, classes) array is held."""
+        result indexes ``columns``). Streams, so no (N, classes) array is held. ``latents``:
+        the split's shared encoding, used instead of ``feature_fn`` on the rows."""
         cols = None if columns is None else torch.from_numpy(np.asarray(columns)).to(device)
         out = np.empty(acts.n, dtype=np.int64)
         with torch.no_grad():
-            for start, chunk in acts.iter_chunks(batch_size):
-                logits = self.logits(torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device))
+            for start, f in self._rows(acts, device, latents).chunks(batch_size):
+                logits = self.logits_of_features(f)
                 if cols is not None:
                     logits = logits[:, cols]
-                out[start : start + len(chunk)] = logits.argmax(1).cpu().numpy()
+                out[start : start + len(f)] = logits.argmax(1).cpu().numpy()
         return out
 
     def predict_logits(
-        self, acts: ActivationSet, device: torch.device, batch_size: int = 8192
+        self,
+        acts: ActivationSet,
+        device: torch.device,
+        batch_size: int = 8192,
+        *,
+        latents: Encoding | None = None,
     ) -> np.ndarray:
-        """Logits of every row of ``acts`` (N, n_classes) as float32."""
+        """Logits of every row of ``acts`` (N, n_classes) as float32 (small splits: N x classes)."""
         out = np.empty((acts.n, self.weight.shape[0]), dtype=np.float32)
         with torch.no_grad():
-            for start, chunk in acts.iter_chunks(batch_size):
-                x = torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)
-                out[start : start + len(chunk)] = self.logits(x).float().cpu().numpy()
+            for start, f in self._rows(acts, device, latents).chunks(batch_size):
+                out[start : start + len(f)] = self.logits_of_features(f).float().cpu().numpy()
         return out
 
 
-def _feature_moments(
-    acts: ActivationSet, fn: FeatureFn, device: torch.device, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _feature_moments(rows: FeatureRows, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     total = total_sq = None
     with torch.no_grad():
-        for _, chunk in acts.iter_chunks(batch_size):
-            f = fn(torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)).double()
+        for _, chunk in rows.chunks(batch_size):
+            f = chunk.double()
             s, sq = f.sum(0), f.pow(2).sum(0)
             total = s if total is None else total + s
             total_sq = sq if total_sq is None else total_sq + sq
     assert total is not None and total_sq is not None
-    mean = total / acts.n
-    var = (total_sq / acts.n - mean.pow(2)).clamp_min(0)
+    mean = total / rows.n
+    var = (total_sq / rows.n - mean.pow(2)).clamp_min(0)
     std = var.sqrt()
     std = torch.where(std > 1e-8 * (1 + mean.abs()), std, torch.ones_like(std))
     return mean.float(), std.float(), int(mean.numel())
@@ -109,18 +186,22 @@ def fit_probe(
     feature_fn: FeatureFn | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    latents: Encoding | None = None,
 ) -> Probe:
-    """Fit a softmax-regression probe on ``feature_fn(rows of acts)`` to ``labels`` (int, one per row)."""
+    """Fit a softmax-regression probe on ``feature_fn(rows of acts)`` (or on the rows of
+    ``latents``, the split's shared SAE encoding) to ``labels`` (int, one per row)."""
     device = torch.device(device)
     fn: FeatureFn = feature_fn if feature_fn is not None else (lambda x: x)
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != acts.n:
         raise ValueError(f"{len(labels)} labels for {acts.n} activation rows")
+    rows = FeatureRows(
+        acts, fn, device, latents=latents, hold_bytes=int(cfg.memory_budget_gb * 2**30)
+    )
     if cfg.standardize:
-        mean, std, p = _feature_moments(acts, fn, device, cfg.batch_size)
+        mean, std, p = _feature_moments(rows, cfg.batch_size)
     else:
-        with torch.no_grad():
-            p = int(fn(torch.from_numpy(acts.read(np.arange(1))).to(device)).shape[1])
+        p = rows.width()
         mean, std = torch.zeros(p, device=device), torch.ones(p, device=device)
     weight = torch.zeros(n_classes, p, device=device, requires_grad=True)
     bias = torch.zeros(n_classes, device=device, requires_grad=True)
@@ -129,32 +210,53 @@ def fit_probe(
         solver = "lbfgs" if acts.n * p <= cfg.full_batch_limit else "minibatch"
     y_all = torch.from_numpy(labels).to(device)
 
-    def features(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return (fn(x) - mean) / std
+    def standard(f: torch.Tensor) -> torch.Tensor:
+        return (f - mean) / std
 
-    def objective(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(f @ weight.T + bias, y) + 0.5 * cfg.l2 * weight.pow(2).sum()
+    def batch_loss(idx: np.ndarray, y: torch.Tensor) -> torch.Tensor:
+        sparse_rows = None
+        if rows.latents is not None:
+            sparse_rows = rows.latents.gather(idx)
+            if len(sparse_rows[0]) > SPARSE_STEP_DENSITY * len(idx) * p:
+                sparse_rows = None  # dense enough that a dense product is faster
+        if sparse_rows is not None:
+            # Sparse latents: ((z - mean) / std) @ W.T = (z / std) @ W.T - (mean / std) @ W.T,
+            # summed over each row's non-zeros with embedding_bag, so a step costs
+            # O(non-zeros x classes), not O(rows x d_sae x classes); the same objective up to
+            # float rounding.
+            local, cols, vals = sparse_rows
+            counts = np.bincount(local, minlength=len(idx))
+            offsets = torch.from_numpy(np.cumsum(counts) - counts).to(device)
+            cols_t = torch.from_numpy(cols.astype(np.int64)).to(device)
+            scaled = torch.from_numpy(vals).to(device) / std[cols_t]
+            per_row = F.embedding_bag(
+                cols_t, weight.T.contiguous(), offsets, mode="sum", per_sample_weights=scaled
+            )
+            logits = per_row - (mean / std) @ weight.T + bias
+        else:
+            logits = standard(rows.take(idx)) @ weight.T + bias
+        return F.cross_entropy(logits, y) + 0.5 * cfg.l2 * weight.pow(2).sum()
 
     if solver == "lbfgs":
-        final = _lbfgs(acts, y_all, features, objective, [weight, bias], cfg, device, p)
+        final = _lbfgs(rows, y_all, standard, [weight, bias], cfg, device, p)
     else:
-        _minibatch(acts, y_all, features, objective, [weight, bias], cfg, device, seed)
+        _minibatch(rows.n, y_all, batch_loss, [weight, bias], cfg, seed)
         # The exact full-batch objective, so both solvers report the same quantity.
         with torch.no_grad():
             final = 0.5 * cfg.l2 * float(weight.pow(2).sum())
-            for start, chunk in acts.iter_chunks(cfg.batch_size):
-                f = features(torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device))
+            for start, chunk in rows.chunks(cfg.batch_size):
                 y = y_all[start : start + len(chunk)]
-                final += float(F.cross_entropy(f @ weight.T + bias, y, reduction="sum")) / acts.n
+                final += (
+                    float(F.cross_entropy(standard(chunk) @ weight.T + bias, y, reduction="sum"))
+                    / acts.n
+                )
     return Probe(weight.detach(), bias.detach(), mean, std, fn, solver, final)
 
 
 def _lbfgs(
-    acts: ActivationSet,
+    rows: FeatureRows,
     y_all: torch.Tensor,
-    features: FeatureFn,
-    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    standard: FeatureFn,
     params: list[torch.Tensor],
     cfg: ProbeConfig,
     device: torch.device,
@@ -163,15 +265,13 @@ def _lbfgs(
     """Full-batch L-BFGS. Features are held in memory when rows x features fit
     ``full_batch_limit``; otherwise every objective evaluation streams the rows in chunks and
     accumulates the exact full-batch gradient (slow, one pass per evaluation, but exact)."""
-    weight = params[0]
-    n = acts.n
-    held = (
-        features(torch.from_numpy(acts.to_numpy()).to(device))
-        if n * p <= cfg.full_batch_limit
-        else None
-    )
-    on_device = held is None and n * acts.d * 4 <= DEVICE_ROWS_BYTES
-    rows = torch.from_numpy(acts.to_numpy()).to(device) if on_device else None
+    weight, bias = params
+    n = rows.n
+    held = None
+    if n * p <= cfg.full_batch_limit:
+        held = torch.empty((n, p), dtype=torch.float32, device=device)
+        for start, chunk in rows.chunks(cfg.batch_size):
+            held[start : start + len(chunk)] = standard(chunk)
     opt = torch.optim.LBFGS(
         params,
         lr=1.0,
@@ -184,21 +284,18 @@ def _lbfgs(
 
     def full_objective(backward: bool) -> torch.Tensor:
         if held is not None:
-            loss = objective(held, y_all)
+            loss = (
+                F.cross_entropy(held @ weight.T + bias, y_all) + 0.5 * cfg.l2 * weight.pow(2).sum()
+            )
             if backward:
                 loss.backward()
             return loss.detach()
         total = torch.zeros((), device=device)
-        for start, chunk in acts.iter_chunks(cfg.batch_size):
-            x = (
-                rows[start : start + len(chunk)]
-                if rows is not None
-                else torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device)
-            )
-            f = features(x)
+        for start, chunk in rows.chunks(cfg.batch_size):
+            f = standard(chunk)
             part = (
                 F.cross_entropy(
-                    f @ weight.T + params[1], y_all[start : start + len(chunk)], reduction="sum"
+                    f @ weight.T + bias, y_all[start : start + len(chunk)], reduction="sum"
                 )
                 / n
             )
@@ -220,19 +317,14 @@ def _lbfgs(
 
 
 def _minibatch(
-    acts: ActivationSet,
+    n: int,
     y_all: torch.Tensor,
-    features: FeatureFn,
-    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_loss: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
     params: list[torch.Tensor],
     cfg: ProbeConfig,
-    device: torch.device,
     seed: int,
 ) -> float:
     gen = torch.Generator().manual_seed(seed)
-    n = acts.n
-    on_device = n * acts.d * 4 <= DEVICE_ROWS_BYTES
-    rows = torch.from_numpy(acts.to_numpy()).to(device) if on_device else None
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(cfg.epochs * steps_per_epoch, 1)
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -243,14 +335,10 @@ def _minibatch(
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
         for lo in range(0, n, cfg.batch_size):
-            idx = order[lo : lo + cfg.batch_size]
-            if rows is not None:
-                x = rows[idx.to(device)]
-            else:
-                # Sorted reads keep memory-mapped access mostly sequential.
-                idx, _ = idx.sort()
-                x = torch.from_numpy(acts.read(idx.numpy())).to(device)
-            loss = objective(features(x), y_all[idx.to(device)])
+            # Sorted reads keep memory-mapped access mostly sequential; held rows are read in
+            # the same order, so the memory budget does not change the numbers.
+            idx, _ = order[lo : lo + cfg.batch_size].sort()
+            loss = batch_loss(idx.numpy(), y_all[idx.to(y_all.device)])
             opt.zero_grad()
             loss.backward()
             opt.step()

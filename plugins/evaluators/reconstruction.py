@@ -27,6 +27,7 @@ from saebench_vision_plugins.evaluators.common import iter_rows, prepare_sae, st
 from saebench_vision_plugins.evaluators.configs import ReconstructionConfig
 
 from saebench_vision.cache import ActivationSet
+from saebench_vision.encodings import Encoding
 from saebench_vision.interfaces import SAE, EvalContext, Evaluator, Record
 from saebench_vision.items import save_item_values
 
@@ -51,7 +52,8 @@ class ReconstructionStats:
         self.fire_counts = np.zeros(self.d_sae, dtype=np.int64)
 
     def update(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> None:
-        x, x_hat, z = x.double(), x_hat.double(), z.double()
+        # x and the error in float64; z (B, d_sae) is only reduced, so no float64 copy of it.
+        x, x_hat = x.double(), x_hat.double()
         sq_err = (x - x_hat).pow(2).sum(1)
         active = z != 0
         self.n += x.shape[0]
@@ -59,7 +61,7 @@ class ReconstructionStats:
         self.sum_x += x.sum(0).cpu().numpy()
         self.sum_sq_x += float(x.pow(2).sum())
         self.per_row_mse.append((sq_err / self.d).cpu().numpy())
-        self.per_row_l1.append(z.abs().sum(1).cpu().numpy())
+        self.per_row_l1.append(z.abs().sum(1, dtype=torch.float64).cpu().numpy())
         self.per_row_l0.append(active.sum(1).cpu().numpy().astype(np.float64))
         self.fire_counts += active.sum(0).cpu().numpy()
 
@@ -98,13 +100,21 @@ def reconstruction_stats(
     device: torch.device,
     batch_size: int,
     rows: np.ndarray | None = None,
+    latents: Encoding | None = None,
 ) -> ReconstructionStats:
-    """Stream a split (or ``rows`` of it) through the SAE and accumulate the statistics."""
+    """Stream a split (or ``rows`` of it) through the SAE and accumulate the statistics.
+    ``latents`` (the split's shared encoding) saves re-encoding: only the decoder runs."""
     stats = ReconstructionStats(d=acts.d, d_sae=sae.d_sae)
     with torch.no_grad():
-        for _, chunk in iter_rows(acts, batch_size, rows):
+        for lo, chunk in iter_rows(acts, batch_size, rows):
             x = torch.from_numpy(chunk).to(device)
-            z = sae.encode(x)
+            if latents is None:
+                z = sae.encode(x)
+            else:
+                picked = (
+                    np.arange(lo, lo + len(chunk)) if rows is None else rows[lo : lo + len(chunk)]
+                )
+                z = torch.from_numpy(latents.read(picked)).to(device)
             stats.update(x, sae.decode(z), z)
     return stats
 
@@ -139,7 +149,12 @@ class ReconstructionEvaluator(Evaluator):
                 acts = ctx.activations(split)
                 rows = strided_rows(acts.n, cfg.max_rows)
                 stats = reconstruction_stats(
-                    sae, acts, device=device, batch_size=cfg.batch_size, rows=rows
+                    sae,
+                    acts,
+                    device=device,
+                    batch_size=cfg.batch_size,
+                    rows=rows,
+                    latents=ctx.latents(split, device=cfg.device, batch_size=cfg.batch_size),
                 )
                 # Per-row values of the mean-over-rows metrics, for bootstrap and paired tests
                 # (test splits only: the train split's rows are not test items).

@@ -1,0 +1,320 @@
+"""Scale benchmark: memory and time per row from 50k to 800k activation rows (issue: stream at
+ImageNet scale).
+
+For each N, in a fresh subprocess (so peak memory is that N's own), synthetic activations
+(N train rows and N/5 eval rows x 768, 100 classes in a two-level tree) are written to an
+activation cache, then the harness's own parts run on them as a suite would: a TopK SAE with
+6,144 latents is trained (``train_saes``, streaming from the memory map), and the
+``reconstruction``, ``ood-accuracy`` (raw-activation baseline and SAE latents) and ``ontology``
+(SAE latents and as many random directions) evaluators score it through one ``EvalContext``
+sharing one encoding store. Printed per N: seconds per 1k train rows for training and for the
+evaluators, and peak memory:
+
+* ``peak RSS``: the kernel's high-water mark (VmHWM), which counts pages of the memory-mapped
+  cache the process has touched; the kernel drops those under pressure, so they grow with N
+  without being held memory;
+* ``peak anon``: the largest anonymous (heap) resident size seen by a sampler every 20 ms:
+  memory the process really holds.
+
+Targets: peak anon within 1.3x and time per row within 1.5x from the smallest N to the largest,
+and the evaluators' time at most the training time. Freed heap that glibc keeps (the dynamic
+mmap threshold sends the streaming loops' large temporaries to the heap, and small long-lived
+arrays between them keep it from shrinking) shows up as anonymous memory growing with N;
+``--malloc-trim`` runs each size with glibc returning freed memory at once, which separates
+memory held from memory merely not given back. Every memory budget (training's
+``in_memory_limit_gb``, the probes' ``memory_budget_gb``, the encoding store's) is set to
+``--budget-gb`` so that no size fits "in memory" and everything streams, as at the paper's scale.
+
+    python benchmarks/scale.py [--sizes 50000,200000,800000] [--latents 6144] [--budget-gb 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+D = 768
+N_CLASSES = 100
+GROUPS = 10
+
+
+def _anon_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _hwm_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+class AnonSampler(threading.Thread):
+    """Tracks the peak anonymous RSS of this process."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = 0
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, _anon_kb())
+            time.sleep(0.02)
+
+    def phase(self) -> int:
+        """Peak since the last call (then the count restarts)."""
+        peak = max(self.peak, _anon_kb())
+        self.peak = 0
+        return peak
+
+    def stop(self) -> int:
+        self.running = False
+        self.join()
+        return max(self.peak, _anon_kb())
+
+
+def write_split(cache, key: str, n: int, seed: int, centers) -> object:  # noqa: ANN001
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    writer = cache.writer(key, D, {"model": "synthetic", "layer": "final", "split": key[:8]})
+    step = 16384
+    for lo in range(0, n, step):
+        m = min(step, n - lo)
+        y = rng.integers(0, N_CLASSES, m)
+        x = centers[y] + rng.standard_normal((m, D), dtype=np.float32)
+        writer.append(np.maximum(x, 0), np.arange(lo, lo + m), y)
+    return writer.commit()
+
+
+def one(args: argparse.Namespace) -> dict[str, float]:
+    """Everything for one N, in this process; returns the measurements."""
+    import numpy as np
+    import torch
+    from saebench_vision_plugins.evaluators.configs import (
+        OntologyConfig,
+        OODAccuracyConfig,
+        ReconstructionConfig,
+    )
+    from saebench_vision_plugins.evaluators.ontology import OntologyEvaluator
+    from saebench_vision_plugins.evaluators.ood_accuracy import OODAccuracyEvaluator
+    from saebench_vision_plugins.evaluators.reconstruction import ReconstructionEvaluator
+    from saebench_vision_plugins.saes.configs import TopKConfig
+    from saebench_vision_plugins.saes.topk import TopKSAE
+
+    from saebench_vision.cache import ActivationCache
+    from saebench_vision.config import TrainingConfig
+    from saebench_vision.encodings import EncodingStore
+    from saebench_vision.interfaces import ClassInfo, Dataset, EvalContext
+
+    torch.set_num_threads(args.threads)
+    n = args.one
+    budget = args.budget_gb
+    root = Path(args.cache_dir)
+    cache = ActivationCache(root)
+    rng = np.random.default_rng(0)
+    group_centers = rng.standard_normal((GROUPS, D), dtype=np.float32) * 2
+    centers = group_centers[np.arange(N_CLASSES) // (N_CLASSES // GROUPS)] + rng.standard_normal(
+        (N_CLASSES, D), dtype=np.float32
+    )
+    t0 = time.perf_counter()
+    train = write_split(cache, f"{'train':0<8}{n:0>56}", n, 1, centers)
+    val = write_split(cache, f"{'val':0<8}{n:0>56}", max(n // 5, 1000), 2, centers)
+    write_s = time.perf_counter() - t0
+    del train, val
+    acts = {
+        "train": cache.lookup(f"{'train':0<8}{n:0>56}"),
+        "val": cache.lookup(f"{'val':0<8}{n:0>56}"),
+    }
+
+    class Synthetic(Dataset):
+        name = "synthetic"
+
+        def __init__(self, labels: np.ndarray) -> None:
+            super().__init__(None)
+            self._labels = labels
+
+        def __len__(self) -> int:
+            return len(self._labels)
+
+        def labels(self) -> np.ndarray:
+            return self._labels
+
+        def classes(self) -> list[ClassInfo]:
+            return [ClassInfo(f"c{i}", f"c{i}") for i in range(N_CLASSES)]
+
+        def hierarchy(self) -> dict[str, list[str]]:
+            tree = {f"c{i}": [f"g{i // (N_CLASSES // GROUPS)}"] for i in range(N_CLASSES)}
+            return tree | {f"g{g}": ["root"] for g in range(GROUPS)}
+
+    datasets = {name: Synthetic(a.labels) for name, a in acts.items()}
+    sampler = AnonSampler()
+    sampler.start()
+    base_anon = _anon_kb()
+
+    sae = TopKSAE(D, TopKConfig(expansion=args.latents // D, k=32))
+    cfg = TrainingConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=1e-3,
+        in_memory_limit_gb=budget,
+        device=args.device,
+    )
+    t0 = time.perf_counter()
+    from saebench_vision.training import train_saes
+
+    train_saes([sae], acts["train"], cfg, seed=0, progress=False)
+    train_s = time.perf_counter() - t0
+    phase_peaks = {"train": sampler.phase()}
+
+    store = EncodingStore(
+        root / "tmp" / f"encodings.{os.getpid()}.bench", memory_budget_bytes=int(budget * 2**30)
+    )
+    ctx = EvalContext(
+        model_name="synthetic",
+        layer="final",
+        tokens="cls",
+        seed=0,
+        device=args.device,
+        splits={"train": "train", "val": "eval"},
+        activation_loader=acts.__getitem__,
+        dataset_loader=datasets.__getitem__,
+        adapter_loader=lambda: None,
+        output_dir=root / "out",
+        sae=sae,
+        sae_id="bench-sae",
+        encodings=store,
+    )
+    timings: dict[str, float] = {}
+    probe = OODAccuracyConfig(
+        device=args.device,
+        solver="minibatch",
+        epochs=args.probe_epochs,
+        features=("latents",),
+        memory_budget_gb=budget,
+    )
+    evaluators = [
+        ("reconstruction", ReconstructionEvaluator(ReconstructionConfig(device=args.device)), True),
+        ("probes-raw", OODAccuracyEvaluator(probe), False),
+        ("probes-latents", OODAccuracyEvaluator(probe), True),
+        ("ontology", OntologyEvaluator(OntologyConfig(device=args.device)), True),
+    ]
+    for label, ev, with_sae in evaluators:
+        t0 = time.perf_counter()
+        records = ev.evaluate(ctx) if with_sae else ev.baseline(ctx.with_sae(None, ""))
+        timings[label] = time.perf_counter() - t0
+        phase_peaks[label] = sampler.phase()
+        assert records, label
+    peak_anon = max(sampler.stop(), *phase_peaks.values())
+    store.close()
+    return {
+        "n": n,
+        "write_s": write_s,
+        "train_s": train_s,
+        "eval_s": sum(timings.values()),
+        **{f"{k}_s": v for k, v in timings.items()},
+        "peak_rss_mb": _hwm_kb() / 1024,
+        "peak_anon_mb": peak_anon / 1024,
+        "start_anon_mb": base_anon / 1024,
+        **{f"anon_{k}_mb": v / 1024 for k, v in phase_peaks.items()},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--sizes", default="50000,200000,800000", help="train rows, comma-separated"
+    )
+    parser.add_argument("--latents", type=int, default=6144)
+    parser.add_argument(
+        "--epochs", type=float, default=3.0, help="SAE training epochs (the paper: 3)"
+    )
+    parser.add_argument("--batch-size", type=int, default=4096, help="SAE training batch")
+    parser.add_argument(
+        "--probe-epochs", type=int, default=10, help="probe epochs (the default: 10)"
+    )
+    parser.add_argument("--budget-gb", type=float, default=0.25, help="every memory budget")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 2)))
+    parser.add_argument("--cache-dir", help="where the synthetic cache goes (default: a temp dir)")
+    parser.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="run each size with glibc returning freed memory at once (MALLOC_TRIM_THRESHOLD_=0, "
+        "SAEBENCH_VISION_MALLOC_DEFAULTS=1): separates memory held from freed heap glibc keeps",
+    )
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one(args)), flush=True)
+        return 0
+    results = []
+    for n in [int(s) for s in args.sizes.split(",")]:
+        with tempfile.TemporaryDirectory(prefix="saebench-scale-", dir=args.cache_dir) as tmp:
+            cmd = [sys.executable, __file__, "--one", str(n), "--cache-dir", tmp]
+            for flag in (
+                "latents",
+                "epochs",
+                "batch_size",
+                "probe_epochs",
+                "budget_gb",
+                "device",
+                "threads",
+            ):
+                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            env = dict(os.environ)
+            if args.malloc_trim:
+                env |= {"MALLOC_TRIM_THRESHOLD_": "0", "SAEBENCH_VISION_MALLOC_DEFAULTS": "1"}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                print(out.stderr[-3000:], file=sys.stderr)
+                return 1
+            line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+            results.append(json.loads(line[len("RESULT ") :]))
+            r = results[-1]
+            print(
+                f"N={n:>8,}: train {r['train_s']:7.1f} s ({1000 * r['train_s'] / n:.3f} s/1k rows), "
+                f"evaluators {r['eval_s']:7.1f} s ({1000 * r['eval_s'] / n:.3f} s/1k rows: "
+                + ", ".join(
+                    f"{k[:-2]} {r[k]:.1f}"
+                    for k in r
+                    if k.endswith("_s") and k not in ("write_s", "train_s", "eval_s")
+                )
+                + f"), peak RSS {r['peak_rss_mb']:.0f} MB, peak anon {r['peak_anon_mb']:.0f} MB ("
+                + ", ".join(f"{k[5:-3]} {v:.0f}" for k, v in r.items() if k.startswith("anon_"))
+                + ")",
+                flush=True,
+            )
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        rss = b["peak_anon_mb"] / a["peak_anon_mb"]
+        t_train = (b["train_s"] / b["n"]) / (a["train_s"] / a["n"])
+        t_eval = (b["eval_s"] / b["n"]) / (a["eval_s"] / a["n"])
+        print(
+            f"\n{a['n']:,} -> {b['n']:,} rows ({b['n'] / a['n']:.0f}x): peak anon {rss:.2f}x "
+            f"(target <= 1.3), peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x (memory-mapped "
+            f"pages included), time per row: training {t_train:.2f}x, evaluators {t_eval:.2f}x "
+            f"(target <= 1.5)"
+        )
+    for r in results:
+        print(
+            f"N={r['n']:,}: evaluators / training = {r['eval_s'] / r['train_s']:.2f} (target <= 1)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
