@@ -245,12 +245,17 @@ class Runner:
         def reads(model: ModelSpec, layer: str, spec: EvaluatorSpec) -> tuple[str, ...]:
             return tuple(evaluators[spec.label].reads_layers(layer, tuple(model.layers)))
 
-        trained = {
-            p.sae_id
-            for g in plan.groups
-            for p in g.saes
-            if (path := self.store.sae_path(p.sae_id)) is not None and path.exists()
-        }
+        from saebench_vision.checkpoint import sweep_leftovers, verified_saes
+
+        sweep_leftovers(self.suite.output / "saes")
+        trained = verified_saes(
+            {
+                p.sae_id: (self.store.sae_path(p.sae_id), self.store.sae_sha256(p.sae_id))
+                for g in plan.groups
+                for p in g.saes
+            },
+            self.say,
+        )
         self._plan = plan
         executor.execute(schedule(plan, self._done, trained, reads), self)
 

@@ -426,7 +426,7 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
     )
     out = TrainOutput()
     for (sae_id, variant, config_json), sae, st in zip(step.saes, models, stats):
-        save_sae(
+        sha256 = save_sae(
             sae,
             sae_dir(suite.output, sae_id),
             {
@@ -450,6 +450,7 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
                 "seed": step.seed,
                 "path": str(Path("saes") / sae_id),
                 "stats": st,
+                "weights_sha256": sha256,
             }
         )
         ws._saes[sae_id] = sae

@@ -1,0 +1,208 @@
+"""Stored SAEs are verified (content hash and id) and rebuilt when damaged; checkpoint and
+weights files that cannot load are one-line errors; leftovers of killed writers are swept."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_runner import SUITE, run, write_suite
+
+from saebench_vision.checkpoint import (
+    CheckpointError,
+    checkpoint_problem,
+    file_sha256,
+    load_sae,
+    save_sae,
+    sweep_leftovers,
+)
+from saebench_vision.results import ResultsStore
+
+SMALL: dict[str, Any] = copy.deepcopy(SUITE)
+SMALL["models"][0]["layers"] = ["final"]
+SMALL["saes"] = [
+    {"plugin": "toy-sae", "args": {"expansion": 2, "l1_coefficient": 0.01}},
+    {"plugin": "relu", "args": {"expansion": 2, "l1_coefficient": 0.1}},
+]
+SMALL["evaluators"] = [{"plugin": "reconstruction", "label": "first"}]
+
+
+def _mse(runner, suite, evaluator: str) -> dict[str, float]:
+    frame = runner.store.records_frame(suite.hash)
+    rows = frame[(frame.metric == "mse") & (frame.split == "val") & (frame.evaluator == evaluator)]
+    return {
+        row.sae_label: float(row.value) for row in rows.itertuples() if row.sae_label != "baseline"
+    }
+
+
+def _flip(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    for i in range(len(data) - 64, len(data), 4):
+        data[i] ^= 0x7F
+    file.write_bytes(bytes(data))
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _swap(a: Path, b: Path) -> None:
+    tmp = a.with_name("swap")
+    os.rename(a, tmp)
+    os.rename(b, a)
+    os.rename(tmp, b)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "swap"])
+def test_damaged_or_exchanged_saes_are_retrained(tmp_path, toy_manager, capsys, damage):
+    path = write_suite(tmp_path, SMALL)
+    suite, runner, first = run(path, toy_manager)
+    assert first.status == "finished"
+    before = _mse(runner, suite, "first")
+    ids = [r[0] for r in runner.store.db.execute("SELECT sae_id FROM saes ORDER BY sae_id")]
+    saes = [suite.output / "saes" / i for i in ids]
+    if damage == "flip":
+        _flip(saes[0] / "sae_weights.safetensors")
+    elif damage == "truncate":
+        _truncate(saes[0] / "sae_weights.safetensors")
+    else:
+        _swap(saes[0], saes[1])
+    capsys.readouterr()
+    doc = copy.deepcopy(SMALL)
+    doc["evaluators"].append({"plugin": "reconstruction", "label": "second"})
+    suite, runner, second = run(write_suite(tmp_path, doc), toy_manager)
+    err = capsys.readouterr().err
+    assert second.status == "finished", err
+    assert f"warning: SAE {ids[0]} at {saes[0]}" in err and "training it again" in err
+    # the rebuilt SAEs are the ones first trained: the new cells reproduce the first numbers
+    after = _mse(runner, suite, "second")
+    assert after.keys() == before.keys()
+    for label, value in before.items():
+        assert after[label] == pytest.approx(value, rel=1e-5), label
+    for sae_id, folder in zip(ids, saes):
+        assert checkpoint_problem(folder, sae_id, runner.store.sae_sha256(sae_id)) is None
+
+
+def test_checkpoint_records_its_hash_and_load_refuses_changed_bytes(tmp_path, toy_manager):
+    from toyplugin import ToySAE
+
+    sae = ToySAE(4, ToySAE.Config(expansion=2))
+    folder = tmp_path / "sae"
+    sha = save_sae(sae, folder, {"sae_id": "abc"})
+    weights = folder / "sae_weights.safetensors"
+    import hashlib
+
+    assert sha == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert checkpoint_problem(folder, "abc", sha) is None
+    assert "holds SAE abc, not xyz" in str(checkpoint_problem(folder, "xyz"))
+    assert "results store" in str(checkpoint_problem(folder, "abc", "0" * 64))
+    _flip(weights)
+    assert "changed bytes" in str(checkpoint_problem(folder, "abc"))
+    with pytest.raises(CheckpointError, match="changed since it was saved") as err:
+        load_sae(folder, lambda name: ToySAE)
+    assert "\n" not in str(err.value)
+
+
+def test_hashes_are_memoised_by_path_size_and_mtime(tmp_path, monkeypatch):
+    file = tmp_path / "f"
+    file.write_bytes(b"x" * 100)
+    first = file_sha256(file)
+    import hashlib
+
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    assert file_sha256(file) == first and calls == []
+    file.write_bytes(b"y" * 101)
+    assert file_sha256(file) == real(b"y" * 101).hexdigest() and calls == [1]
+
+
+def test_unhashed_checkpoints_are_checked_for_truncation(tmp_path):
+    from toyplugin import ToySAE
+
+    folder = tmp_path / "sae"
+    save_sae(ToySAE(4, ToySAE.Config(expansion=2)), folder, {"sae_id": "abc"})
+    cfg = folder / "cfg.json"
+    import json
+
+    doc = json.loads(cfg.read_text())
+    del doc["weights_sha256"]  # as written before checkpoints were hashed
+    cfg.write_text(json.dumps(doc))
+    assert checkpoint_problem(folder, "abc") is None
+    weights = folder / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    assert "truncated" in str(checkpoint_problem(folder, "abc"))
+    (folder / "sae_weights.safetensors").write_bytes(b"garbage, not a checkpoint")
+    assert "not a safetensors file" in str(checkpoint_problem(folder, "abc"))
+
+
+def test_unknown_architecture_names_the_file(tmp_path, toy_manager):
+    from toyplugin import ToySAE
+
+    folder = tmp_path / "sae"
+    save_sae(ToySAE(4, ToySAE.Config(expansion=2)), folder, {"sae_id": "abc"})
+    cfg = folder / "cfg.json"
+    cfg.write_text(cfg.read_text().replace('"toy-sae"', '"os:system"'))
+    registry = toy_manager.registry()
+    with pytest.raises(CheckpointError) as err:
+        load_sae(folder, lambda name: registry.get("sae", name).load())
+    assert str(cfg) in str(err.value) and "os:system" in str(err.value)
+
+
+def test_old_store_gains_the_hash_column(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    db = sqlite3.connect(out / "results.sqlite")
+    db.execute(
+        "CREATE TABLE saes (sae_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, model TEXT NOT NULL, "
+        "layer TEXT NOT NULL, label TEXT NOT NULL, plugin TEXT NOT NULL, config_json TEXT NOT "
+        "NULL, seed INTEGER NOT NULL, path TEXT NOT NULL, stats_json TEXT NOT NULL, created_at "
+        "REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO saes VALUES ('old','r','m','l','x','p','{}',0,'saes/old','{}',0)")
+    db.commit()
+    db.close()
+    store = ResultsStore(out)
+    assert store.sae_sha256("old") is None and store.sae_path("old") == out / "saes" / "old"
+    row = {"sae_id": "new", "run_id": "r", "model": "m", "layer": "l", "label": "x"}
+    store.add_saes(
+        [
+            row
+            | {
+                "plugin": "p",
+                "config": {},
+                "seed": 0,
+                "path": "saes/new",
+                "stats": {},
+                "weights_sha256": "ab" * 32,
+            }
+        ]
+    )
+    assert store.sae_sha256("new") == "ab" * 32
+    store.close()
+    assert ResultsStore(out).sae_sha256("new") == "ab" * 32  # migration runs once
+
+
+def test_leftovers_of_dead_writers_are_swept(tmp_path):
+    from saebench_vision.checkpoint import _host_tag
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = _host_tag()
+    gone = tmp_path / f".abc.{dead.pid}@{here}.1234abcd.tmp"
+    alive = tmp_path / f".abc.{os.getpid()}@{here}.1234abcd.tmp"
+    elsewhere = tmp_path / f".abc.{dead.pid}@00000000.1234abcd.tmp"
+    legacy = tmp_path / ".abc.1234abcd.tmp"
+    real = tmp_path / "abc"
+    for folder in (gone, alive, elsewhere, legacy, real):
+        folder.mkdir()
+        (folder / "sae_weights.safetensors").write_bytes(b"x")
+    os.utime(legacy, (0, 0))
+    assert sorted(sweep_leftovers(tmp_path)) == sorted([gone, legacy])
+    assert alive.exists() and elsewhere.exists() and real.exists()
