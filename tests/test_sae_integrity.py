@@ -206,3 +206,58 @@ def test_leftovers_of_dead_writers_are_swept(tmp_path):
     os.utime(legacy, (0, 0))
     assert sorted(sweep_leftovers(tmp_path)) == sorted([gone, legacy])
     assert alive.exists() and elsewhere.exists() and real.exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _weights_files(tmp_path: Path) -> dict[str, Path]:
+    import pickle
+
+    import torch
+
+    files = {
+        "pickle": tmp_path / "evil.pth",
+        "garbage": tmp_path / "garbage.pth",
+        "list": tmp_path / "list.pth",
+        "safetensors": tmp_path / "bad.safetensors",
+    }
+    torch.save({"w": _Evil()}, files["pickle"], pickle_module=pickle)
+    files["garbage"].write_bytes(os.urandom(256))
+    torch.save([torch.zeros(2)], files["list"])
+    files["safetensors"].write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["pickle", "garbage", "list", "safetensors"])
+def test_bad_weights_path_is_one_line_naming_the_file(tmp_path, kind, capfd):
+    from saebench_vision_plugins.models.configs import ResNetConfig
+    from saebench_vision_plugins.models.resnet import ResNetAdapter
+
+    from saebench_vision.errors import WeightsNotFoundError
+
+    path = _weights_files(tmp_path)[kind]
+    with pytest.raises(WeightsNotFoundError) as err:
+        ResNetAdapter(ResNetConfig(arch="resnet18", weights_path=str(path), image_size=32)).load()
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message and "weights_path" in message
+    if kind == "pickle":
+        assert "refused for safety" in message
+    assert "pwned" not in capfd.readouterr().out
+
+
+def test_safetensors_weights_path_loads(tmp_path):
+    import torch
+    from saebench_vision_plugins.models.common import load_state_file
+    from safetensors.torch import save_file
+    from torchvision.models import resnet18
+
+    state = {k: v.contiguous() for k, v in resnet18().state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save(state, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        loaded = load_state_file("resnet", tmp_path / name)
+        assert loaded.keys() == state.keys()
+        assert all(torch.equal(loaded[k], state[k]) for k in state)
