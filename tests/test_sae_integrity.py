@@ -261,3 +261,135 @@ def test_safetensors_weights_path_loads(tmp_path):
         loaded = load_state_file("resnet", tmp_path / name)
         assert loaded.keys() == state.keys()
         assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+# -- the SAE contract, checked on the first batch -----------------------------------------------
+
+
+def _broken(method: str):
+    from toyplugin import ToySAE
+
+    class Broken(ToySAE):
+        name = "broken-sae"
+
+        def decode(self, z):
+            out = super().decode(z)
+            if method == "decode-shape":
+                return out[:, :1]  # (B, 1): broadcasts silently in an mse
+            if method == "decode-nan":
+                return out * float("nan")
+            return out
+
+        def encode(self, x):
+            z = super().encode(x)
+            if method == "encode-width":
+                return z[:, :-1]
+            if method == "encode-int":
+                return (z > 0).long()
+            return z
+
+    return Broken
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("decode-shape", r"decode returned shape \(8, 1\), expected \(8, 4\)"),
+        ("decode-nan", "decode returned non-finite"),
+        ("encode-width", r"encode returned shape \(8, 7\), expected \(8, 8\)"),
+        ("encode-int", "encode returned dtype torch.int64"),
+    ],
+)
+def test_trainer_checks_the_sae_contract_on_the_first_batch(method, expected):
+    import numpy as np
+
+    from saebench_vision.config import TrainingConfig
+    from saebench_vision.training import SAEContractError, train_saes
+
+    cls = _broken(method)
+    sae = cls(4, cls.Config(expansion=2))
+    data = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    with pytest.raises(SAEContractError, match=expected) as err:
+        train_saes([sae], data, TrainingConfig(epochs=1, batch_size=16), seed=0, progress=False)
+    assert "broken-sae" in str(err.value) and "Broken" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_contract_check_leaves_training_unchanged():
+    import numpy as np
+    import torch
+    from toyplugin import ToySAE
+
+    from saebench_vision.config import TrainingConfig
+    from saebench_vision.training import check_sae_contract, train_saes
+
+    data = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    sae = ToySAE(4, ToySAE.Config(expansion=2))
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    state = torch.get_rng_state()
+    sae.train()
+    check_sae_contract(sae, torch.from_numpy(data))
+    assert sae.training and torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(before[k], v) for k, v in sae.state_dict().items())
+    stats = train_saes([sae], data, TrainingConfig(epochs=1, batch_size=16), seed=0, progress=False)
+    assert stats[0]["steps"] == 4
+
+
+def test_loaded_saes_are_checked_before_evaluation(tmp_path, toy_manager):
+    from saebench_vision.steps import Workspace  # noqa: F401 - the loading path under test
+    from saebench_vision.training import SAEContractError
+
+    path = write_suite(tmp_path, SMALL)
+    suite, runner, _ = run(path, toy_manager)
+    ws = runner.workspace()
+    sae_id = runner.store.db.execute("SELECT sae_id FROM saes WHERE plugin='toy-sae'").fetchone()[0]
+    ws._saes.clear()
+    broken = _broken("decode-shape")
+    ws.sae_class = lambda name: broken
+    with pytest.raises(SAEContractError, match="decode returned shape"):
+        ws._load_sae(sae_id)
+
+
+# -- memory estimates before allocation -----------------------------------------------------------
+
+
+def test_sae_too_large_for_the_machine_is_one_line(tmp_path, toy_manager):
+    from saebench_vision.errors import ConfigError
+
+    doc = copy.deepcopy(SMALL)
+    doc["saes"] = [{"plugin": "toy-sae", "args": {"expansion": 10_000_000}}]
+    with pytest.raises(ConfigError) as err:
+        run(write_suite(tmp_path, doc), toy_manager)
+    message = str(err.value)
+    assert "saes[0].args.expansion: 10000000" in message and "available" in message
+    assert "\n" not in message and not list((tmp_path / "out" / "saes").glob("*"))
+
+
+def test_memory_estimates(monkeypatch):
+    import torch
+
+    from saebench_vision import training
+    from saebench_vision.errors import ConfigError
+
+    # weights, gradients and two Adam moments of encoder and decoder, float32, margin 2
+    assert training.estimate_sae_bytes(1024, 12288) == 2 * 1024 * 12288 * 4 * 4 * 2
+    monkeypatch.setattr(training, "available_memory", lambda device: 1000)
+    training.check_memory(1000, torch.device("cpu"), "x", "y")
+    with pytest.raises(
+        ConfigError,
+        match=r"^training.batch_size needs about 1.0 KiB of memory, cpu has 1000 B available; lower it$",
+    ):
+        training.check_memory(1025, torch.device("cpu"), "training.batch_size", "lower it")
+    monkeypatch.setattr(training, "available_memory", lambda device: None)
+    training.check_memory(1e30, torch.device("cpu"), "x", "y")  # unknown: not judged
+
+
+def test_available_memory_reads_the_machine():
+    import torch
+
+    from saebench_vision.training import available_memory
+
+    meminfo = Path("/proc/meminfo").read_text()
+    line = next(x for x in meminfo.splitlines() if x.startswith("MemAvailable:"))
+    free = available_memory(torch.device("cpu"))
+    assert free is not None and abs(free - int(line.split()[1]) * 1024) < 2**30
