@@ -393,3 +393,19 @@ def test_available_memory_reads_the_machine():
     line = next(x for x in meminfo.splitlines() if x.startswith("MemAvailable:"))
     free = available_memory(torch.device("cpu"))
     assert free is not None and abs(free - int(line.split()[1]) * 1024) < 2**30
+
+
+@pytest.mark.parametrize(
+    "args", [{"image_size": 1_000_000}, {"batch_size": 100_000_000, "image_size": 224}]
+)
+def test_image_batch_too_large_for_the_machine_is_one_line(args):
+    from saebench_vision_plugins.models.configs import ResNetConfig
+    from saebench_vision_plugins.models.resnet import ResNetAdapter
+
+    from saebench_vision.errors import ConfigError
+
+    adapter = ResNetAdapter(ResNetConfig(arch="resnet18", **args))
+    with pytest.raises(ConfigError, match="args.image_size") as err:
+        adapter.identity()  # planning resolves the preprocessing, before any image is read
+    assert "available" in str(err.value) and "\n" not in str(err.value)
+    assert ResNetAdapter(ResNetConfig(arch="resnet18", image_size=64)).identity()

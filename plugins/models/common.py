@@ -399,8 +399,26 @@ class ImageAdapter(ModelAdapter):
     @property
     def transform(self) -> ImageTransform:
         if self._transform is None:
-            self._transform = self.make_transform()
+            transform = self.make_transform()
+            self._check_batch_memory(transform)
+            self._transform = transform
         return self._transform
+
+    def _check_batch_memory(self, transform: ImageTransform) -> None:
+        # Before any image is decoded: a batch of float32 pixels (the normalised copy; the
+        # uint8 one is a quarter of it) and one resized image must fit in the host's memory.
+        from saebench_vision.training import check_memory
+
+        batch = int(getattr(self.config, "batch_size", 1))
+        size, resize = transform.image_size, transform.resize_size
+        needed = 5.0 * batch * 3 * size * size + 4.0 * 3 * resize * resize
+        check_memory(
+            needed,
+            torch.device("cpu"),
+            f"model `{self.name}`: args.batch_size {batch} x 3 channels x args.image_size "
+            f"{size}^2 (resize_size {resize})",
+            "lower batch_size or image_size",
+        )
 
     def preprocess(self, items: Sequence[Any]) -> torch.Tensor:
         return self.transform(items)
