@@ -22,7 +22,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -394,19 +394,40 @@ def load_saelens(directory: Path, classes: Iterable[type[SAE]]) -> SAE:
     return sae.eval()
 
 
+class VerifiedSAEs(Container[str]):
+    """The SAEs whose checkpoint is whole and theirs, asked one id at a time.
+
+    ``saes`` maps an id to its checkpoint folder (or None) and the SHA-256 the results store
+    recorded (or None). Only the ids the plan asks about are checked (a finished suite hashes
+    nothing), each once. A damaged or exchanged checkpoint is reported through ``warn`` and
+    counts as missing, so that the plan trains the SAE again."""
+
+    def __init__(
+        self,
+        saes: dict[str, tuple[Path | None, str | None]],
+        warn: Callable[[str], None],
+    ) -> None:
+        self._saes = saes
+        self._warn = warn
+        self._known: dict[str, bool] = {}
+
+    def __contains__(self, sae_id: object) -> bool:
+        if not isinstance(sae_id, str) or sae_id not in self._saes:
+            return False
+        if sae_id not in self._known:
+            path, sha256 = self._saes[sae_id]
+            ok = path is not None and path.exists()
+            if ok and path is not None:
+                problem = checkpoint_problem(path, sae_id, sha256)
+                if problem is not None:
+                    self._warn(f"warning: SAE {sae_id} at {path}: {problem}; training it again")
+                    ok = False
+            self._known[sae_id] = ok
+        return self._known[sae_id]
+
+
 def verified_saes(
     saes: dict[str, tuple[Path | None, str | None]], warn: Callable[[str], None]
-) -> set[str]:
-    """The ids among ``saes`` (id -> (checkpoint folder or None, recorded SHA-256 or None))
-    whose checkpoint is whole and theirs. A damaged or exchanged one is reported through
-    ``warn`` and left out, so that the plan trains it again, as a missing one."""
-    good: set[str] = set()
-    for sae_id, (path, sha256) in saes.items():
-        if path is None or not path.exists():
-            continue
-        problem = checkpoint_problem(path, sae_id, sha256)
-        if problem is None:
-            good.add(sae_id)
-        else:
-            warn(f"warning: SAE {sae_id} at {path}: {problem}; training it again")
-    return good
+) -> VerifiedSAEs:
+    """:class:`VerifiedSAEs` of ``saes`` (id -> (checkpoint folder or None, SHA-256 or None))."""
+    return VerifiedSAEs(saes, warn)

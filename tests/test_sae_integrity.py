@@ -409,3 +409,23 @@ def test_image_batch_too_large_for_the_machine_is_one_line(args):
         adapter.identity()  # planning resolves the preprocessing, before any image is read
     assert "available" in str(err.value) and "\n" not in str(err.value)
     assert ResNetAdapter(ResNetConfig(arch="resnet18", image_size=64)).identity()
+
+
+def test_only_the_saes_the_plan_needs_are_verified(tmp_path, toy_manager, capsys, monkeypatch):
+    from saebench_vision import checkpoint
+
+    path = write_suite(tmp_path, SMALL)
+    suite, runner, _ = run(path, toy_manager)
+    for weights in (suite.output / "saes").glob("*/sae_weights.safetensors"):
+        _flip(weights)
+    capsys.readouterr()
+    asked: list[str] = []
+    real = checkpoint.checkpoint_problem
+    monkeypatch.setattr(
+        checkpoint, "checkpoint_problem", lambda p, i, h=None: asked.append(i) or real(p, i, h)
+    )
+    doc = copy.deepcopy(SMALL)
+    doc["models"][0]["layers"] = ["final", "layer.0"]  # new cells, none of the damaged SAEs'
+    _, _, again = run(write_suite(tmp_path, doc), toy_manager)
+    assert again.computed_cells == 3 and asked == []
+    assert "training it again" not in capsys.readouterr().err
