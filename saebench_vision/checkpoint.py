@@ -65,7 +65,7 @@ def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _owner_tag() -> str:
+def owner_tag() -> str:
     # Who wrote a temporary folder, so that a later start can tell a dead writer's leftovers
     # (SIGKILL) from a live writer's work in progress on this or another host.
     return f"{os.getpid()}@{_host_tag()}"
@@ -114,10 +114,20 @@ def sweep_leftovers(folder: Path, older_than_s: float = 24 * 3600) -> list[Path]
     return removed
 
 
+def sweep_output(output: Path) -> list[Path]:
+    """Sweep the leftovers of killed writers in an output folder: temporary SAE checkpoints
+    (``saes/``) and training-state files (``train-state/*/``)."""
+    removed = sweep_leftovers(Path(output) / "saes")
+    for folder in sorted((Path(output) / "train-state").glob("*")):
+        if folder.is_dir():
+            removed += sweep_leftovers(folder)
+    return removed
+
+
 def _write_dir_atomically(directory: Path, write: Callable[[Path], None]) -> None:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.{_owner_tag()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = directory.parent / f".{directory.name}.{owner_tag()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     try:
         write(tmp)
@@ -125,9 +135,7 @@ def _write_dir_atomically(directory: Path, write: Callable[[Path], None]) -> Non
             with open(file, "rb") as fh:
                 os.fsync(fh.fileno())
         if directory.exists():
-            trash = (
-                directory.parent / f".{directory.name}.{_owner_tag()}.{uuid.uuid4().hex[:8]}.old"
-            )
+            trash = directory.parent / f".{directory.name}.{owner_tag()}.{uuid.uuid4().hex[:8]}.old"
             os.rename(directory, trash)
             os.rename(tmp, directory)
             shutil.rmtree(trash, ignore_errors=True)

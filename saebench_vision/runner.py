@@ -245,9 +245,9 @@ class Runner:
         def reads(model: ModelSpec, layer: str, spec: EvaluatorSpec) -> tuple[str, ...]:
             return tuple(evaluators[spec.label].reads_layers(layer, tuple(model.layers)))
 
-        from saebench_vision.checkpoint import sweep_leftovers, verified_saes
+        from saebench_vision.checkpoint import sweep_output, verified_saes
 
-        sweep_leftovers(self.suite.output / "saes")
+        sweep_output(self.suite.output)
         trained = verified_saes(
             {
                 p.sae_id: (self.store.sae_path(p.sae_id), self.store.sae_sha256(p.sae_id))

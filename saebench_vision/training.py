@@ -430,7 +430,9 @@ def _fingerprint(saes: Sequence[SAE], rows: _Rows, config: TrainingConfig, seed:
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    from saebench_vision.checkpoint import owner_tag
+
+    tmp = path.with_name(f".{path.name}.{owner_tag()}.{uuid.uuid4().hex}.tmp")
     torch.save(state, tmp)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())

@@ -190,7 +190,7 @@ def test_old_store_gains_the_hash_column(tmp_path):
 
 
 def test_leftovers_of_dead_writers_are_swept(tmp_path):
-    from saebench_vision.checkpoint import _host_tag
+    from saebench_vision.checkpoint import _host_tag, sweep_output
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -206,6 +206,19 @@ def test_leftovers_of_dead_writers_are_swept(tmp_path):
     os.utime(legacy, (0, 0))
     assert sorted(sweep_leftovers(tmp_path)) == sorted([gone, legacy])
     assert alive.exists() and elsewhere.exists() and real.exists()
+    # an output folder: SAE temporaries and training-state temporaries alike
+    state = tmp_path / "out" / "train-state" / "group"
+    state.mkdir(parents=True)
+    (tmp_path / "out" / "saes").mkdir()
+    leftovers = [
+        state / f".state.pt.{dead.pid}@{here}.ab12.tmp",
+        tmp_path / "out" / "saes" / f".abc.{dead.pid}@{here}.ab12.old",
+    ]
+    leftovers[0].write_bytes(b"x")
+    leftovers[1].mkdir()
+    (state / "state.pt").write_bytes(b"kept")
+    assert sorted(sweep_output(tmp_path / "out")) == sorted(leftovers)
+    assert (state / "state.pt").exists()
 
 
 class _Evil:
