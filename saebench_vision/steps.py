@@ -435,13 +435,6 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
         f"the largest {train.d} x {int(widths[big])})",
         "lower the expansion, or train on a machine with more memory",
     )
-    batch = min(int(recipe.batch_size), train.n)
-    check_memory(
-        needed + 4.0 * 4 * batch * (train.d + max(widths)) * len(widths),
-        device,
-        f"{suite.path}: training.batch_size: {recipe.batch_size} with the SAEs",
-        "lower training.batch_size",
-    )
     models = []
     for sae_id, cls, config in configs:
         # Each SAE's initialisation depends only on its own id, not on the sweep around it.

@@ -712,6 +712,16 @@ def train_saes(
         raise ConfigError(
             "training.device: cuda was requested but no CUDA device is available; use cpu or auto"
         )
+    # A batch wraps around epochs, so it holds batch_size rows however few the data has; per
+    # row: the input, each SAE's code and pre-activations, and their gradients, in float32.
+    widths = rows.d + sum(sae.d_sae for sae in saes)
+    check_memory(
+        4.0 * 4 * config.batch_size * widths,
+        device,
+        f"training.batch_size: {config.batch_size} (rows of width {rows.d} into "
+        f"{len(saes)} SAE(s) of {sum(sae.d_sae for sae in saes)} latents in all)",
+        "lower training.batch_size",
+    )
     torch.manual_seed(seed)
     if device.type == "cpu":
         tune_cpu_allocator()

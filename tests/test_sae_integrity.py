@@ -378,6 +378,34 @@ def test_sae_too_large_for_the_machine_is_one_line(tmp_path, toy_manager):
     assert "\n" not in message and not list((tmp_path / "out" / "saes").glob("*"))
 
 
+def test_training_batch_too_large_is_one_line_before_allocating(monkeypatch):
+    import numpy as np
+    from toyplugin import ToySAE
+
+    from saebench_vision import training
+    from saebench_vision.config import TrainingConfig
+    from saebench_vision.errors import ConfigError
+
+    data = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    monkeypatch.setattr(training, "available_memory", lambda device: 2**30)
+    saes = [ToySAE(4, ToySAE.Config(expansion=2)), ToySAE(4, ToySAE.Config(expansion=3))]
+    # 4 bytes x (x, codes, pre-activations, gradients) x batch x (4 + 8 + 12) > 1 GiB
+    batch = 2**30 // (16 * 24) + 1
+    with pytest.raises(
+        ConfigError,
+        match=r"^training.batch_size: 2796203 \(rows of width 4 "
+        r"into 2 SAE\(s\) of 20 latents in all\) needs about 1.0 GiB",
+    ):
+        training.train_saes(saes, data, TrainingConfig(batch_size=batch), seed=0, progress=False)
+    # one row less fits: the check passes (training itself is stopped early by a patched step)
+    monkeypatch.setattr(training, "available_memory", lambda device: 16 * 24 * (batch - 1))
+    monkeypatch.setattr(training, "_init_saes", lambda *a: (_ for _ in ()).throw(KeyError("ok")))
+    with pytest.raises(KeyError, match="ok"):
+        training.train_saes(
+            saes, data, TrainingConfig(batch_size=batch - 1), seed=0, progress=False
+        )
+
+
 def test_memory_estimates(monkeypatch):
     import torch
 
