@@ -14,11 +14,15 @@ and load too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
+import struct
+import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +44,90 @@ class CheckpointError(SaebenchError):
     """An SAE checkpoint is missing, damaged, or in a form this version cannot read."""
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, computed once per process for each (path, size, mtime)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owner_tag() -> str:
+    # Who wrote a temporary folder, so that a later start can tell a dead writer's leftovers
+    # (SIGKILL) from a live writer's work in progress on this or another host.
+    return f"{os.getpid()}@{_host_tag()}"
+
+
+def _owner_gone(name: str, older_than_s: float, mtime: float) -> bool:
+    parts = name.split(".")
+    owner = next((p for p in parts if "@" in p), None)
+    if owner is None:  # written before owners were recorded: only stale ones are swept
+        return time.time() - mtime > older_than_s
+    pid, _, host = owner.partition("@")
+    if host != _host_tag() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def sweep_leftovers(folder: Path, older_than_s: float = 24 * 3600) -> list[Path]:
+    """Remove the ``.*.tmp``/``.*.old`` folders in ``folder`` whose writer is gone; return them.
+
+    A writer on another host is never judged (its pid means nothing here); a leftover without
+    a recorded owner is removed once it is older than ``older_than_s``."""
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith((".tmp", ".old"))):
+            continue
+        try:
+            mtime = entry.stat().st_mtime
+        except OSError:
+            continue
+        if _owner_gone(entry.name, older_than_s, mtime):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def sweep_output(output: Path) -> list[Path]:
+    """Sweep the leftovers of killed writers in an output folder: temporary SAE checkpoints
+    (``saes/``) and training-state files (``train-state/*/``)."""
+    removed = sweep_leftovers(Path(output) / "saes")
+    for folder in sorted((Path(output) / "train-state").glob("*")):
+        if folder.is_dir():
+            removed += sweep_leftovers(folder)
+    return removed
+
+
 def _write_dir_atomically(directory: Path, write: Callable[[Path], None]) -> None:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = directory.parent / f".{directory.name}.{owner_tag()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     try:
         write(tmp)
@@ -51,7 +135,7 @@ def _write_dir_atomically(directory: Path, write: Callable[[Path], None]) -> Non
             with open(file, "rb") as fh:
                 os.fsync(fh.fileno())
         if directory.exists():
-            trash = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.old"
+            trash = directory.parent / f".{directory.name}.{owner_tag()}.{uuid.uuid4().hex[:8]}.old"
             os.rename(directory, trash)
             os.rename(tmp, directory)
             shutil.rmtree(trash, ignore_errors=True)
@@ -104,8 +188,11 @@ def _construct(cls: Any, d_in: int, config: Any, d_sae: int) -> SAE:
     return sae
 
 
-def save_sae(sae: SAE, directory: Path, meta: dict[str, Any]) -> None:
-    """Save ``sae`` to ``directory`` (``sae_weights.safetensors`` + ``cfg.json``), atomically."""
+def save_sae(sae: SAE, directory: Path, meta: dict[str, Any]) -> str:
+    """Save ``sae`` to ``directory`` (``sae_weights.safetensors`` + ``cfg.json``), atomically.
+
+    Returns the weights file's SHA-256, which ``cfg.json`` also records (``weights_sha256``)
+    so that :func:`load_sae` and :func:`checkpoint_problem` can tell changed bytes."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in sae.state_dict().items()}
     cfg = {
         "format": FORMAT,
@@ -120,9 +207,66 @@ def save_sae(sae: SAE, directory: Path, meta: dict[str, Any]) -> None:
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
+        cfg["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
 
     _write_dir_atomically(Path(directory), write)
+    return str(cfg["weights_sha256"])
+
+
+def _safetensors_intact(file: Path) -> str | None:
+    # Without a recorded hash: the header must parse and its tensors must end where the file does.
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return "shorter than a safetensors header"
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100 << 20):
+                return "not a safetensors file (bad header length)"
+            header = json.loads(fh.read(n))
+        ends = [
+            int(v["data_offsets"][1])
+            for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict)
+        ]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        return f"not a safetensors file ({exc})"
+    if 8 + n + max(ends, default=0) != size:
+        return f"{size} bytes where its header promises {8 + n + max(ends, default=0)} (truncated?)"
+    return None
+
+
+def checkpoint_problem(directory: Path, sae_id: str, sha256: str | None = None) -> str | None:
+    """Why the checkpoint in ``directory`` is not SAE ``sae_id`` as saved, or None if it is.
+
+    Checks the id in ``cfg.json`` and the weights' SHA-256 against ``sha256`` (the results
+    store's record) and the one ``cfg.json`` records; with neither, that the weights file is
+    whole. Hashes are memoised per process, so this is cheap to ask again."""
+    directory = Path(directory)
+    try:
+        cfg = _read_cfg(directory)
+    except CheckpointError as exc:
+        return str(exc)
+    meta = cfg.get("meta") if isinstance(cfg.get("meta"), dict) else {}
+    held = meta.get("sae_id") if isinstance(meta, dict) else None
+    if held != sae_id:
+        return f"{directory / CONFIG_FILE}: holds SAE {held}, not {sae_id}"
+    recorded = cfg.get("weights_sha256")
+    weights = directory / WEIGHTS_FILE
+    if sha256 and recorded and sha256 != recorded:
+        return f"{directory / CONFIG_FILE}: records weights {recorded[:12]}, the results store {sha256[:12]}"
+    want = sha256 or recorded
+    if not want:
+        return None if (why := _safetensors_intact(weights)) is None else f"{weights}: {why}"
+    try:
+        actual = file_sha256(weights)
+    except OSError as exc:
+        return f"{weights}: unreadable ({exc.strerror})"
+    if actual != want:
+        return f"{weights}: SHA-256 {actual[:12]} is not the saved {str(want)[:12]} (changed bytes)"
+    return None
 
 
 def load_sae(directory: Path, resolve: Callable[[str], type]) -> tuple[SAE, dict[str, Any]]:
@@ -147,7 +291,19 @@ def load_sae(directory: Path, resolve: Callable[[str], type]) -> tuple[SAE, dict
         raise CheckpointError(
             f"{directory / CONFIG_FILE}: missing or bad field {exc}; re-save the SAE"
         ) from exc
-    cls: Any = resolve(name)
+    recorded = cfg.get("weights_sha256")
+    if recorded:
+        actual = file_sha256(directory / WEIGHTS_FILE)
+        if actual != recorded:
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE}: damaged, SHA-256 {actual[:12]} is not the saved "
+                f"{str(recorded)[:12]} (the file changed since it was saved); `saebench run` "
+                "trains it again"
+            )
+    try:
+        cls: Any = resolve(name)
+    except SaebenchError as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: architecture: {exc}") from exc
     config = build_config(
         cls.Config,
         config_args,
@@ -244,3 +400,42 @@ def load_saelens(directory: Path, classes: Iterable[type[SAE]]) -> SAE:
             f"`{cls.name}`: {exc}"
         ) from exc
     return sae.eval()
+
+
+class VerifiedSAEs(Container[str]):
+    """The SAEs whose checkpoint is whole and theirs, asked one id at a time.
+
+    ``saes`` maps an id to its checkpoint folder (or None) and the SHA-256 the results store
+    recorded (or None). Only the ids the plan asks about are checked (a finished suite hashes
+    nothing), each once. A damaged or exchanged checkpoint is reported through ``warn`` and
+    counts as missing, so that the plan trains the SAE again."""
+
+    def __init__(
+        self,
+        saes: dict[str, tuple[Path | None, str | None]],
+        warn: Callable[[str], None],
+    ) -> None:
+        self._saes = saes
+        self._warn = warn
+        self._known: dict[str, bool] = {}
+
+    def __contains__(self, sae_id: object) -> bool:
+        if not isinstance(sae_id, str) or sae_id not in self._saes:
+            return False
+        if sae_id not in self._known:
+            path, sha256 = self._saes[sae_id]
+            ok = path is not None and path.exists()
+            if ok and path is not None:
+                problem = checkpoint_problem(path, sae_id, sha256)
+                if problem is not None:
+                    self._warn(f"warning: SAE {sae_id} at {path}: {problem}; training it again")
+                    ok = False
+            self._known[sae_id] = ok
+        return self._known[sae_id]
+
+
+def verified_saes(
+    saes: dict[str, tuple[Path | None, str | None]], warn: Callable[[str], None]
+) -> VerifiedSAEs:
+    """:class:`VerifiedSAEs` of ``saes`` (id -> (checkpoint folder or None, SHA-256 or None))."""
+    return VerifiedSAEs(saes, warn)

@@ -20,7 +20,7 @@ import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,7 +377,7 @@ SAEs a cell of that evaluator on ``layer`` reads (see ``Evaluator.reads_layers``
 
 
 def schedule(
-    plan: Plan, done: set[str], trained: set[str], reads: LayerReads | None = None
+    plan: Plan, done: set[str], trained: Container[str], reads: LayerReads | None = None
 ) -> Schedule:
     """The steps that compute every cell not in ``done``. ``trained`` holds the ids of SAEs
     whose checkpoints already exist; ``reads`` says which other layers of its model a cell

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS saes (
     sae_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, model TEXT NOT NULL, layer TEXT NOT NULL,
     label TEXT NOT NULL, plugin TEXT NOT NULL, config_json TEXT NOT NULL, seed INTEGER NOT NULL,
-    path TEXT NOT NULL, stats_json TEXT NOT NULL, created_at REAL NOT NULL);
+    path TEXT NOT NULL, stats_json TEXT NOT NULL, created_at REAL NOT NULL,
+    weights_sha256 TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS cells (
     cell_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, model TEXT NOT NULL, layer TEXT NOT NULL,
     tokens TEXT NOT NULL, sae_id TEXT NOT NULL, sae_label TEXT NOT NULL, sae_plugin TEXT NOT NULL,
@@ -111,11 +112,19 @@ class ResultsStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            self._migrate()
             self.db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         except sqlite3.DatabaseError as exc:
             raise ResultsError(self._damaged(str(exc))) from exc
+
+    def _migrate(self) -> None:
+        # Stores written before SAE checkpoints were hashed: their rows keep '' (unknown), and
+        # their checkpoints are checked against what their own cfg.json records.
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(saes)")}
+        if "weights_sha256" not in columns:
+            self.db.execute("ALTER TABLE saes ADD COLUMN weights_sha256 TEXT NOT NULL DEFAULT ''")
 
     @property
     def backup_path(self) -> Path:
@@ -352,11 +361,20 @@ class ResultsStore:
         row = self.db.execute("SELECT path FROM saes WHERE sae_id=?", (sae_id,)).fetchone()
         return self.output / row[0] if row else None
 
+    def sae_sha256(self, sae_id: str) -> str | None:
+        """The SHA-256 of an SAE's weights file as saved, or None if unknown."""
+        row = self.db.execute(
+            "SELECT weights_sha256 FROM saes WHERE sae_id=?", (sae_id,)
+        ).fetchone()
+        return str(row[0]) if row and row[0] else None
+
     def add_saes(self, rows: Iterable[dict[str, Any]]) -> None:
         with self.transaction() as db:
             for r in rows:
                 db.execute(
-                    "INSERT OR REPLACE INTO saes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO saes (sae_id, run_id, model, layer, label, plugin, "
+                    "config_json, seed, path, stats_json, created_at, weights_sha256) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         r["sae_id"],
                         r["run_id"],
@@ -369,6 +387,7 @@ class ResultsStore:
                         r["path"],
                         json.dumps(r["stats"]),
                         time.time(),
+                        str(r.get("weights_sha256") or ""),
                     ),
                 )
 

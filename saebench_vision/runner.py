@@ -274,12 +274,17 @@ class Runner:
         def reads(model: ModelSpec, layer: str, spec: EvaluatorSpec) -> tuple[str, ...]:
             return tuple(evaluators[spec.label].reads_layers(layer, tuple(model.layers)))
 
-        trained = {
-            p.sae_id
-            for g in plan.groups
-            for p in g.saes
-            if (path := self.store.sae_path(p.sae_id)) is not None and path.exists()
-        }
+        from saebench_vision.checkpoint import sweep_output, verified_saes
+
+        sweep_output(self.suite.output)
+        trained = verified_saes(
+            {
+                p.sae_id: (self.store.sae_path(p.sae_id), self.store.sae_sha256(p.sae_id))
+                for g in plan.groups
+                for p in g.saes
+            },
+            self.say,
+        )
         self._plan = plan
         executor.execute(schedule(plan, self._done, trained, reads), self)
 
@@ -332,8 +337,16 @@ class Runner:
         if isinstance(step, EvaluateStep):
             return bool(self.store.done_cells([step.cell.cell_id]))
         assert isinstance(step, TrainStep)
-        paths = [self.store.sae_path(sae_id) for sae_id, _, _ in step.saes]
-        return all(path is not None and path.exists() for path in paths)
+        from saebench_vision.checkpoint import checkpoint_problem
+
+        # Stored means whole and theirs: a damaged checkpoint is trained again, not taken.
+        for sae_id, _, _ in step.saes:
+            path = self.store.sae_path(sae_id)
+            if path is None or not path.exists():
+                return False
+            if checkpoint_problem(path, sae_id, self.store.sae_sha256(sae_id)) is not None:
+                return False
+        return True
 
     def step_finished(self, step: Step, output: Any) -> None:
         """Record what a step returned (the driver is the only writer of the store)."""

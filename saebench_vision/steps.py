@@ -317,6 +317,7 @@ class Workspace:
             if not path.exists():
                 raise SaebenchError(f"SAE {sae_id} has no checkpoint at {path}; run again")
             sae, meta = load_sae(path, self.sae_class)
+            self._check_contract(sae)
             if meta.get("sae_id") not in (None, sae_id):
                 raise SaebenchError(
                     f"{path}: holds SAE {meta.get('sae_id')}, not {sae_id}; remove the folder "
@@ -324,6 +325,18 @@ class Workspace:
                 )
             self._saes[sae_id] = sae
         return self._saes[sae_id]
+
+    @staticmethod
+    def _check_contract(sae: Any) -> None:
+        # A loaded SAE meets no training batch: probe it with rows at its training scale (the
+        # trainer normalises to a mean norm of sqrt(d_in)), from a private generator.
+        import torch
+
+        from saebench_vision.training import check_sae_contract
+
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(4, sae.d_in, generator=gen) / sae.input_scale.float().clamp_min(1e-12)
+        check_sae_contract(sae, x)
 
     def _enter_group(self, group: tuple[str, str, int]) -> None:
         # Keep only one group's SAEs in memory: a paper-scale sweep holds gigabytes of weights.
@@ -413,12 +426,15 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
     import torch
 
     from saebench_vision.checkpoint import save_sae
-    from saebench_vision.training import train_saes
+    from saebench_vision.interfaces import resolve_device
+    from saebench_vision.training import check_memory, estimate_sae_bytes, train_saes
 
     suite, model = ws.suite, step.model
     train = ws.activations(model, step.layer, suite.train_split.name)
     ws._enter_group((model.label, step.layer, step.seed))
-    models = []
+    recipe = suite.training_config(step.saes[0][1])
+    device = resolve_device(recipe.device)
+    configs = []
     for sae_id, variant, _ in step.saes:
         cls = ws.sae_class(variant.plugin)
         config = build_config(
@@ -427,6 +443,21 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
             where=f"{suite.path}: {variant.where}.args",
             what=f"SAE `{variant.plugin}`",
         )
+        configs.append((sae_id, cls, config))
+    # Before any SAE is built: the whole sweep trains at once, so its memory adds up.
+    widths = [train.d * float(getattr(c, "expansion", 1)) for _, _, c in configs]
+    needed = float(sum(estimate_sae_bytes(train.d, int(width)) for width in widths))
+    big = max(range(len(widths)), key=widths.__getitem__)
+    check_memory(
+        needed,
+        device,
+        f"{suite.path}: {step.saes[big][1].where}.args.expansion: "
+        f"{getattr(configs[big][2], 'expansion', '?')} ({len(widths)} SAE(s) trained together, "
+        f"the largest {train.d} x {int(widths[big])})",
+        "lower the expansion, or train on a machine with more memory",
+    )
+    models = []
+    for sae_id, cls, config in configs:
         # Each SAE's initialisation depends only on its own id, not on the sweep around it.
         torch.manual_seed(derive_seed(sae_id, step.seed) % 2**63)
         models.append(cls(train.d, config))
@@ -439,7 +470,7 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
     stats = train_saes(
         models,
         train,
-        suite.training_config(step.saes[0][1]),
+        recipe,
         seed=step.seed,
         progress=ws.progress,
         desc=f"train {model.label}/{step.layer}",
@@ -447,7 +478,7 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
     )
     out = TrainOutput()
     for (sae_id, variant, config_json), sae, st in zip(step.saes, models, stats):
-        save_sae(
+        sha256 = save_sae(
             sae,
             sae_dir(suite.output, sae_id),
             {
@@ -471,6 +502,7 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
                 "seed": step.seed,
                 "path": str(Path("saes") / sae_id),
                 "stats": st,
+                "weights_sha256": sha256,
             }
         )
         ws._saes[sae_id] = sae

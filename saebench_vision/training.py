@@ -68,6 +68,125 @@ class TrainingError(SaebenchError):
 _ALLOCATOR_TUNED = False
 
 
+class SAEContractError(SaebenchError):
+    """An SAE plugin's method returned something the SAE contract does not allow."""
+
+
+CONTRACT_ROWS = 8
+
+
+def _plugin(sae: SAE) -> str:
+    cls = type(sae)
+    return f"SAE `{sae.name}` ({cls.__module__}:{cls.__qualname__})"
+
+
+def _check_tensor(
+    sae: SAE, method: str, value: Any, shape: tuple[int, ...], meaning: str
+) -> torch.Tensor:
+    where = f"{_plugin(sae)}: {method}"
+    if not isinstance(value, torch.Tensor):
+        raise SAEContractError(f"{where} returned a {type(value).__name__}, not a tensor")
+    if tuple(value.shape) != shape:
+        raise SAEContractError(
+            f"{where} returned shape {tuple(value.shape)}, expected {shape} {meaning}; "
+            "fix the plugin"
+        )
+    if not value.is_floating_point():
+        raise SAEContractError(f"{where} returned dtype {value.dtype}, expected a floating dtype")
+    if not bool(torch.isfinite(value).all()):
+        raise SAEContractError(
+            f"{where} returned non-finite values (nan or inf) on finite inputs; fix the plugin"
+        )
+    return value
+
+
+def check_sae_contract(sae: SAE, x: torch.Tensor) -> None:
+    """Check an SAE against its contract on a few rows ``x`` (raw activations, (B, d_in)):
+    ``encode`` gives (B, d_sae), ``decode`` (B, d_in) and ``decoder_directions`` (d_sae, d_in)
+    when implemented, all floating and finite. A one-line :class:`SAEContractError` names the
+    plugin and the method. Cheap (a forward pass on ``CONTRACT_ROWS`` rows, no gradients), and
+    side-effect free: eval mode and the random state are restored afterwards."""
+    x = x[:CONTRACT_ROWS]
+    b, d_in, d_sae = x.shape[0], sae.d_in, sae.d_sae
+    training = sae.training
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            sae.eval()
+            z = _check_tensor(sae, "encode", sae.encode(x), (b, d_sae), "(batch, d_sae)")
+            _check_tensor(sae, "decode", sae.decode(z), (b, d_in), "(batch, d_in)")
+            try:
+                directions = sae.decoder_directions()
+            except NotImplementedError:
+                directions = None
+            if directions is not None:
+                _check_tensor(sae, "decoder_directions", directions, (d_sae, d_in), "(d_sae, d_in)")
+    except SAEContractError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        text = " ".join(str(exc).split())[:160]
+        raise SAEContractError(
+            f"{_plugin(sae)}: encode/decode failed on a ({b}, {d_in}) batch ({text}); fix the "
+            "plugin"
+        ) from exc
+    finally:
+        sae.train(training)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (CUDA: the device's free memory; else the machine's available
+    memory from psutil or /proc/meminfo), or None where it cannot be told."""
+    if device.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free)
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def check_memory(needed: float, device: torch.device, what: str, fix: str) -> None:
+    """A one-line :class:`ConfigError` when ``needed`` bytes exceed what ``device`` has free;
+    silent where free memory cannot be told. ``what`` names the suite field, ``fix`` the way out."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise ConfigError(
+            f"{what} needs about {_size(needed)} of memory, {device.type} has {_size(free)} "
+            f"available; {fix}"
+        )
+
+
+# Adam: per parameter, the weight, its gradient and two moment estimates, in float32; a
+# margin of 2 for the activations, temporaries and the fused copies of a sweep.
+SAE_BYTES_PER_PARAM = 4 * 4 * 2
+
+
+def estimate_sae_bytes(d_in: int, d_sae: int) -> int:
+    """Training memory of one SAE with a (d_in x d_sae) encoder and decoder, with Adam."""
+    return 2 * d_in * d_sae * SAE_BYTES_PER_PARAM
+
+
 def tune_cpu_allocator() -> bool:
     """Let glibc keep large freed blocks for reuse instead of returning them to the system.
 
@@ -311,7 +430,9 @@ def _fingerprint(saes: Sequence[SAE], rows: _Rows, config: TrainingConfig, seed:
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    from saebench_vision.checkpoint import owner_tag
+
+    tmp = path.with_name(f".{path.name}.{owner_tag()}.{uuid.uuid4().hex}.tmp")
     torch.save(state, tmp)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
@@ -591,6 +712,16 @@ def train_saes(
         raise ConfigError(
             "training.device: cuda was requested but no CUDA device is available; use cpu or auto"
         )
+    # A batch wraps around epochs, so it holds batch_size rows however few the data has; per
+    # row: the input, each SAE's code and pre-activations, and their gradients, in float32.
+    widths = rows.d + sum(sae.d_sae for sae in saes)
+    check_memory(
+        4.0 * 4 * config.batch_size * widths,
+        device,
+        f"training.batch_size: {config.batch_size} (rows of width {rows.d} into "
+        f"{len(saes)} SAE(s) of {sum(sae.d_sae for sae in saes)} latents in all)",
+        "lower training.batch_size",
+    )
     torch.manual_seed(seed)
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -604,7 +735,10 @@ def train_saes(
     for sae in saes:
         sae.to(device)
         sae.train()
-    input_scale = _init_saes(saes, stream.sample(NORM_SAMPLE_ROWS), config)
+    sample = stream.sample(NORM_SAMPLE_ROWS)
+    input_scale = _init_saes(saes, sample, config)
+    for sae in saes:
+        check_sae_contract(sae, sample)
     trainer = SweepTrainer(
         saes, config, total_steps=steps_total, input_scale=input_scale, device=device
     )

@@ -111,6 +111,12 @@ def test_missing_or_damaged_checkpoints_raise_one_line_errors(tmp_path):
     tensors = load_file(str(weights))
     tensors["W_enc"] = tensors["W_enc"][:3]
     save_file(tensors, str(weights))
+    # a checkpoint whose weights were rewritten fails its hash; without one, it does not fit
+    with pytest.raises(CheckpointError, match="damaged, SHA-256"):
+        load_sae(tmp_path / "sae", resolve)
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    del cfg["weights_sha256"]
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="does not fit") as info:
         load_sae(tmp_path / "sae", resolve)
     assert "\n" not in str(info.value)

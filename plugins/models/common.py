@@ -182,6 +182,37 @@ def _one_line(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def load_state_file(adapter_name: str, path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``weights_path``: safetensors by its suffix, else ``torch.load`` with
+    ``weights_only=True`` (never a pickle that runs code). A file that is neither, or holds
+    something other than a state dict, is a one-line error naming it."""
+    fix = "point weights_path to a state dict saved with torch.save or safetensors"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling refusals and garbage raise anything
+        text = _one_line(exc, 120)
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            text = "it is a pickle that needs code to load, refused for safety"
+        raise ModelMismatchError(
+            f"model `{adapter_name}`: weights_path {str(path)!r} cannot be loaded ({text}); {fix}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelMismatchError(
+            f"model `{adapter_name}`: weights_path {str(path)!r} holds a "
+            f"{type(state).__name__}, not a state dict of tensors; {fix}"
+        )
+    return state
+
+
 def is_local_folder(model_id: str) -> Path | None:
     """The folder ``model_id`` names (checked to exist), or None for a hub id."""
     if not looks_local(model_id):
@@ -368,8 +399,26 @@ class ImageAdapter(ModelAdapter):
     @property
     def transform(self) -> ImageTransform:
         if self._transform is None:
-            self._transform = self.make_transform()
+            transform = self.make_transform()
+            self._check_batch_memory(transform)
+            self._transform = transform
         return self._transform
+
+    def _check_batch_memory(self, transform: ImageTransform) -> None:
+        # Before any image is decoded: a batch of float32 pixels (the normalised copy; the
+        # uint8 one is a quarter of it) and one resized image must fit in the host's memory.
+        from saebench_vision.training import check_memory
+
+        batch = int(getattr(self.config, "batch_size", 1))
+        size, resize = transform.image_size, transform.resize_size
+        needed = 5.0 * batch * 3 * size * size + 4.0 * 3 * resize * resize
+        check_memory(
+            needed,
+            torch.device("cpu"),
+            f"model `{self.name}`: args.batch_size {batch} x 3 channels x args.image_size "
+            f"{size}^2 (resize_size {resize})",
+            "lower batch_size or image_size",
+        )
 
     def preprocess(self, items: Sequence[Any]) -> torch.Tensor:
         return self.transform(items)

@@ -15,6 +15,7 @@ from saebench_vision_plugins.models.common import (
     capture,
     feature_map_tokens,
     imagenet_head_columns,
+    load_state_file,
     run_until,
 )
 from saebench_vision_plugins.models.configs import EfficientNetLiteConfig
@@ -105,7 +106,7 @@ class EfficientNetLiteAdapter(ImageAdapter):
     def load(self) -> None:
         path = self.weights_file()
         model = EfficientNet.from_name(self.model_name, image_size=self.transform.image_size)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_state_file(self.name, path)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

@@ -25,6 +25,7 @@ from saebench_vision_plugins.models.common import (
     hf_dtype,
     hf_load_model,
     imagenet_head_columns,
+    load_state_file,
     run_until,
 )
 from saebench_vision_plugins.models.configs import HFResNetConfig, ResNetConfig
@@ -152,7 +153,7 @@ class ResNetAdapter(_ResNetBase):
                     f"model `{self.name}`: weights_path {str(path)!r} does not exist; point it to "
                     f"a .pth state dict, or unset it to download the weights tag"
                 )
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return load_state_file(self.name, path)
         weights = self.weights_enum()
         if weights is None:
             return None
