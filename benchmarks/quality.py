@@ -29,7 +29,8 @@ Every SAE trains for the same budget (``epochs`` passes at batch ``batch`` and l
 With ``--saelens-python``, the same planted data (saved as ``.npy``) are also trained by
 SAELens's own trainer in that interpreter (``benchmarks/quality_saelens.py``: same d_sae, k or
 coefficient, lr, batch and steps, SAELens's defaults otherwise), and each of our rows is
-followed by SAELens's and by the ratios ours / SAELens (FVU, L0, MMCS, samples/s). The project
+followed by SAELens's and by the ratios ours / SAELens (FVU, L0, MMCS, and throughput: SAEs x
+samples per second of our sweep against SAELens's, which trains one SAE at a time). The project
 never depends on sae-lens: install it in a separate virtual environment.
 
 The figures are printed, never asserted: targets belong in the report, not in unit tests.
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
                 seed=a.seed,
                 device=a.device,
             )
-            ours_rate = rate / len(saes)
+            ours_rate = rate  # SAE-samples/s: a sweep trains len(saes) SAEs at once
             for r, s in zip(rows, ref):
                 label = f"  SAELens {arch}" + (
                     f" {coef.split('_')[0]}={s['coefficient']:g}" if coef else ""
