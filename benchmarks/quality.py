@@ -24,6 +24,14 @@ Every SAE trains for the same budget (``epochs`` passes at batch ``batch`` and l
     python benchmarks/quality.py                         # the issue's size: N=200k x 768, 6144 latents
     python benchmarks/quality.py --batch 64 --lr 1e-4    # the paper's batch size
     python benchmarks/quality.py --arch topk --set topk:decoder_norm=unit   # another convention
+    python benchmarks/quality.py --quick --saelens-python /path/to/venv/bin/python
+
+With ``--saelens-python``, the same planted data (saved as ``.npy``) are also trained by
+SAELens's own trainer in that interpreter (``benchmarks/quality_saelens.py``: same d_sae, k or
+coefficient, lr, batch and steps, SAELens's defaults otherwise), and each of our rows is
+followed by SAELens's and by the ratios ours / SAELens (FVU, L0, MMCS, and throughput: SAEs x
+samples per second of our sweep against SAELens's, which trains one SAE at a time). The project
+never depends on sae-lens: install it in a separate virtual environment.
 
 The figures are printed, never asserted: targets belong in the report, not in unit tests.
 """
@@ -31,10 +39,14 @@ The figures are printed, never asserted: targets belong in the report, not in un
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,6 +175,11 @@ def interpolate_at(l0s: list[float], fvus: list[float], target: float) -> float 
     return None
 
 
+def ratio(ours: float, theirs: float, width: int = 7) -> str:
+    """``ours / theirs`` right-aligned in ``width`` columns (blank when undefined)."""
+    return f"{ours / theirs:>{width}.2f}" if theirs else " " * width
+
+
 def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     """``ARCH:key=value`` overrides (values parsed as YAML scalars)."""
     import yaml
@@ -184,6 +201,64 @@ def build(arch: str, d: int, args: dict[str, Any]) -> SAE:
     cls, config_cls, _ = ARCHS[arch]
     config = build_config(config_cls, args, where="--set", what=f"SAE `{arch}`")
     return cls(d, config)
+
+
+SAELENS_EXTRA: dict[str, dict[str, Any]] = {}
+"""SAELens config fields set for an architecture beyond the shared budget (none: its defaults)."""
+
+
+def saelens_rows(
+    python: str,
+    data_dir: Path,
+    arch: str,
+    *,
+    d_sae: int,
+    k: int,
+    coefficients: tuple[float | None, ...],
+    prefix_fractions: tuple[float, ...],
+    lr: float,
+    batch: int,
+    steps: int,
+    seed: int,
+    device: str,
+) -> list[dict[str, Any]]:
+    """Train ``arch`` with SAELens in the interpreter ``python``; one dict per coefficient."""
+    script = Path(__file__).with_name("quality_saelens.py")
+    cmd = [
+        python,
+        str(script),
+        "--data",
+        str(data_dir),
+        "--arch",
+        arch,
+        "--d-sae",
+        str(d_sae),
+        "--k",
+        str(k),
+        "--lr",
+        repr(lr),
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--device",
+        device,
+        "--prefix-fractions",
+        *(repr(f) for f in prefix_fractions),
+        "--extra",
+        json.dumps(SAELENS_EXTRA.get(arch, {})),
+    ]
+    for c in coefficients:
+        if c is not None:
+            cmd += ["--coefficient", repr(c)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-3:]
+        print(f"  saelens {arch}: failed ({' | '.join(tail)})", flush=True)
+        return []
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,6 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-sweep", action="store_true", help="only the headline coefficient")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--saelens-python",
+        metavar="PATH",
+        help="an interpreter with sae-lens installed: add SAELens's trainer as a reference",
+    )
     a = ap.parse_args(argv)
     size = (
         dict(n=65_000, d=256, held_out=5_000, batch=1024)
@@ -267,6 +347,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{'FVU@L0=' + str(a.k):>12}{'samples/s':>11}"
     )
     print("\n" + header + "\n" + "-" * len(header))
+    tmp = tempfile.TemporaryDirectory(prefix="quality-planted-")
+    data_dir = Path(tmp.name)
+    if a.saelens_python:
+        np.save(data_dir / "train.npy", data.train)
+        np.save(data_dir / "test.npy", data.test)
+        np.save(data_dir / "directions.npy", data.directions)
     for arch in archs:
         base = {"expansion": a.expansion, **sets.get(arch, {})}
         coef = ARCHS[arch][2]
@@ -301,6 +387,39 @@ def main(argv: list[str] | None = None) -> None:
                 f"{match:>12}{rate / len(saes):>11.0f}",
                 flush=True,
             )
+        if a.saelens_python:
+            ref = saelens_rows(
+                a.saelens_python,
+                data_dir,
+                arch,
+                d_sae=d * a.expansion,
+                k=int(base.get("k", a.k)),
+                coefficients=tuple(values),
+                prefix_fractions=tuple(
+                    base.get("prefix_fractions", MatryoshkaConfig().prefix_fractions)
+                ),
+                lr=a.lr,
+                batch=batch,
+                steps=steps,
+                seed=a.seed,
+                device=a.device,
+            )
+            ours_rate = rate  # SAE-samples/s: a sweep trains len(saes) SAEs at once
+            for r, s in zip(rows, ref):
+                label = f"  SAELens {arch}" + (
+                    f" {coef.split('_')[0]}={s['coefficient']:g}" if coef else ""
+                )
+                print(
+                    f"{label:<34}{s['fvu']:>7.3f}{s['l0']:>8.1f}{s['dead']:>7.3f}"
+                    f"{s['mmcs']:>7.3f}{'':>12}{s['samples_per_s']:>11.0f}"
+                )
+                print(
+                    f"{'  ratio ours / SAELens':<34}{ratio(r['fvu'], s['fvu'])}"
+                    f"{ratio(r['l0'], s['l0'], 8)}{'':>7}{ratio(r['mmcs'], s['mmcs'])}"
+                    f"{'':>12}{ratio(ours_rate, s['samples_per_s'], 11)}",
+                    flush=True,
+                )
+    tmp.cleanup()
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

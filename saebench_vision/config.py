@@ -84,6 +84,11 @@ class TrainingConfig:
     batch_size: int = option(64, "activations per optimiser step")
     lr: float = option(1e-4, "Adam learning rate")
     adam_betas: tuple[float, float] = option((0.9, 0.999), "Adam betas")
+    max_grad_norm: float = option(
+        1.0,
+        "clip each SAE's gradient to this global norm before the Adam step (SAELens always "
+        "clips at 1, so the paper's SAEs were trained with it); 0 turns clipping off",
+    )
     warmup_fraction: float = option(0.05, "fraction of steps with linear learning-rate warm-up")
     decay_fraction: float = option(0.2, "fraction of final steps with linear decay to zero")
     sparsity_warmup_fraction: float = option(
@@ -128,6 +133,7 @@ class TrainingConfig:
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
             (self.lr > 0, "lr", self.lr, "more than 0"),
             (all(0 <= b < 1 for b in self.adam_betas), "adam_betas", self.adam_betas, "in [0, 1)"),
+            (self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "0 or more"),
             (
                 self.max_samples is None or self.max_samples >= 1,
                 "max_samples",

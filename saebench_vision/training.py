@@ -535,6 +535,27 @@ class _Group:
         return out
 
     @torch.no_grad()
+    def clip_gradients(self, max_norm: float) -> None:
+        """Scale each member's gradient so that its global norm is at most ``max_norm``
+        (``torch.nn.utils.clip_grad_norm_`` per SAE, as SAELens clips): members of a fused
+        group are clipped separately, so a sweep trains as its SAEs would alone."""
+        if max_norm <= 0:
+            return
+        if self.stacked:
+            grads = [p.grad for p in self.stacked.values() if p.grad is not None]
+            if not grads:
+                return
+            sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(1) for g in grads]).sum(0)
+            factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(factor.reshape(-1, *([1] * (g.dim() - 1))))
+            return
+        for sae in self.saes:
+            params = [p for p in sae.parameters() if p.requires_grad and p.grad is not None]
+            if params:
+                torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    @torch.no_grad()
     def before_optimizer_step(self) -> None:
         if self.stacked:
             type(self.saes[0]).before_group_optimizer_step(self.saes, self.stacked)
@@ -631,6 +652,7 @@ class SweepTrainer:
         for i in share:
             group, optimizer = self.groups[i], self.optimizers[i]
             out.extend(zip(group.saes, group.step(x, xn, scale)))
+            group.clip_gradients(self.config.max_grad_norm)
             group.before_optimizer_step()
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr

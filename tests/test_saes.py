@@ -403,3 +403,23 @@ def test_a_fused_group_gives_each_member_its_own_gradients(cls, configs):
         for n, p in twin.named_parameters():
             if p.grad is not None:
                 torch.testing.assert_close(stacked[n].grad[i], p.grad, msg=f"{n} of member {i}")
+
+
+def test_auxk_counts_a_latent_dead_after_both_the_sample_and_the_step_window():
+    """Dead for AuxK = no firing for ``dead_after`` samples and ``dead_after_steps`` batches."""
+    d, batch = 6, 32
+    torch.manual_seed(0)
+    x = torch.randn(batch, d)
+
+    def auxk_on(quiet: int, steps: int) -> bool:
+        sae = TopKSAE(d, TopKConfig(expansion=2, k=2, dead_after=100, dead_after_steps=steps))
+        sae.train()
+        with torch.no_grad():
+            sae.samples_since_fired.fill_(quiet)
+        return "auxk" in sae.train_terms(x, sparsity_scale=1.0).metrics
+
+    # The window is max(100 samples, steps x 32): 320 with 10 steps, 100 with none.
+    assert not auxk_on(99, 0)
+    assert auxk_on(100, 0)
+    assert not auxk_on(200, 10)
+    assert auxk_on(320, 10)

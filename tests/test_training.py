@@ -273,3 +273,46 @@ def test_parallel_saes_give_the_sequential_weights():
     assert len(trainer._shares) == 3 and sorted(sum(trainer._shares, [])) == list(range(8))
     trainer.finish()
     assert torch.get_num_threads() == threads
+
+
+def test_gradient_clipping_is_per_sae_in_fused_and_separate_groups():
+    """Each member's gradient is scaled to global norm ``max_norm`` (torch's formula), whether
+    its group is stacked or not, and a member whose norm is already small is left alone."""
+    x = torch.from_numpy(data(n=64))
+
+    def members() -> list:
+        torch.manual_seed(0)
+        return [ReLUSAE(8, ReLUConfig(expansion=2, l1_coefficient=c)) for c in (0.0, 0.5, 4.0)]
+
+    # The independent derivation: each SAE alone, its gradient from its own loss.
+    expected, norms = [], []
+    for sae in members():
+        sae.train_terms(x, sparsity_scale=1.0).loss.backward()
+        grads = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+        norms.append(math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values())))
+        expected.append(grads)
+    max_norm = sorted(norms)[1]  # one member under the bound, two above it
+    assert min(norms) < max_norm < max(norms)
+    for grads, norm in zip(expected, norms):
+        for g in grads.values():
+            g.mul_(min(1.0, max_norm / (norm + 1e-6)))
+
+    for stack in (True, False):
+        group = training._Group(members(), stack=stack)
+        group.step(x, x, 1.0)
+        group.clip_gradients(max_norm)
+        for i, sae in enumerate(group.saes):
+            for name, want in expected[i].items():
+                got = (
+                    group.stacked[name].grad[i]
+                    if stack
+                    else dict(sae.named_parameters())[name].grad
+                )
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=f"{stack} {name}")
+
+    group = training._Group(members(), stack=True)
+    group.step(x, x, 1.0)
+    before = {n: p.grad.clone() for n, p in group.stacked.items() if p.grad is not None}
+    group.clip_gradients(0.0)  # off
+    for n, g in before.items():
+        assert torch.equal(group.stacked[n].grad, g)

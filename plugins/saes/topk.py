@@ -43,6 +43,7 @@ class TopKSAE(BuiltinSAE):
             "aux_k_coefficient",
             "aux_k",
             "dead_after",
+            "dead_after_steps",
             "threshold_momentum",
             "threshold_window",
             "inference",
@@ -238,7 +239,8 @@ class TopKSAE(BuiltinSAE):
         codes, tops, weights = [], [], []
         for i, m in enumerate(members):
             coef = float(m.config.aux_k_coefficient)
-            dead = m.samples_since_fired >= m.config.dead_after
+            window = max(int(m.config.dead_after), int(m.config.dead_after_steps) * B)
+            dead = m.samples_since_fired >= window
             n_dead = int(dead.sum()) if coef > 0 else 0
             if n_dead == 0:
                 weights.append(0.0)
