@@ -307,6 +307,16 @@ class ActivationCache:
         path = self.entry_path(key)
         manifest_file = path / "manifest.json"
         if not manifest_file.exists():
+            if path.exists():
+                # Entries appear whole (a folder renamed into place with its manifest), so a
+                # folder without one is damage: clear it, or every rebuild would collide with it.
+                import sys
+
+                print(
+                    f"warning: activation cache entry {path} has no manifest; rebuilding it",
+                    file=sys.stderr,
+                )
+                self._discard(path)
             return None
         problem = self._check(path, manifest_file)
         if problem:

@@ -154,3 +154,27 @@ def check_datasets_open(
             f"{len(problems)} of {len(suite.datasets)} dataset splits cannot be opened:\n  "
             + "\n  ".join(problems)
         )
+
+
+def check_paths(suite: Any, configs: Iterable[tuple[str, Any]]) -> None:
+    """Every option declared ``option(..., exists=True)`` names a path that exists: all that do
+    not, at once (a suite copied from another machine usually has several to fill in).
+
+    ``configs`` holds (YAML location of the entry, its Config instance)."""
+    import dataclasses
+
+    missing = []
+    for where, config in configs:
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if f.metadata.get("exists") and isinstance(value, str) and value:
+                if not Path(os.path.expanduser(value)).exists():
+                    missing.append(f"{where}.args.{f.name}: {value}")
+    if missing:
+        shown = "; ".join(missing[:8]) + (
+            f"; and {len(missing) - 8} more" if len(missing) > 8 else ""
+        )
+        raise SaebenchError(
+            f"{suite.path}: {len(missing)} path(s) do not exist: {shown}; fill in the paths on "
+            "this machine"
+        )

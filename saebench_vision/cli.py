@@ -290,7 +290,13 @@ def _size(n: float) -> str:
 def cmd_cache(args: argparse.Namespace) -> int:
     from saebench_vision.cache import ActivationCache
 
-    cache = ActivationCache(Path(args.cache_dir).expanduser() if args.cache_dir else None)
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    if root is not None and not root.is_dir():
+        raise SaebenchError(
+            f"--cache-dir {root}: no activation cache there (not a folder); pass the folder a "
+            "suite's `cache_dir:` or `saebench run --cache-dir` used"
+        )
+    cache = ActivationCache(root)
     if args.cache_command == "ls":
         manifests = cache.manifests()
         if args.json:

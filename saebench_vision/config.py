@@ -26,6 +26,7 @@ def option(
     factory: Any = _MISSING,
     identity: bool | None = None,
     path: bool = False,
+    exists: bool = False,
 ) -> Any:
     """A Config field with a help text: ``k: int = option(32, "latents kept per sample")``.
 
@@ -38,9 +39,13 @@ def option(
 
     ``path=True`` marks a file or folder option: its identity is the resolved absolute path
     when the path exists, so ``root: data/train`` read from two working directories is two
-    different datasets.
+    different datasets. ``exists=True`` (implies ``path``) says the path must exist on this
+    machine whenever it is set: ``saebench validate`` checks it without opening anything.
     """
     metadata: dict[str, Any] = {"help": help}
+    if exists:
+        path = True
+        metadata["exists"] = True
     if identity is not None:
         metadata["identity"] = bool(identity)
     if path:

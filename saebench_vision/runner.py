@@ -22,6 +22,7 @@ from saebench_vision.checks import (
     check_datasets_open,
     check_folders,
     check_inputs,
+    check_paths,
     check_roles,
     check_tokens,
     dataset_modality,
@@ -102,6 +103,7 @@ def preflight(
         s.name: dataset_modality(registry.get("dataset", s.plugin)) for s in suite.datasets
     }
     evaluators = []
+    configs = []
     for kind, group in (
         ("model", suite.models),
         ("dataset", suite.datasets),
@@ -109,6 +111,7 @@ def preflight(
     ):
         for spec in group:
             entry, config = build(kind, spec)
+            configs.append((spec.where, config))
             if hasattr(config, "device"):
                 check_device(config.device, f"{spec.where}.args.device")
             if kind == "evaluator":
@@ -119,6 +122,8 @@ def preflight(
                 check_inputs(suite, spec, adapter, modalities)
                 check_tokens(suite, spec, adapter)
     check_roles(suite, evaluators)
+    if devices and not datasets:  # this machine reads the paths (--datasets opens them all)
+        check_paths(suite, configs)
     if datasets:
 
         def open_split(split: SplitSpec) -> Any:
@@ -277,6 +282,12 @@ class Runner:
         from saebench_vision.checkpoint import sweep_output, verified_saes
 
         sweep_output(self.suite.output)
+        from saebench_vision.cache import ActivationCache
+
+        # What killed runs left in the cache (writers' folders of dead processes on this host).
+        swept = ActivationCache(self.cache_dir or self.suite.cache_dir).gc()
+        if swept:
+            self.say(f"activation cache: removed {len(swept)} leftover(s) of runs that were killed")
         trained = verified_saes(
             {
                 p.sae_id: (self.store.sae_path(p.sae_id), self.store.sae_sha256(p.sae_id))

@@ -221,7 +221,9 @@ def test_validate_datasets_reports_every_missing_path(tmp_path: Path, manager: A
     suite = _suite(
         tmp_path, manager, [{"plugin": "efficientnet-lite", "layers": ["final"]}], datasets=datasets
     )
-    preflight(suite, manager)  # without --datasets, nothing is opened
+    # Without --datasets nothing is opened, but paths that must exist are checked, all at once.
+    with pytest.raises(SaebenchError, match=r"3 path\(s\) do not exist: datasets.train.args"):
+        preflight(suite, manager)
     with pytest.raises(SuiteError) as err:
         preflight(suite, manager, datasets=True)
     lines = str(err.value).splitlines()
@@ -241,7 +243,8 @@ def test_run_dataset_error_names_suite_and_split(tmp_path: Path, toy_manager: An
     assert str(err.value).startswith(f"{suite.path}: datasets.train: image-folder: root")
     with pytest.raises(SaebenchError) as err:
         Runner(suite, toy_manager, progress=False, log=io.StringIO()).run()
-    assert str(err.value).startswith(f"{suite.path}: datasets.train: image-folder: root")
+    # run's preflight finds the missing root before any work, naming suite and location.
+    assert str(err.value).startswith(f"{suite.path}: 1 path(s) do not exist: datasets.train")
 
 
 def test_declared_kinds_are_the_implementations_and_shown_lightly(

@@ -104,7 +104,9 @@ def test_no_entrypoints_loads_only_builtins_and_listed_modules(tmp_path):
 def test_validate_datasets_opens_every_split(tmp_path):
     text = (REPO / "suites" / "quickstart.yaml").read_text()
     bad = tmp_path / "q.yaml"
-    # An image folder that does not exist passes the light check and fails --datasets only.
+    # An image folder that exists but holds no image passes the default check (paths exist)
+    # and fails --datasets only, which opens the split.
+    (tmp_path / "nowhere").mkdir()
     bad.write_text(
         text.replace(
             "datasets:\n",
@@ -122,3 +124,9 @@ def test_validate_datasets_opens_every_split(tmp_path):
     )
     assert opened.returncode == 2 and "nowhere" in opened.stderr, opened.stderr
     assert opened.stderr.count("\n") == 1
+    # A root that does not exist at all is caught without --datasets.
+    (tmp_path / "nowhere").rmdir()
+    missing = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    assert missing.returncode == 2 and "1 path(s) do not exist: datasets.extra.args.root" in (
+        missing.stderr
+    ), missing.stderr

@@ -3,6 +3,7 @@ and a CLI that answers every failure in one line."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -378,3 +379,109 @@ def test_store_names_the_other_suites_it_holds(tmp_path):
         suite_name="t", suite_path="t", suite_hash="h2", suite_json={}, versions={}, argv=[]
     )
     assert store.other_suites("s") == ["t"] and store.other_suites("u") == ["s", "t"]
+
+
+# -- cache entries that lost their manifest, leftovers, paths that must exist ------------------
+
+
+def _entry(cache, key: str):
+    import numpy as np
+
+    w = cache.writer(key, 4, {"what": "test"})
+    w.append(np.ones((3, 4), dtype=np.float32), np.arange(3), None)
+    return w.commit()
+
+
+@pytest.mark.parametrize("lose", ["manifest", "manifest-and-shards"])
+def test_entry_without_its_manifest_is_rebuilt_not_stuck(tmp_path, lose, capsys):
+    from saebench_vision.cache import ActivationCache
+
+    cache = ActivationCache(tmp_path / "cache")
+    key = "c" * 64
+    entry = _entry(cache, key)
+    (entry.path / "manifest.json").unlink()
+    if lose == "manifest-and-shards":
+        for shard in entry.path.glob("shard-*"):
+            shard.unlink()
+    fresh = ActivationCache(tmp_path / "cache")
+    assert fresh.lookup(key) is None
+    assert "has no manifest; rebuilding it" in capsys.readouterr().err
+    assert not fresh.entry_path(key).exists()
+    rebuilt = _entry(fresh, key)  # used to fail: "vanished right after it was written"
+    assert rebuilt.n == 3 and fresh.lookup(key) is not None
+
+
+def test_a_run_sweeps_what_killed_runs_left_in_the_cache(tmp_path, toy_manager):
+    from test_runner import SUITE, write_suite
+
+    from saebench_vision.runner import Runner
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    cache = tmp_path / "cache"
+    leftover = cache / "tmp" / f"writer.{dead}.abcd1234"
+    leftover.mkdir(parents=True)
+    (leftover / "shard-00000.npy").write_bytes(b"x" * 100)
+    doc = dict(SUITE) | {"cache_dir": str(cache), "output": str(tmp_path / "out")}
+    suite = load_suite(write_suite(tmp_path, doc), toy_manager.registry())
+    Runner(suite, toy_manager, progress=False, log=open(os.devnull, "w")).run()
+    assert not leftover.exists()
+
+
+def test_paths_that_must_exist_are_checked_by_validate_all_at_once(tmp_path, monkeypatch):
+    import dataclasses
+
+    from saebench_vision.checks import check_paths
+    from saebench_vision.config import option
+
+    @dataclasses.dataclass(frozen=True)
+    class Conf:
+        root: str = option("", "a folder", exists=True)
+        labels: str | None = option(None, "a file", exists=True)
+        model: str = option("org/model", "hub id or folder", path=True)
+
+    class FakeSuite:
+        path = Path("s.yaml")
+
+    (tmp_path / "here").mkdir()
+    check_paths(FakeSuite, [("datasets.train", Conf(root=str(tmp_path / "here")))])
+    with pytest.raises(SaebenchError) as err:
+        check_paths(
+            FakeSuite,
+            [
+                ("datasets.train", Conf(root="/nope/train")),
+                ("datasets.val", Conf(root=str(tmp_path / "here"), labels="/nope/val.txt")),
+            ],
+        )
+    assert str(err.value) == (
+        "s.yaml: 2 path(s) do not exist: datasets.train.args.root: /nope/train; "
+        "datasets.val.args.labels: /nope/val.txt; fill in the paths on this machine"
+    )
+
+
+def test_validate_reports_missing_dataset_roots(tmp_path, manager):
+    from saebench_vision.runner import preflight
+
+    doc = {
+        "output": str(tmp_path / "out"),
+        "models": [{"plugin": "efficientnet-lite", "layers": ["final"]}],
+        "datasets": {
+            "train": {"plugin": "image-folder", "args": {"root": str(tmp_path / "missing")}},
+        },
+        "saes": [{"plugin": "topk"}],
+        "evaluators": [{"plugin": "reconstruction"}],
+    }
+    suite = load_suite(write(tmp_path, doc), manager.registry())
+    with pytest.raises(SaebenchError, match=r"1 path\(s\) do not exist: datasets.train.args.root"):
+        preflight(suite, manager)
+
+
+@pytest.mark.parametrize("command", ["ls", "verify", "gc"])
+def test_cache_commands_refuse_a_folder_that_is_not_there(tmp_path, command, capsys):
+    from saebench_vision.cli import main
+
+    assert main(["cache", command, "--cache-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no activation cache there" in err[0]
+    assert not (tmp_path / "nope").exists()

@@ -20,7 +20,7 @@ class ImageNetFolderConfig:
     root: str = option(
         help="the split's folder: one sub-folder per class (e.g. /data/imagenet/val), or the "
         "images themselves (flat layouts)",
-        path=True,
+        exists=True,
     )
     layout: Literal["auto", "wnid", "index", "flat", "ground-truth"] = option(
         "auto",
@@ -35,10 +35,10 @@ class ImageNetFolderConfig:
         "labels of a flat folder: LOC_val_solution.csv (ImageId,PredictionString), a "
         "'<file> <wnid or standard index>' list (val.txt), or the devkit's "
         "ILSVRC2012_validation_ground_truth.txt (one devkit id per line; needs devkit_meta)",
-        path=True,
+        exists=True,
     )
     devkit_meta: str | None = option(
-        None, "the devkit's data/meta.mat, mapping its ILSVRC2012_IDs to WordNet ids", path=True
+        None, "the devkit's data/meta.mat, mapping its ILSVRC2012_IDs to WordNet ids", exists=True
     )
     classes: Literal["found", "imagenet-1k", "imagenet-a", "imagenet-r"] = option(
         "found",
@@ -83,12 +83,12 @@ class ImageFolderConfig:
 
     modality: ClassVar[str] = "image"
 
-    root: str = option(help="folder of images (searched recursively)", path=True)
+    root: str = option(help="folder of images (searched recursively)", exists=True)
     image_list: str | None = option(
         None,
         "optional text file listing images (first column, relative to root), e.g. OpenOOD's "
         "benchmark_imglist/imagenet/test_ninco.txt; null lists every image under root",
-        path=True,
+        exists=True,
     )
     strip_prefix: str = option(
         "", "prefix to remove from the image_list paths (OpenOOD lists start with e.g. 'ninco/')"

@@ -36,7 +36,7 @@ class PromptFileConfig(TextSelection):
     Parquet table."""
 
     path: str = option(
-        help="the file: .txt (one prompt a line), .csv, .tsv, .jsonl, .json, .parquet", path=True
+        help="the file: .txt (one prompt a line), .csv, .tsv, .jsonl, .json, .parquet", exists=True
     )
     column: str | None = option(
         None,
@@ -53,7 +53,7 @@ class COCOCaptionsConfig(TextSelection):
     """MS-COCO captions from ``annotations/captions_{train,val}2017.json`` (or 2014)."""
 
     path: str = option(
-        help="a COCO captions file, e.g. /data/coco/annotations/captions_val2017.json", path=True
+        help="a COCO captions file, e.g. /data/coco/annotations/captions_val2017.json", exists=True
     )
     per_image: int | None = option(
         None, "keep at most this many captions per image (the first ones); null keeps all five"
@@ -95,5 +95,5 @@ class PromptCorpusConfig(TextSelection):
         "both", "templates: which shipped class names fill the templates"
     )
     flavors_path: str | None = option(
-        None, "flavors: a flavors.txt or a clip_interrogator wheel to read it from", path=True
+        None, "flavors: a flavors.txt or a clip_interrogator wheel to read it from", exists=True
     )

