@@ -10,8 +10,40 @@ from saebench_vision.config import option
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImageFileOptions:
+    """Options every dataset that reads image files has: which files, what to do with bad ones,
+    and test-time views."""
+
+    extensions: tuple[str, ...] = option(IMAGE_EXTENSIONS, "image file suffixes (case-insensitive)")
+    on_bad_file: Literal["error", "skip"] = option(
+        "error",
+        "an image that cannot be read: error stops with its name; skip leaves it out (each "
+        "listed file is opened and its structure checked when the split is listed; the count "
+        "is printed and kept with the split's metadata)",
+    )
+    max_image_pixels: int | None = option(
+        None,
+        "PIL's decompression-bomb bound on width x height (it warns above it and refuses an "
+        "image over twice it): null keeps PIL's default (about 89 megapixels), 0 lifts it; a "
+        "refused image is an error naming it, never skipped, so the bound changes no number",
+        identity=False,
+    )
+    views: int = option(
+        1,
+        "items per image: 1 is the image itself; N > 1 adds N-1 deterministic random-resized "
+        "crops and flips (seeded per image), kept together after it (more rows for classes "
+        "with few images, e.g. for the ontology metric)",
+    )
+    view_scale: tuple[float, float] = option(
+        (0.35, 1.0), "views: range of the crop's share of the image area"
+    )
+    view_flip: bool = option(True, "views: flip each augmented view with probability 0.5")
+    view_seed: int = option(0, "views: seed of the crops and flips")
+
+
 @dataclass(frozen=True)
-class ImageNetFolderConfig:
+class ImageNetFolderConfig(ImageFileOptions):
     """An ImageNet-style split: class folders, a flat folder of ``<wnid>_<name>.JPEG`` files,
     or the official flat validation folder with its ground-truth file."""
 
@@ -50,35 +82,10 @@ class ImageNetFolderConfig:
     max_per_class: int | None = option(
         None, "keep at most this many images per class (the first in sorted file order)"
     )
-    extensions: tuple[str, ...] = option(IMAGE_EXTENSIONS, "image file suffixes (case-insensitive)")
-    on_bad_file: Literal["error", "skip"] = option(
-        "error",
-        "an image that cannot be read: error stops with its name; skip leaves it out (each "
-        "listed file is opened and its structure checked when the split is listed; the count "
-        "is printed and kept with the split's metadata)",
-    )
-    max_image_pixels: int | None = option(
-        None,
-        "PIL's decompression-bomb bound on width x height (it warns above it and refuses an "
-        "image over twice it): null keeps PIL's default (about 89 megapixels), 0 lifts it; a "
-        "refused image is an error naming it, never skipped, so the bound changes no number",
-        identity=False,
-    )
-    views: int = option(
-        1,
-        "items per image: 1 is the image itself; N > 1 adds N-1 deterministic random-resized "
-        "crops and flips (seeded per image), kept together after it (more rows for classes "
-        "with few images, e.g. for the ontology metric)",
-    )
-    view_scale: tuple[float, float] = option(
-        (0.35, 1.0), "views: range of the crop's share of the image area"
-    )
-    view_flip: bool = option(True, "views: flip each augmented view with probability 0.5")
-    view_seed: int = option(0, "views: seed of the crops and flips")
 
 
 @dataclass(frozen=True)
-class ImageFolderConfig:
+class ImageFolderConfig(ImageFileOptions):
     """An unlabelled image folder (OpenOOD near/far-OOD sets such as SSB-hard, NINCO, Textures)."""
 
     modality: ClassVar[str] = "image"
@@ -96,31 +103,6 @@ class ImageFolderConfig:
     max_images: int | None = option(
         None, "keep at most this many (evenly strided over the sorted list)"
     )
-    extensions: tuple[str, ...] = option(IMAGE_EXTENSIONS, "image file suffixes (case-insensitive)")
-    on_bad_file: Literal["error", "skip"] = option(
-        "error",
-        "an image that cannot be read: error stops with its name; skip leaves it out (each "
-        "listed file is opened and its structure checked when the split is listed; the count "
-        "is printed and kept with the split's metadata)",
-    )
-    max_image_pixels: int | None = option(
-        None,
-        "PIL's decompression-bomb bound on width x height (it warns above it and refuses an "
-        "image over twice it): null keeps PIL's default (about 89 megapixels), 0 lifts it; a "
-        "refused image is an error naming it, never skipped, so the bound changes no number",
-        identity=False,
-    )
-    views: int = option(
-        1,
-        "items per image: 1 is the image itself; N > 1 adds N-1 deterministic random-resized "
-        "crops and flips (seeded per image), kept together after it (more rows for classes "
-        "with few images, e.g. for the ontology metric)",
-    )
-    view_scale: tuple[float, float] = option(
-        (0.35, 1.0), "views: range of the crop's share of the image area"
-    )
-    view_flip: bool = option(True, "views: flip each augmented view with probability 0.5")
-    view_seed: int = option(0, "views: seed of the crops and flips")
 
 
 @dataclass(frozen=True)
