@@ -176,8 +176,13 @@ KILL_POINTS = {
         any((cache / "tmp").glob("*/.owner.json"))
         and not any((cache / "tmp").glob("*/shard-*.npy"))
     ),
-    # while activations are being written to the cache
-    "extraction": lambda out, cache: any((cache / "tmp").glob("*/shard-*.npy")),
+    # while activations are being written to the cache: a shard in a writer's folder, or an
+    # entry already committed while another split's writer is still at work (shards are
+    # 64 MiB, so a toy split's only shard lives in the writer's folder for an instant)
+    "extraction": lambda out, cache: (
+        any((cache / "tmp").glob("*/shard-*.npy"))
+        or (any(cache.glob("??/*/manifest.json")) and any((cache / "tmp").glob("*/.owner.json")))
+    ),
     # while a sweep is being trained (a resumable training state exists)
     "training": lambda out, cache: any((out / "train-state").glob("*/*")),
     # after some evaluation cells were committed
