@@ -122,28 +122,30 @@ def _wide_table(tid: str, rows: list[SummaryRow]) -> str:
     headers = ["model", "layer", "SAE"] + [
         (f"{m}[{s}]" if s else m) + arrow(hib[(m, s)]) for m, s in col_keys
     ]
-    out, kinds = [], set()
+    out: list[list[str]] = []
+    kinds: set[str] = set()
     for rk in row_keys:
         cells = _key_cells(rk)
         for ck in col_keys:
-            r = by.get(rk + ck)
-            if r is None:
-                cells.append('<td class="num" data-v="">–</td>')
-                continue
-            iv = r.interval
-            if iv:
-                kinds.add(_over_kind(iv.over))
-            cells.append(
-                _cell(
-                    r.value,
-                    iv.low if iv else None,
-                    iv.high if iv else None,
-                    iv.over if iv else "",
-                    computed=True,
-                )
-            )
+            cells.append(_summary_cell(by.get(rk + ck), kinds))
         out.append(cells)
     return _table(tid, headers, out, 3, sorted(kinds))
+
+
+def _summary_cell(r: SummaryRow | None, kinds: set[str]) -> str:
+    """A table cell for one summary row (``–``: not computed); notes the interval's kind."""
+    if r is None:
+        return '<td class="num" data-v="">–</td>'
+    iv = r.interval
+    if iv:
+        kinds.add(_over_kind(iv.over))
+    return _cell(
+        r.value,
+        iv.low if iv else None,
+        iv.high if iv else None,
+        iv.over if iv else "",
+        computed=True,
+    )
 
 
 def _long_table(tid: str, rows: list[SummaryRow]) -> str:
@@ -153,26 +155,12 @@ def _long_table(tid: str, rows: list[SummaryRow]) -> str:
     by = {(r.model, r.layer, r.sae_label, r.split, r.metric): r for r in rows}
     hib = {r.metric: r.higher_is_better for r in rows}
     headers = ["model", "layer", "SAE", "split"] + [m + arrow(hib[m]) for m in metrics]
-    out, kinds = [], set()
+    out: list[list[str]] = []
+    kinds: set[str] = set()
     for rk in row_keys:
         cells = _key_cells(rk)
         for m in metrics:
-            r = by.get(rk + (m,))
-            if r is None:
-                cells.append('<td class="num" data-v="">–</td>')
-                continue
-            iv = r.interval
-            if iv:
-                kinds.add(_over_kind(iv.over))
-            cells.append(
-                _cell(
-                    r.value,
-                    iv.low if iv else None,
-                    iv.high if iv else None,
-                    iv.over if iv else "",
-                    computed=True,
-                )
-            )
+            cells.append(_summary_cell(by.get(rk + (m,)), kinds))
         out.append(cells)
     return _table(tid, headers, out, 4, sorted(kinds))
 
