@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor=args.executor,
         address=args.address,
     )
-    others = runner.store.other_suites(suite.name)
+    others = runner.store.other_suites(suite.name) if runner.has_store() else []
     if others:
         print(
             f"note: {suite.output} also holds the results of suite "

@@ -45,7 +45,13 @@ from saebench_vision.plan import (
 from saebench_vision.plugins import PluginManager
 from saebench_vision.progress import ProgressMode
 from saebench_vision.registry import KIND_TITLES
-from saebench_vision.results import CLAIM_STALE_SECONDS, CellKey, ClaimHeartbeat, ResultsStore
+from saebench_vision.results import (
+    CLAIM_STALE_SECONDS,
+    DB_NAME,
+    CellKey,
+    ClaimHeartbeat,
+    ResultsStore,
+)
 from saebench_vision.suite import ComponentSpec, EvaluatorSpec, ModelSpec, SplitSpec, Suite
 
 __all__ = [
@@ -187,7 +193,7 @@ class Runner:
         self.argv = argv or sys.argv
         self.executor_name = executor or suite.executor.get("name", "local")
         self.address = address if address is not None else suite.executor.get("address")
-        self.store = ResultsStore(suite.output)
+        self._store: ResultsStore | None = None
         self._workspace: Any = None
         self._plan: Plan | None = None
         self._run_id = ""
@@ -201,14 +207,40 @@ class Runner:
     def say(self, message: str) -> None:
         print(message, file=self.log, flush=True)
 
+    @property
+    def store(self) -> ResultsStore:
+        """The results store of the suite's output folder, created (folder and database) on
+        first use: a suite that fails its preflight leaves nothing behind."""
+        if self._store is None:
+            self._store = ResultsStore(self.suite.output)
+        return self._store
+
+    def has_store(self) -> bool:
+        """Whether the output folder already holds a results database."""
+        return self._store is not None or (self.suite.output / DB_NAME).exists()
+
+    def preflight(self) -> dict[str, Any]:
+        """The checks of :func:`preflight` for this run (devices only when the steps run
+        here); returns the evaluators by label."""
+        return preflight(
+            self.suite,
+            self.manager,
+            devices=self.executor_name == "local",
+            cache_dir=self.cache_dir,
+        )
+
     # -- entry point ------------------------------------------------------------------------
     def run(self) -> RunSummary:
         started = time.time()
         plan = plan_suite(self.suite, self.manager)
         cells = plan.cells
+        # With no store yet every cell is pending: check the suite before anything is written.
+        evaluators = None if self.has_store() else self.preflight()
         self.store.register_suite(self.suite.hash, cells, plan.split_roles())
         done = self.store.done_cells(c.cell_id for c in cells)
         pending = [c for c in cells if c.cell_id not in done]
+        if pending and evaluators is None:
+            evaluators = self.preflight()
         run_id = self.store.start_run(
             suite_name=self.suite.name,
             suite_path=str(self.suite.path),
@@ -229,8 +261,9 @@ class Runner:
                 "saebench_run_start", suite=self.suite, run_id=run_id, cells=pending
             )
             if pending:
+                assert evaluators is not None
                 with ClaimHeartbeat(self.store.path, run_id):
-                    self._execute(plan)
+                    self._execute(plan, evaluators)
             status = "failed" if self.failures else "finished"
         finally:
             self.store.release_all(run_id)
@@ -260,7 +293,7 @@ class Runner:
         return versions
 
     # -- execution --------------------------------------------------------------------------
-    def _execute(self, plan: Plan) -> None:
+    def _execute(self, plan: Plan, evaluators: dict[str, Any]) -> None:
         from saebench_vision.executors import make_executor
 
         executor = make_executor(
@@ -271,9 +304,6 @@ class Runner:
             }
             if self.executor_name == "ray"
             else None,
-        )
-        evaluators = preflight(
-            self.suite, self.manager, devices=executor.name == "local", cache_dir=self.cache_dir
         )
 
         def reads(model: ModelSpec, layer: str, spec: EvaluatorSpec) -> tuple[str, ...]:
