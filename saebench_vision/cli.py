@@ -412,14 +412,19 @@ def _results(args: argparse.Namespace) -> Any:
     )
 
 
-def _figure_options(args: argparse.Namespace) -> Any:
+def _figure_options(args: argparse.Namespace, results: Any) -> Any:
     from saebench_vision.figures import FigureOptions
-    from saebench_vision.sparsity import DEFAULT_FRONT_BY, SparsityError, parse_l0_list
+    from saebench_vision.sparsity import (
+        DEFAULT_FRONT_BY,
+        SparsityError,
+        check_front_by,
+        parse_l0_list,
+    )
 
     at_l0 = tuple(parse_l0_list(args.at_l0)) if getattr(args, "at_l0", None) else ()
     budget = None
     if getattr(args, "l0_budget", None):
-        (budget,) = parse_l0_list(args.l0_budget, "--l0-budget")
+        (budget,) = parse_l0_list(args.l0_budget, "--l0-budget", single=True)
     elif at_l0:
         budget = max(at_l0)
     front_by = (
@@ -431,6 +436,8 @@ def _figure_options(args: argparse.Namespace) -> Any:
         raise SparsityError(
             f"--front-by {args.front_by}: must include `plugin` (e.g. plugin,expansion)"
         )
+    if getattr(args, "front_by", None) and len(results.frame):
+        check_front_by(front_by, results.frame["sae_config"])
     return FigureOptions(at_l0=at_l0, l0_budget=budget, front_by=front_by, dpi=args.dpi)
 
 
@@ -462,7 +469,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return 0
     out = chosen or results.output / "figures"
     outcomes = draw_all(
-        manager, results, names=args.figure or (), options=_figure_options(args), out_dir=out
+        manager,
+        results,
+        names=args.figure or (),
+        options=_figure_options(args, results),
+        out_dir=out,
     )
     for o in outcomes:
         if o.error:
@@ -500,7 +511,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             compare.append((a.strip(), b.strip()))
     options = ReportOptions(
         stats=_stats_options(args),
-        figures=_figure_options(args),
+        figures=_figure_options(args, results),
         figure_names=tuple(args.figure or ()),
         compare=tuple(compare) if compare is not None else None,
     )
@@ -520,7 +531,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     chosen = _out_file(args.out)
     _, results = _results(args)
-    fo = _figure_options(args)
+    fo = _figure_options(args, results)
     matched = None
     if fo.at_l0 or fo.l0_budget is not None:
         matched = matched_rows(

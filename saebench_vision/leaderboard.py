@@ -108,6 +108,31 @@ def _num(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _check_filters(frame: Any, metrics: Sequence[str], splits: Sequence[str]) -> None:
+    """Every ``--metric`` pattern and ``--split`` name matches something stored: a typo is an
+    error that suggests the near names, not a column silently missing."""
+    if not len(frame):
+        return
+    from saebench_vision.registry import did_you_mean
+
+    names = list(dict.fromkeys(frame["metric"]))
+    qualified = list(dict.fromkeys(f"{e}/{m}" for e, m in zip(frame["evaluator"], frame["metric"])))
+    for pattern in metrics:
+        if not any(fnmatch.fnmatch(n, pattern) for n in names + qualified):
+            raise FilterError(
+                f"--metric {pattern}: matches no stored metric."
+                f"{did_you_mean(pattern, names + qualified if '/' in pattern else names)} "
+                f"(metrics: {', '.join(names)})"
+            )
+    stored = [s for s in dict.fromkeys(frame["split"]) if s]
+    for split in splits:
+        if split not in stored:
+            raise FilterError(
+                f"--split {split}: no results on that split.{did_you_mean(split, stored)} "
+                f"(splits: {', '.join(stored)})"
+            )
+
+
 def pivot(
     frame: Any,
     *,
@@ -130,6 +155,7 @@ def pivot(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    _check_filters(frame, metrics, splits)
     df = frame
     if headline_only and not metrics and "headline" in df.columns:
         df = df[df["headline"] == 1]

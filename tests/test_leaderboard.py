@@ -225,10 +225,34 @@ def test_interval_formatting():
 def test_filter_matching_nothing_says_what_exists(store):
     from saebench_vision.leaderboard import FilterError
 
+    # Each filter matches something, but not together: what exists is listed.
     with pytest.raises(
         FilterError, match="no results match the filters; metrics: mse, ev; splits: val, sketch"
     ):
-        pivot(store.records_frame("h1"), metrics=["nosuch"])
+        pivot(store.records_frame("h1"), metrics=["ev"], splits=["sketch"])
+
+
+def test_a_metric_or_split_typo_is_an_error_with_a_suggestion(store):
+    from saebench_vision.leaderboard import FilterError
+
+    frame = store.records_frame("h1")
+    # One good pattern beside the typo: the typo is not silently dropped.
+    with pytest.raises(
+        FilterError,
+        match=r"^--metric mes: matches no stored metric\. Did you mean: mse\? \(metrics: mse, ev\)$",
+    ):
+        pivot(frame, metrics=["ev", "mes"])
+    with pytest.raises(FilterError, match=r"--metric nosuch: .*\(metrics: mse, ev\)$"):
+        pivot(frame, metrics=["nosuch"])
+    with pytest.raises(FilterError, match=r"Did you mean: reconstruction/mse[,?]"):
+        pivot(frame, metrics=["reconstruction/mes"])
+    with pytest.raises(
+        FilterError, match=r"^--split skech: no results on that split\. Did you mean: sketch\?"
+    ):
+        pivot(frame, splits=["val", "skech"])
+    # Globs and evaluator/metric names that match are accepted.
+    headers, _, _ = pivot(frame, layout="wide", metrics=["m*", "reconstruction/ev"])
+    assert headers[3:] == ["mse[val] ↓", "mse[sketch] ↓", "ev[val] ↑"]
 
 
 def test_roles_filter(store):

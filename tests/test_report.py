@@ -595,6 +595,21 @@ def test_export_json_matched_rows_record_their_options(output, capsys):
         assert m["best"]["value"] == min(p["value"] for p in m["points"])
 
 
+def test_front_by_and_l0_budget_typos_are_one_line_errors(output, capsys):
+    # A misspelt field would otherwise merge every expansion into one front, silently.
+    assert main(["export", str(output), "--at-l0", "16", "--front-by", "plugin,expanson"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --front-by plugin,expanson: `expanson` is not a field")
+    assert "Did you mean: expansion?" in err and len(err.splitlines()) == 1
+    assert main(["export", str(output), "--l0-budget", "16,32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --l0-budget 16,32: one L0 value, not 2; write e.g. --l0-budget 64"
+    assert main(["export", str(output), "--l0-budget", "abc"]) == 2
+    assert "--l0-budget abc: 'abc' is not a number; write e.g. --l0-budget 64" in (
+        capsys.readouterr().err
+    )
+
+
 def test_plot_writes_every_figure_and_each_evaluators_table(output, tmp_path, capsys):
     assert main(["plot", str(output), "--out", str(tmp_path)]) == 0
     written = capsys.readouterr().out.split()
