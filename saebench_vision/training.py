@@ -46,7 +46,7 @@ import torch
 from saebench_vision.config import TrainingConfig, identity_dict
 from saebench_vision.errors import ConfigError, SaebenchError
 from saebench_vision.interfaces import SAE, resolve_device
-from saebench_vision.progress import ProgressMode
+from saebench_vision.progress import LogProgress, ProgressMode
 
 BLOCK_ROWS = 1024
 BUFFER_BLOCKS = 64
@@ -783,6 +783,10 @@ def train_saes(
 
     t0 = time.perf_counter()
     bar = _progress(steps_total, start, desc, progress)
+    if isinstance(bar, LogProgress):
+        # Each log line reads the loss of the step it reports (one device sync per line).
+        bar.postfix_source = lambda: _postfix_values(trackers)
+    posted = -math.inf
     batches = stream.batches(start)
     try:
         for step in range(start, steps_total):
@@ -804,8 +808,14 @@ def train_saes(
                     tracker.samples += x.shape[0]
             if bar is not None:
                 bar.update(1)
-                if step % 100 == 0 or step == steps_total - 1:
-                    _postfix(bar, trackers)
+                # A bar redraws often: its loss is refreshed once a second (a device sync each
+                # time), and at the last step.
+                now = time.monotonic()
+                if not isinstance(bar, LogProgress) and (
+                    now - posted >= POSTFIX_SECONDS or step == steps_total - 1
+                ):
+                    bar.set_postfix(**_postfix_values(trackers))
+                    posted = now
             if (
                 checkpointing
                 and state_path is not None
@@ -866,9 +876,17 @@ def _progress(total: int, initial: int, desc: str, mode: ProgressMode) -> Any:
     return make_progress(total, desc or "training SAEs", "step", mode, initial=initial, leave=False)
 
 
-def _postfix(bar: Any, trackers: list[_Tracker]) -> None:
+POSTFIX_SECONDS = 1.0
+"""How often a progress bar's loss is read from the device."""
+
+
+def _postfix_values(trackers: list[_Tracker]) -> dict[str, Any]:
+    """The first SAE's MSE and L0 at the latest step, for a progress line."""
     first = trackers[0].last
-    if "mse" in first and "l0" in first:
-        bar.set_postfix(
-            mse=f"{float(first['mse']):.4g}", l0=f"{float(first['l0']):.1f}", saes=len(trackers)
-        )
+    if "mse" not in first or "l0" not in first:
+        return {}
+    return {
+        "mse": f"{float(first['mse']):.4g}",
+        "l0": f"{float(first['l0']):.1f}",
+        "saes": len(trackers),
+    }
