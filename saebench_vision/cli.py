@@ -132,10 +132,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     suite = _load(args.suite, manager)
     checked = "names, options and types"
     if not args.light:
-        preflight(suite, manager, datasets=args.datasets)
-        checked += ", devices, layer names, input and token kinds" + (
+        notes: list[str] = []
+        preflight(suite, manager, datasets=args.datasets, notes=notes)
+        checked += ", devices, layer names, input and token kinds, training memory" + (
             ", datasets" if args.datasets else ""
         )
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     plan = plan_suite(suite, manager)
     print(
         f"{suite.path}: ok ({checked} checked) - {len(suite.models)} model(s), "

@@ -25,6 +25,7 @@ from saebench_vision.checks import (
     check_paths,
     check_roles,
     check_tokens,
+    check_training_memory,
     dataset_modality,
 )
 from saebench_vision.config import build_config
@@ -74,13 +75,17 @@ def preflight(
     datasets: bool = False,
     devices: bool = True,
     cache_dir: Path | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Checks that need the components but no weights or data: every ``device`` option against
     this machine (``devices=False`` skips that, for runs whose steps execute on other
     machines), every model's layer names, that every model reads every split's items and that
-    every layer offers the tokens its selection reads, and (``datasets=True``) that every split
-    can be opened (all that cannot, at once). Imports the implementations (and torch); writes
-    nothing. Returns the evaluators it built, by label."""
+    every layer offers the tokens its selection reads, that the SAEs fit in the training
+    device's memory wherever the adapter knows a layer's width offline (also skipped with
+    ``devices=False``), and (``datasets=True``) that every split can be opened (all that
+    cannot, at once). What it could not check, or a batch larger than the training split, is
+    appended to ``notes``. Imports the implementations (and torch); writes nothing. Returns the
+    evaluators it built, by label."""
     from saebench_vision.interfaces import resolve_device
 
     registry = manager.registry()
@@ -104,12 +109,25 @@ def preflight(
             raise SaebenchError(f"{suite.path}: {where}: {exc}") from None
 
     check_device(suite.training_config().device, "training.device")
+    for variant in suite.sae_variants():
+        check_device(suite.training_config(variant).device, f"{variant.where}.training.device")
     check_folders(suite, cache_dir)
+    notes = notes if notes is not None else []
+
+    def sae_config(variant: Any) -> Any:
+        return build_config(
+            registry.get("sae", variant.plugin).config_class(),
+            dict(variant.args),
+            where=f"{suite.path}: {variant.where}.args",
+            what=f"SAE `{variant.plugin}`",
+        )
+
     modalities = {
         s.name: dataset_modality(registry.get("dataset", s.plugin)) for s in suite.datasets
     }
     evaluators = []
     configs = []
+    adapters: list[tuple[ModelSpec, Any]] = []
     for kind, group in (
         ("model", suite.models),
         ("dataset", suite.datasets),
@@ -127,16 +145,25 @@ def preflight(
                 adapter.check_layers(spec.layers, where=f"{suite.path}: {spec.where}.layers")
                 check_inputs(suite, spec, adapter, modalities)
                 check_tokens(suite, spec, adapter)
+                adapters.append((spec, adapter))
     check_roles(suite, evaluators)
     if devices and not datasets:  # this machine reads the paths (--datasets opens them all)
         check_paths(suite, configs)
+    train_items: int | None = None
     if datasets:
 
         def open_split(split: SplitSpec) -> Any:
+            nonlocal train_items
             entry, config = build("dataset", split)
-            return entry.load()(config)
+            dataset = entry.load()(config)
+            if split.role == "train":
+                train_items = len(dataset)
+            return dataset
 
         check_datasets_open(suite, open_split)
+    if devices:
+        for spec, adapter in adapters:
+            check_training_memory(suite, spec, adapter, sae_config, notes, train_items)
     return {e.label: evaluator for e, (_, evaluator) in zip(suite.evaluators, evaluators)}
 
 

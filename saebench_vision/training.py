@@ -187,6 +187,45 @@ def estimate_sae_bytes(d_in: int, d_sae: int) -> int:
     return 2 * d_in * d_sae * SAE_BYTES_PER_PARAM
 
 
+def estimate_batch_bytes(batch_size: int, d_in: int, d_saes: Sequence[int]) -> float:
+    """Memory of one training batch through a sweep: per row, the input, each SAE's code and
+    pre-activations, and their gradients, in float32. A batch wraps around epochs, so it holds
+    ``batch_size`` rows however few the data has."""
+    return 4.0 * 4 * batch_size * (d_in + sum(d_saes))
+
+
+def check_sweep_memory(
+    d_in: int,
+    saes: Sequence[tuple[str, Any]],
+    batch_size: int,
+    device: torch.device,
+    path: Any,
+) -> None:
+    """The memory checks of a sweep trained together, made before any SAE is built (so that
+    ``saebench validate`` makes them too, from a layer width the adapter knows offline): the
+    SAEs with their Adam state, then one batch through all of them. ``saes`` holds (YAML
+    location of each SAE entry, its Config); ``path`` is the suite file. One line naming the
+    largest SAE's ``expansion`` or ``training.batch_size``, with the way out."""
+    if not saes:
+        return
+    widths = [int(d_in * float(getattr(c, "expansion", 1))) for _, c in saes]
+    big = max(range(len(widths)), key=widths.__getitem__)
+    check_memory(
+        float(sum(estimate_sae_bytes(d_in, w) for w in widths)),
+        device,
+        f"{path}: {saes[big][0]}.args.expansion: {getattr(saes[big][1], 'expansion', '?')} "
+        f"({len(widths)} SAE(s) trained together, the largest {d_in} x {widths[big]})",
+        "lower the expansion, or train on a machine with more memory",
+    )
+    check_memory(
+        estimate_batch_bytes(batch_size, d_in, widths),
+        device,
+        f"{path}: training.batch_size: {batch_size} (rows of width {d_in} into {len(widths)} "
+        f"SAE(s) of {sum(widths)} latents in all)",
+        "lower training.batch_size",
+    )
+
+
 def tune_cpu_allocator() -> bool:
     """Let glibc keep large freed blocks for reuse instead of returning them to the system.
 
@@ -736,9 +775,8 @@ def train_saes(
         )
     # A batch wraps around epochs, so it holds batch_size rows however few the data has; per
     # row: the input, each SAE's code and pre-activations, and their gradients, in float32.
-    widths = rows.d + sum(sae.d_sae for sae in saes)
     check_memory(
-        4.0 * 4 * config.batch_size * widths,
+        estimate_batch_bytes(config.batch_size, rows.d, [sae.d_sae for sae in saes]),
         device,
         f"training.batch_size: {config.batch_size} (rows of width {rows.d} into "
         f"{len(saes)} SAE(s) of {sum(sae.d_sae for sae in saes)} latents in all)",

@@ -181,3 +181,17 @@ def test_a_suite_that_fails_preflight_writes_nothing(tmp_path, monkeypatch, caps
     runs = ResultsStore(out).db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
     assert main(["run", str(path), "--cache-dir", str(cache)]) == 2
     assert ResultsStore(out).db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == runs
+
+
+def test_a_batch_above_the_training_rows_is_noted_when_training(tmp_path, toy_manager, capsys):
+    doc = copy.deepcopy(SMALL)
+    doc["training"] = doc["training"] | {"batch_size": 600, "epochs": 5}
+    suite, _, summary = run(write_suite(tmp_path, doc), toy_manager)
+    assert summary.status == "finished"
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
+    # 240 toy training items, one row each: 2.5 epochs a step, 5 epochs in round(5 * 240 / 600).
+    assert line == (
+        f"note: {suite.path}: training.batch_size: 600 is more than the 240 training rows of "
+        "toy-model/final: every step repeats rows (2.5 epochs a step, 5 epoch(s) in 2 step(s)); "
+        "a batch_size of at most 240 takes several steps per epoch"
+    )
