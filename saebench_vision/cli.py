@@ -721,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        help="check a suite without running it: names, options, types, devices and layer names",
+        help="check a suite without running it: names, options, types, devices, layer names and training memory",
     )
     p.add_argument("suite")
     p.add_argument(
