@@ -134,6 +134,72 @@ def check_tokens(suite: Suite, spec: ModelSpec, adapter: Any) -> None:
         )
 
 
+ONE_ROW_PER_ITEM = ("cls", "mean-patch")
+"""Token selections that give exactly one activation row per dataset item."""
+
+
+def check_training_memory(
+    suite: Suite,
+    spec: ModelSpec,
+    adapter: Any,
+    sae_config: Callable[[Any], Any],
+    notes: list[str],
+    train_items: int | None = None,
+) -> None:
+    """The memory checks training makes (:func:`saebench_vision.training.check_sweep_memory`)
+    for every layer of the model entry ``spec`` whose width ``adapter.layer_width`` knows
+    without weights, sweep by sweep as the plan groups them (one per training recipe); each
+    layer it does not know is named in ``notes``. With ``train_items`` (the train split's
+    length, when it was opened) a ``training.batch_size`` above the rows of a one-row-per-item
+    layer is noted too. ``sae_config`` builds an SAE variant's Config."""
+    from saebench_vision.cache import content_key
+    from saebench_vision.config import config_as_dict
+    from saebench_vision.interfaces import resolve_device
+    from saebench_vision.training import check_sweep_memory
+
+    variants = suite.sae_variants()
+    if not variants:
+        return
+    sweeps: dict[str, tuple[Any, list[tuple[str, Any]], str]] = {}
+    for variant in variants:
+        recipe = suite.training_config(variant)
+        key = content_key(config_as_dict(recipe))
+        # Where the sweep's batch_size is written: the entry's override, or the suite's recipe.
+        source = f"{variant.where}.training" if "batch_size" in variant.training else "training"
+        sweeps.setdefault(key, (recipe, [], source))[1].append((variant.where, sae_config(variant)))
+    unknown = []
+    for layer in spec.layers:
+        width = adapter.layer_width(layer)
+        if width is None:
+            unknown.append(layer)
+            continue
+        for recipe, saes, _ in sweeps.values():
+            check_sweep_memory(
+                int(width), saes, recipe.batch_size, resolve_device(recipe.device), suite.path
+            )
+    if unknown:
+        notes.append(
+            f"{suite.path}: {spec.where}: model `{spec.plugin}` knows the width of "
+            f"{', '.join(unknown)} only once its weights load, so training memory there is "
+            "checked when the run starts training"
+        )
+    if train_items is None:
+        return
+    one_row = [
+        layer
+        for layer in spec.layers
+        if (spec.tokens_for(layer) or adapter.default_tokens_for(layer)) in ONE_ROW_PER_ITEM
+    ]
+    for recipe, _, source in sweeps.values():
+        rows = min(train_items, recipe.max_samples or train_items)
+        if one_row and recipe.batch_size > rows:
+            notes.append(
+                f"{suite.path}: {source}.batch_size: {recipe.batch_size} is more than the "
+                f"{rows} training rows of {spec.label}/{', '.join(one_row)}: every step "
+                f"repeats rows; a batch_size of at most {rows} takes several steps per epoch"
+            )
+
+
 def check_datasets_open(
     suite: Suite, open_split: Callable[[SplitSpec], Any], splits: list[SplitSpec] | None = None
 ) -> None:

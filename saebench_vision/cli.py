@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor=args.executor,
         address=args.address,
     )
-    others = runner.store.other_suites(suite.name)
+    others = runner.store.other_suites(suite.name) if runner.has_store() else []
     if others:
         print(
             f"note: {suite.output} also holds the results of suite "
@@ -132,10 +132,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     suite = _load(args.suite, manager)
     checked = "names, options and types"
     if not args.light:
-        preflight(suite, manager, datasets=args.datasets)
-        checked += ", devices, layer names, input and token kinds" + (
+        notes: list[str] = []
+        preflight(suite, manager, datasets=args.datasets, notes=notes)
+        checked += ", devices, layer names, input and token kinds, training memory" + (
             ", datasets" if args.datasets else ""
         )
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     plan = plan_suite(suite, manager)
     print(
         f"{suite.path}: ok ({checked} checked) - {len(suite.models)} model(s), "
@@ -412,14 +415,19 @@ def _results(args: argparse.Namespace) -> Any:
     )
 
 
-def _figure_options(args: argparse.Namespace) -> Any:
+def _figure_options(args: argparse.Namespace, results: Any) -> Any:
     from saebench_vision.figures import FigureOptions
-    from saebench_vision.sparsity import DEFAULT_FRONT_BY, SparsityError, parse_l0_list
+    from saebench_vision.sparsity import (
+        DEFAULT_FRONT_BY,
+        SparsityError,
+        check_front_by,
+        parse_l0_list,
+    )
 
     at_l0 = tuple(parse_l0_list(args.at_l0)) if getattr(args, "at_l0", None) else ()
     budget = None
     if getattr(args, "l0_budget", None):
-        (budget,) = parse_l0_list(args.l0_budget, "--l0-budget")
+        (budget,) = parse_l0_list(args.l0_budget, "--l0-budget", single=True)
     elif at_l0:
         budget = max(at_l0)
     front_by = (
@@ -431,6 +439,8 @@ def _figure_options(args: argparse.Namespace) -> Any:
         raise SparsityError(
             f"--front-by {args.front_by}: must include `plugin` (e.g. plugin,expansion)"
         )
+    if getattr(args, "front_by", None) and len(results.frame):
+        check_front_by(front_by, results.frame["sae_config"])
     return FigureOptions(at_l0=at_l0, l0_budget=budget, front_by=front_by, dpi=args.dpi)
 
 
@@ -462,7 +472,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return 0
     out = chosen or results.output / "figures"
     outcomes = draw_all(
-        manager, results, names=args.figure or (), options=_figure_options(args), out_dir=out
+        manager,
+        results,
+        names=args.figure or (),
+        options=_figure_options(args, results),
+        out_dir=out,
     )
     for o in outcomes:
         if o.error:
@@ -500,7 +514,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             compare.append((a.strip(), b.strip()))
     options = ReportOptions(
         stats=_stats_options(args),
-        figures=_figure_options(args),
+        figures=_figure_options(args, results),
         figure_names=tuple(args.figure or ()),
         compare=tuple(compare) if compare is not None else None,
     )
@@ -520,7 +534,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     chosen = _out_file(args.out)
     _, results = _results(args)
-    fo = _figure_options(args)
+    fo = _figure_options(args, results)
     matched = None
     if fo.at_l0 or fo.l0_budget is not None:
         matched = matched_rows(
@@ -707,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        help="check a suite without running it: names, options, types, devices and layer names",
+        help="check a suite without running it: names, options, types, devices, layer names and training memory",
     )
     p.add_argument("suite")
     p.add_argument(

@@ -159,12 +159,29 @@ class TrainingConfig:
             checks.append((0 <= value <= 1, name, value, "between 0 and 1"))
         for ok, name, value, expected in checks:
             if not ok:
-                raise ValueError(f"`{name}` must be {expected}, got {value!r}")
+                raise FieldValueError(name, value, expected)
         if self.warmup_fraction + self.decay_fraction > 1:
             raise ValueError(
                 f"warmup_fraction + decay_fraction is {self.warmup_fraction + self.decay_fraction:g}; "
                 "keep their sum at most 1"
             )
+
+
+class FieldValueError(ValueError):
+    """A Config field's value outside its range, raised by ``__post_init__``: it names the
+    field, so that the error can name the YAML path of the value (``training.batch_size``)."""
+
+    def __init__(self, name: str, value: Any, expected: str) -> None:
+        super().__init__(f"`{name}` must be {expected}, got {value!r}")
+        self.name, self.value, self.expected = name, value, expected
+
+    def at(self, where: str, config_cls: type) -> str:
+        """``"<where>.batch_size: -4 must be at least 1 (<the field's help>)"``."""
+        f = config_fields(config_cls).get(self.name)
+        help_text = f.metadata.get("help", "") if f is not None else ""
+        return f"{where}.{self.name}: {self.value!r} must be {self.expected}" + (
+            f" ({help_text})" if help_text else ""
+        )
 
 
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:[0-9]+)?)$")
@@ -318,6 +335,8 @@ def build_config(config_cls: type, args: dict[str, Any], *, where: str = "", wha
     clean = validate_args(config_cls, args, where=where or "args", what=what or config_cls.__name__)
     try:
         return config_cls(**clean)
+    except FieldValueError as exc:
+        raise ConfigError(exc.at(where or "args", config_cls)) from exc
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where or 'args'}: {exc}") from exc
 

@@ -151,6 +151,68 @@ def draw(entry: FigureEntry, results: Any, options: FigureOptions) -> FigureOutc
     return outcome
 
 
+LOG_TICK_STEPS = ((1.0, 2.0, 5.0), (1.0, 3.0), (1.0,))
+"""Mantissas of the labelled ticks on a log axis, densest first (see :func:`log_ticks`)."""
+LOG_TICK_FINE = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+"""Mantissas for an axis too narrow to hold two of ``1, 2, 5``."""
+
+
+def log_ticks(ax: Any, axis: str = "x", max_labels: int = 5) -> list[float]:
+    """Label a log axis with at most ``max_labels`` plain numbers (``8``, ``20``, ``100``,
+    ``2k``) and no labels on the minor ticks; returns the labelled positions.
+
+    matplotlib labels the minor ticks of a log axis that spans less than a decade as
+    ``2×10^1, 3×10^1 ...``, which overlap in a panel a few inches wide (the L0 axes of the
+    Pareto figures). Here the densest mantissa set of :data:`LOG_TICK_STEPS` that gives at most
+    ``max_labels`` ticks inside the limits wins, decades are thinned beyond that; an axis too
+    narrow for two of them takes :data:`LOG_TICK_FINE`, and failing that its two ends. Call it
+    once the data are drawn."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    if not (lo > 0 and math.isfinite(hi)):
+        return []
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+
+    def within(steps: Sequence[float], every: int = 1) -> list[float]:
+        return [
+            m * 10.0**d
+            for d in range(first, last + 1)
+            if (d - first) % every == 0
+            for m in steps
+            if lo <= m * 10.0**d <= hi
+        ]
+
+    ticks: list[float] = []
+    for steps in LOG_TICK_STEPS:
+        ticks = within(steps)
+        if len(ticks) <= max_labels:
+            break
+    every = 1
+    while len(ticks) > max_labels:
+        every += 1
+        ticks = within((1.0,), every)
+    if len(ticks) < 2:
+        ticks = within(LOG_TICK_FINE)
+        ticks = ticks[:: -(-len(ticks) // max_labels)] if ticks else ticks
+    if len(ticks) < 2:
+        ticks = [float(f"{lo * 1.02:.3g}"), float(f"{hi / 1.02:.3g}")]
+    which.set_major_locator(FixedLocator(ticks))
+    which.set_major_formatter(FuncFormatter(lambda v, _pos: _plain(v)))
+    which.set_minor_locator(LogLocator(base=10, subs="auto"))
+    which.set_minor_formatter(NullFormatter())
+    return ticks
+
+
+def _plain(v: float) -> str:
+    if v >= 1e4:
+        return f"{v / 1e3:g}k" if v < 1e6 else f"{v:.0e}"
+    return f"{v:g}"
+
+
 def render_png(fig: Any, dpi: int) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})

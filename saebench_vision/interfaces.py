@@ -194,6 +194,13 @@ class ModelAdapter(Component):
     def layer_names(self) -> list[str]:
         raise NotImplementedError
 
+    def layer_width(self, layer: str) -> int | None:
+        """The width of ``layer``'s activations, known without loading weights (from the
+        architecture or its config), so ``saebench validate`` can check that the suite's SAEs
+        fit in memory before a run. None (the default) means "known only once the weights
+        load": the check then happens when the run reaches training."""
+        return None
+
     def layer_token_kinds(self, layer: str) -> frozenset[TokenKind] | None:
         """The token kinds ``layer`` outputs (PAD aside), known without loading weights, so
         ``saebench validate`` can refuse a token selection that would find no rows there

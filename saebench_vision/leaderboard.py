@@ -108,6 +108,31 @@ def _num(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _check_filters(frame: Any, metrics: Sequence[str], splits: Sequence[str]) -> None:
+    """Every ``--metric`` pattern and ``--split`` name matches something stored: a typo is an
+    error that suggests the near names, not a column silently missing."""
+    if not len(frame):
+        return
+    from saebench_vision.registry import did_you_mean
+
+    names = list(dict.fromkeys(frame["metric"]))
+    qualified = list(dict.fromkeys(f"{e}/{m}" for e, m in zip(frame["evaluator"], frame["metric"])))
+    for pattern in metrics:
+        if not any(fnmatch.fnmatch(n, pattern) for n in names + qualified):
+            raise FilterError(
+                f"--metric {pattern}: matches no stored metric."
+                f"{did_you_mean(pattern, names + qualified if '/' in pattern else names)} "
+                f"(metrics: {', '.join(names)})"
+            )
+    stored = [s for s in dict.fromkeys(frame["split"]) if s]
+    for split in splits:
+        if split not in stored:
+            raise FilterError(
+                f"--split {split}: no results on that split.{did_you_mean(split, stored)} "
+                f"(splits: {', '.join(stored)})"
+            )
+
+
 def pivot(
     frame: Any,
     *,
@@ -130,6 +155,7 @@ def pivot(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    _check_filters(frame, metrics, splits)
     df = frame
     if headline_only and not metrics and "headline" in df.columns:
         df = df[df["headline"] == 1]
@@ -208,10 +234,13 @@ def pivot(
     grouped = df.groupby(row_keys + col_keys, sort=False)
     stats: dict[tuple[Any, ...], tuple[float, float | None, float | None]] = {}
     direction: dict[tuple[Any, ...], Any] = {}
+    seeds_of: dict[tuple[Any, ...], int] = {}
     for key, g in grouped:
         # Every record was computed: a NaN or infinity among them is the cell's value.
         values = [float("nan") if v is None else float(v) for v in g["value"].tolist()]
         n = len(values)
+        row_key = key[: len(row_keys)]
+        seeds_of[row_key] = max(seeds_of.get(row_key, 0), n)
         mean = sum(values) / n if n else float("nan")
         ci = stderr = None
         if not math.isfinite(mean):
@@ -235,6 +264,8 @@ def pivot(
         headers.append(name + arrow(direction.get(col)))
         if intervals:
             headers += [f"{name} stderr", f"{name} ci95"]
+    if intervals:
+        headers.append("interval")
     display, raw = [], []
     for r in rows:
         d_row: list[Any] = list(r)
@@ -249,9 +280,39 @@ def pivot(
             raw_row.append(mean)
             if intervals:
                 raw_row += [stderr, ci]
+        if intervals:
+            raw_row.append(_interval_kind(seeds_of.get(tuple(r), 1)))
         display.append(d_row)
         raw.append(raw_row)
     return headers, display, raw
+
+
+def _interval_kind(seeds: int) -> str:
+    """What a row's ``ci95`` is (the CSV's ``interval`` column)."""
+    return f"student-t over {seeds} seeds" if seeds > 1 else "1.96 x evaluator stderr"
+
+
+def interval_note(frame: Any) -> str:
+    """One line saying what ``±`` is in a table of ``frame``: a Student-t interval over seeds,
+    or 1.96 of the evaluator's standard errors with one seed; and that ``saebench report``
+    shows a bootstrap interval instead (:mod:`saebench_vision.summary`)."""
+    if not len(frame):
+        return ""
+    seeds = frame.groupby(["model", "layer", "sae_label"])["seed"].nunique()
+    several, single = bool((seeds > 1).any()), bool((seeds == 1).any())
+    t_part = "the 95% Student-t interval over seeds (t x sd / sqrt(seeds))"
+    se_part = "1.96 x the standard error the evaluator reported (one seed)"
+    if several and single:
+        what = f"{t_part} where a row has several seeds, else {se_part}"
+    else:
+        what = t_part if several else se_part
+    report = (
+        "`saebench report` shows the same Student-t interval"
+        if several and not single
+        else "`saebench report` shows a seeded percentile bootstrap over the test items "
+        "instead (docs/design.md, Which interval)"
+    )
+    return f"±: {what}; {report}."
 
 
 def render(
@@ -284,6 +345,7 @@ def render(
     plugin_line = ", ".join(f"{k} {v}".strip() for k, v in versions.items())
     if not headers:
         return "(no results yet)\n" if fmt != "csv" else ""
+    note = interval_note(frame) if any("±" in str(v) for row in display for v in row) else ""
     if fmt == "csv":
         import csv
         import io
@@ -298,7 +360,9 @@ def render(
         return buf.getvalue()
     if fmt == "md":
         head = f"**{title}**\n\n" if title else ""
-        foot = f"\n\nplugins: {plugin_line}\n" if plugin_line else "\n"
+        foot = (f"\n\n{_md_text(note)}" if note else "") + (
+            f"\n\nplugins: {plugin_line}\n" if plugin_line else "\n"
+        )
         return (
             head
             + tabulate(
@@ -341,6 +405,8 @@ def render(
         lines += ["\\bottomrule", "\\end{tabular}"]
         body = "\n".join(lines)
         caption = f"% {title}\n% plugins: {plugin_line}\n" if title or plugin_line else ""
+        if note:
+            caption += f"% {note}\n"
         return caption + body + "\n"
     table = _html_table(headers, display, 4 if layout == "long" else 3)
     return (
@@ -350,8 +416,14 @@ def render(
         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
         "td.key{text-align:left}caption{caption-side:bottom;color:#666;padding-top:.5em}</style>"
         f"</head><body><h1>{html.escape(title or 'saebench-vision leaderboard')}</h1>\n{table}\n"
-        f"<p><small>plugins: {html.escape(plugin_line)}</small></p></body></html>\n"
+        + (f"<p><small>{html.escape(note)}</small></p>" if note else "")
+        + f"<p><small>plugins: {html.escape(plugin_line)}</small></p></body></html>\n"
     )
+
+
+def _md_text(text: str) -> str:
+    """A markdown paragraph: ``*`` and ``_`` are literal."""
+    return text.replace("*", "\\*").replace("_", "\\_")
 
 
 def _md(text: Any) -> str:

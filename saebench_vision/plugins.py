@@ -223,6 +223,7 @@ def get_plugin_manager(
 
     if load_entrypoints is None:
         load_entrypoints = not _env_flag(ENV_NO_ENTRYPOINTS)
+    from_env = disabled is None
     disabled = set(disabled if disabled is not None else _env_list(ENV_DISABLE))
     strict = _env_flag(ENV_STRICT) if strict is None else strict
 
@@ -238,12 +239,19 @@ def get_plugin_manager(
         manager.distributions[name] = ("saebench-vision", __version__)
 
     candidates: list[tuple[str, str, str, Any]] = []
+    entry_points = _entry_points() if load_entrypoints or (from_env and disabled) else []
     if load_entrypoints:
-        for ep in _entry_points():
+        for ep in entry_points:
             dist_name, dist_version = _dist_of(ep)
             candidates.append((ep.name, dist_name, dist_version, ep))
     for module_name in sorted(_env_list(ENV_EXTRA)):
         candidates.append((module_name, f"${ENV_EXTRA}", "", module_name))
+    if from_env and disabled:
+        # Names of every plugin that could load (entry points too, loaded or not).
+        known = [n for n, _ in DEFAULT_PLUGINS] + sorted(
+            {ep.name for ep in entry_points} | {c[0] for c in candidates}
+        )
+        _check_disabled(disabled, known, strict)
     for name, dist_name, dist_version, source in candidates:
         if name in disabled:
             continue
@@ -273,6 +281,21 @@ def get_plugin_manager(
         manager.distributions[name] = (dist_name, dist_version)
     pm.check_pending()
     return manager
+
+
+def _check_disabled(disabled: set[str], known: list[str], strict: bool) -> None:
+    """A name in ``SAEBENCH_VISION_DISABLE_PLUGINS`` that matches no plugin is a typo that
+    would leave the plugin meant enabled: a warning naming it, an error when strict."""
+    from saebench_vision.registry import did_you_mean
+
+    for name in sorted(disabled - set(known)):
+        message = (
+            f"{ENV_DISABLE}={os.environ.get(ENV_DISABLE, '')}: `{name}` matches no plugin, so "
+            f"it disables nothing.{did_you_mean(name, known)} (plugins: {', '.join(known)})"
+        )
+        if strict:
+            raise PluginError(f"{message}; fix the name, or unset {ENV_STRICT}")
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:

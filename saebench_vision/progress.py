@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Literal, TextIO
 
 ProgressMode = bool | Literal["bar", "log", "off"]
@@ -61,6 +62,9 @@ class LogProgress:
         self.t0 = self.last_time = clock()
         self.next_n = self.n + self.step
         self.postfix = ""
+        self.postfix_source: Callable[[], dict[str, Any]] | None = None
+        """Called as each line is printed, so the line shows the values of that moment (a
+        training loop's loss is read then, not at some earlier step)."""
         self.closed = False
 
     def update(self, n: int = 1) -> None:
@@ -82,6 +86,8 @@ class LogProgress:
                 self._line(self.clock(), done=True)
 
     def _line(self, now: float, *, done: bool = False) -> None:
+        if self.postfix_source is not None:
+            self.set_postfix(**self.postfix_source())
         elapsed = now - self.t0
         rate = (self.n - self.start) / elapsed if elapsed > 0 else 0.0
         share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""

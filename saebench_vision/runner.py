@@ -25,6 +25,7 @@ from saebench_vision.checks import (
     check_paths,
     check_roles,
     check_tokens,
+    check_training_memory,
     dataset_modality,
 )
 from saebench_vision.config import build_config
@@ -45,7 +46,13 @@ from saebench_vision.plan import (
 from saebench_vision.plugins import PluginManager
 from saebench_vision.progress import ProgressMode
 from saebench_vision.registry import KIND_TITLES
-from saebench_vision.results import CLAIM_STALE_SECONDS, CellKey, ClaimHeartbeat, ResultsStore
+from saebench_vision.results import (
+    CLAIM_STALE_SECONDS,
+    DB_NAME,
+    CellKey,
+    ClaimHeartbeat,
+    ResultsStore,
+)
 from saebench_vision.suite import ComponentSpec, EvaluatorSpec, ModelSpec, SplitSpec, Suite
 
 __all__ = [
@@ -68,13 +75,17 @@ def preflight(
     datasets: bool = False,
     devices: bool = True,
     cache_dir: Path | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Checks that need the components but no weights or data: every ``device`` option against
     this machine (``devices=False`` skips that, for runs whose steps execute on other
     machines), every model's layer names, that every model reads every split's items and that
-    every layer offers the tokens its selection reads, and (``datasets=True``) that every split
-    can be opened (all that cannot, at once). Imports the implementations (and torch); writes
-    nothing. Returns the evaluators it built, by label."""
+    every layer offers the tokens its selection reads, that the SAEs fit in the training
+    device's memory wherever the adapter knows a layer's width offline (also skipped with
+    ``devices=False``), and (``datasets=True``) that every split can be opened (all that
+    cannot, at once). What it could not check, or a batch larger than the training split, is
+    appended to ``notes``. Imports the implementations (and torch); writes nothing. Returns the
+    evaluators it built, by label."""
     from saebench_vision.interfaces import resolve_device
 
     registry = manager.registry()
@@ -98,12 +109,25 @@ def preflight(
             raise SaebenchError(f"{suite.path}: {where}: {exc}") from None
 
     check_device(suite.training_config().device, "training.device")
+    for variant in suite.sae_variants():
+        check_device(suite.training_config(variant).device, f"{variant.where}.training.device")
     check_folders(suite, cache_dir)
+    notes = notes if notes is not None else []
+
+    def sae_config(variant: Any) -> Any:
+        return build_config(
+            registry.get("sae", variant.plugin).config_class(),
+            dict(variant.args),
+            where=f"{suite.path}: {variant.where}.args",
+            what=f"SAE `{variant.plugin}`",
+        )
+
     modalities = {
         s.name: dataset_modality(registry.get("dataset", s.plugin)) for s in suite.datasets
     }
     evaluators = []
     configs = []
+    adapters: list[tuple[ModelSpec, Any]] = []
     for kind, group in (
         ("model", suite.models),
         ("dataset", suite.datasets),
@@ -121,16 +145,25 @@ def preflight(
                 adapter.check_layers(spec.layers, where=f"{suite.path}: {spec.where}.layers")
                 check_inputs(suite, spec, adapter, modalities)
                 check_tokens(suite, spec, adapter)
+                adapters.append((spec, adapter))
     check_roles(suite, evaluators)
     if devices and not datasets:  # this machine reads the paths (--datasets opens them all)
         check_paths(suite, configs)
+    train_items: int | None = None
     if datasets:
 
         def open_split(split: SplitSpec) -> Any:
+            nonlocal train_items
             entry, config = build("dataset", split)
-            return entry.load()(config)
+            dataset = entry.load()(config)
+            if split.role == "train":
+                train_items = len(dataset)
+            return dataset
 
         check_datasets_open(suite, open_split)
+    if devices:
+        for spec, adapter in adapters:
+            check_training_memory(suite, spec, adapter, sae_config, notes, train_items)
     return {e.label: evaluator for e, (_, evaluator) in zip(suite.evaluators, evaluators)}
 
 
@@ -187,7 +220,7 @@ class Runner:
         self.argv = argv or sys.argv
         self.executor_name = executor or suite.executor.get("name", "local")
         self.address = address if address is not None else suite.executor.get("address")
-        self.store = ResultsStore(suite.output)
+        self._store: ResultsStore | None = None
         self._workspace: Any = None
         self._plan: Plan | None = None
         self._run_id = ""
@@ -201,14 +234,40 @@ class Runner:
     def say(self, message: str) -> None:
         print(message, file=self.log, flush=True)
 
+    @property
+    def store(self) -> ResultsStore:
+        """The results store of the suite's output folder, created (folder and database) on
+        first use: a suite that fails its preflight leaves nothing behind."""
+        if self._store is None:
+            self._store = ResultsStore(self.suite.output)
+        return self._store
+
+    def has_store(self) -> bool:
+        """Whether the output folder already holds a results database."""
+        return self._store is not None or (self.suite.output / DB_NAME).exists()
+
+    def preflight(self) -> dict[str, Any]:
+        """The checks of :func:`preflight` for this run (devices only when the steps run
+        here); returns the evaluators by label."""
+        return preflight(
+            self.suite,
+            self.manager,
+            devices=self.executor_name == "local",
+            cache_dir=self.cache_dir,
+        )
+
     # -- entry point ------------------------------------------------------------------------
     def run(self) -> RunSummary:
         started = time.time()
         plan = plan_suite(self.suite, self.manager)
         cells = plan.cells
+        # With no store yet every cell is pending: check the suite before anything is written.
+        evaluators = None if self.has_store() else self.preflight()
         self.store.register_suite(self.suite.hash, cells, plan.split_roles())
         done = self.store.done_cells(c.cell_id for c in cells)
         pending = [c for c in cells if c.cell_id not in done]
+        if pending and evaluators is None:
+            evaluators = self.preflight()
         run_id = self.store.start_run(
             suite_name=self.suite.name,
             suite_path=str(self.suite.path),
@@ -229,8 +288,9 @@ class Runner:
                 "saebench_run_start", suite=self.suite, run_id=run_id, cells=pending
             )
             if pending:
+                assert evaluators is not None
                 with ClaimHeartbeat(self.store.path, run_id):
-                    self._execute(plan)
+                    self._execute(plan, evaluators)
             status = "failed" if self.failures else "finished"
         finally:
             self.store.release_all(run_id)
@@ -260,7 +320,7 @@ class Runner:
         return versions
 
     # -- execution --------------------------------------------------------------------------
-    def _execute(self, plan: Plan) -> None:
+    def _execute(self, plan: Plan, evaluators: dict[str, Any]) -> None:
         from saebench_vision.executors import make_executor
 
         executor = make_executor(
@@ -271,9 +331,6 @@ class Runner:
             }
             if self.executor_name == "ray"
             else None,
-        )
-        evaluators = preflight(
-            self.suite, self.manager, devices=executor.name == "local", cache_dir=self.cache_dir
         )
 
         def reads(model: ModelSpec, layer: str, spec: EvaluatorSpec) -> tuple[str, ...]:

@@ -35,8 +35,10 @@ class SparsityError(SaebenchError):
     """A matched-sparsity option is malformed."""
 
 
-def parse_l0_list(text: str, where: str = "--at-l0") -> list[float]:
-    """``"16,32,64"`` -> ``[16.0, 32.0, 64.0]``; a bad entry is a one-line error."""
+def parse_l0_list(text: str, where: str = "--at-l0", *, single: bool = False) -> list[float]:
+    """``"16,32,64"`` -> ``[16.0, 32.0, 64.0]``; a bad entry is a one-line error. ``single``:
+    exactly one value (``--l0-budget``)."""
+    example = f"{where} 64" if single else f"{where} 16,32,64"
     out = []
     for part in text.split(","):
         part = part.strip()
@@ -46,14 +48,32 @@ def parse_l0_list(text: str, where: str = "--at-l0") -> list[float]:
             value = float(part)
         except ValueError:
             raise SparsityError(
-                f"{where}: {part!r} is not a number; write e.g. {where} 16,32,64"
+                f"{where} {text}: {part!r} is not a number; write e.g. {example}"
             ) from None
         if not value > 0 or math.isinf(value):
-            raise SparsityError(f"{where}: L0 must be a positive number, not {part}")
+            raise SparsityError(
+                f"{where} {text}: L0 must be a positive number, not {part}; write e.g. {example}"
+            )
         out.append(value)
     if not out:
-        raise SparsityError(f"{where}: no L0 values given; write e.g. {where} 16,32,64")
+        raise SparsityError(f"{where} {text!r}: no L0 values given; write e.g. {example}")
+    if single and len(out) > 1:
+        raise SparsityError(f"{where} {text}: one L0 value, not {len(out)}; write e.g. {example}")
     return out
+
+
+def check_front_by(front_by: Sequence[str], configs: Any) -> None:
+    """Every ``front_by`` field is ``plugin`` or a config field of some stored SAE
+    (``configs``: their config dicts); a typo would otherwise silently merge fronts."""
+    from saebench_vision.registry import did_you_mean
+
+    known = ["plugin", *dict.fromkeys(k for c in configs if isinstance(c, dict) for k in c)]
+    for name in front_by:
+        if name not in known:
+            raise SparsityError(
+                f"--front-by {','.join(front_by)}: `{name}` is not a field of any stored SAE."
+                f"{did_you_mean(name, known)} (fields: {', '.join(known)})"
+            )
 
 
 def _points(l0: Sequence[float], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

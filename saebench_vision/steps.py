@@ -427,7 +427,7 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
 
     from saebench_vision.checkpoint import save_sae
     from saebench_vision.interfaces import resolve_device
-    from saebench_vision.training import check_memory, estimate_sae_bytes, train_saes
+    from saebench_vision.training import check_sweep_memory, total_steps, train_saes
 
     suite, model = ws.suite, step.model
     train = ws.activations(model, step.layer, suite.train_split.name)
@@ -445,17 +445,22 @@ def train_group(ws: Workspace, step: TrainStep) -> TrainOutput:
         )
         configs.append((sae_id, cls, config))
     # Before any SAE is built: the whole sweep trains at once, so its memory adds up.
-    widths = [train.d * float(getattr(c, "expansion", 1)) for _, _, c in configs]
-    needed = float(sum(estimate_sae_bytes(train.d, int(width)) for width in widths))
-    big = max(range(len(widths)), key=widths.__getitem__)
-    check_memory(
-        needed,
+    check_sweep_memory(
+        train.d,
+        [(variant.where, config) for (_, variant, _), (_, _, config) in zip(step.saes, configs)],
+        recipe.batch_size,
         device,
-        f"{suite.path}: {step.saes[big][1].where}.args.expansion: "
-        f"{getattr(configs[big][2], 'expansion', '?')} ({len(widths)} SAE(s) trained together, "
-        f"the largest {train.d} x {int(widths[big])})",
-        "lower the expansion, or train on a machine with more memory",
+        suite.path,
     )
+    rows = min(train.n, recipe.max_samples or train.n)
+    if recipe.batch_size > rows:
+        ws.say(
+            f"note: {suite.path}: training.batch_size: {recipe.batch_size} is more than the "
+            f"{rows} training rows of {model.label}/{step.layer}: every step repeats rows "
+            f"({recipe.batch_size / rows:.1f} epochs a step, {recipe.epochs:g} epoch(s) in "
+            f"{total_steps(rows, recipe)} step(s)); a batch_size of at most {rows} takes "
+            "several steps per epoch"
+        )
     models = []
     for sae_id, cls, config in configs:
         # Each SAE's initialisation depends only on its own id, not on the sweep around it.

@@ -37,6 +37,7 @@ Validation never imports a component's implementation when its plugin registered
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -48,7 +49,7 @@ from typing import Any
 import yaml
 
 from saebench_vision.cache import canonical_json, content_key
-from saebench_vision.config import TrainingConfig, config_fields, validate_args
+from saebench_vision.config import FieldValueError, TrainingConfig, config_fields, validate_args
 from saebench_vision.errors import ConfigError, SaebenchError, SuiteError, UnknownComponentError
 from saebench_vision.registry import KIND_TITLES, Registry, did_you_mean
 
@@ -266,6 +267,19 @@ class _Checker:
             return config_cls(**args)
         except (ValueError, TypeError) as exc:
             raise self.fail(where, str(exc)) from None
+
+
+def _sweep_example(values: Any, f: Any) -> str:
+    """``[v]`` for a scalar written where a list belongs; for an empty list, two values built
+    from the field's default (``[32, 64]``), or ``[...]`` when it has none."""
+    if not isinstance(values, (list, dict)) and values is not None:
+        return f"[{values!r}]" if isinstance(values, str) else f"[{values}]"
+    default = f.default
+    if isinstance(default, bool) or default is dataclasses.MISSING or default is None:
+        return "[...]"
+    if isinstance(default, (int, float)):
+        return f"[{default}, {default * 2}]" if default else "[0, 1]"
+    return f"[{default!r}, ...]"
 
 
 def _show(value: Any) -> str:
@@ -527,6 +541,8 @@ def _training(
         TrainingConfig(**(dict(base or {}) | training))
     except ConfigError as exc:
         raise SuiteError(str(exc)) from None
+    except FieldValueError as exc:
+        raise SuiteError(exc.at(f"{c.path}: {where}", TrainingConfig)) from None
     except (TypeError, ValueError) as exc:
         raise c.fail(where, str(exc)) from None
     return training
@@ -716,7 +732,8 @@ def _saes(
             if not isinstance(values, list) or not values:
                 raise c.fail(
                     f"{where}.sweep.{key}",
-                    f"{_show(values)} is not a non-empty list of values, e.g. [{_show(values)}]",
+                    f"{_show(values)} is not a non-empty list of values; write the values to "
+                    f"train one SAE each with, e.g. `sweep: {{{key}: {_sweep_example(values, fields[key])}}}`",
                 )
             if len({canonical_json(v) for v in values}) != len(values):
                 raise c.fail(f"{where}.sweep.{key}", f"{_show(values)} repeats a value")

@@ -90,14 +90,14 @@ def configure_threads(requested: str | int | None = None) -> ThreadPlan:
             None, cores, load, f"{ENV}=torch" if requested is None else "--threads torch"
         )
     if choice is not None and str(choice).strip().lower() != "auto":
+        given = f"--threads {choice}" if requested is not None else f"{ENV}={choice}"
+        fix = "use an integer >= 1 (e.g. 2), auto or torch"
         try:
             threads = int(choice)
         except ValueError:
-            raise ConfigError(
-                f"threads: {choice!r} is not a thread count; use an integer >= 1, auto, or torch"
-            ) from None
+            raise ConfigError(f"{given}: {choice!r} is not a thread count; {fix}") from None
         if threads < 1:
-            raise ConfigError(f"threads: {threads} must be >= 1 (or auto, or torch)")
+            raise ConfigError(f"{given}: {threads} threads is not at least 1; {fix}")
         reason = "--threads" if requested is not None else ENV
     elif os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))

@@ -46,7 +46,7 @@ import torch
 from saebench_vision.config import TrainingConfig, identity_dict
 from saebench_vision.errors import ConfigError, SaebenchError
 from saebench_vision.interfaces import SAE, resolve_device
-from saebench_vision.progress import ProgressMode
+from saebench_vision.progress import LogProgress, ProgressMode
 
 BLOCK_ROWS = 1024
 BUFFER_BLOCKS = 64
@@ -185,6 +185,45 @@ SAE_BYTES_PER_PARAM = 4 * 4 * 2
 def estimate_sae_bytes(d_in: int, d_sae: int) -> int:
     """Training memory of one SAE with a (d_in x d_sae) encoder and decoder, with Adam."""
     return 2 * d_in * d_sae * SAE_BYTES_PER_PARAM
+
+
+def estimate_batch_bytes(batch_size: int, d_in: int, d_saes: Sequence[int]) -> float:
+    """Memory of one training batch through a sweep: per row, the input, each SAE's code and
+    pre-activations, and their gradients, in float32. A batch wraps around epochs, so it holds
+    ``batch_size`` rows however few the data has."""
+    return 4.0 * 4 * batch_size * (d_in + sum(d_saes))
+
+
+def check_sweep_memory(
+    d_in: int,
+    saes: Sequence[tuple[str, Any]],
+    batch_size: int,
+    device: torch.device,
+    path: Any,
+) -> None:
+    """The memory checks of a sweep trained together, made before any SAE is built (so that
+    ``saebench validate`` makes them too, from a layer width the adapter knows offline): the
+    SAEs with their Adam state, then one batch through all of them. ``saes`` holds (YAML
+    location of each SAE entry, its Config); ``path`` is the suite file. One line naming the
+    largest SAE's ``expansion`` or ``training.batch_size``, with the way out."""
+    if not saes:
+        return
+    widths = [int(d_in * float(getattr(c, "expansion", 1))) for _, c in saes]
+    big = max(range(len(widths)), key=widths.__getitem__)
+    check_memory(
+        float(sum(estimate_sae_bytes(d_in, w) for w in widths)),
+        device,
+        f"{path}: {saes[big][0]}.args.expansion: {getattr(saes[big][1], 'expansion', '?')} "
+        f"({len(widths)} SAE(s) trained together, the largest {d_in} x {widths[big]})",
+        "lower the expansion, or train on a machine with more memory",
+    )
+    check_memory(
+        estimate_batch_bytes(batch_size, d_in, widths),
+        device,
+        f"{path}: training.batch_size: {batch_size} (rows of width {d_in} into {len(widths)} "
+        f"SAE(s) of {sum(widths)} latents in all)",
+        "lower training.batch_size",
+    )
 
 
 def tune_cpu_allocator() -> bool:
@@ -736,9 +775,8 @@ def train_saes(
         )
     # A batch wraps around epochs, so it holds batch_size rows however few the data has; per
     # row: the input, each SAE's code and pre-activations, and their gradients, in float32.
-    widths = rows.d + sum(sae.d_sae for sae in saes)
     check_memory(
-        4.0 * 4 * config.batch_size * widths,
+        estimate_batch_bytes(config.batch_size, rows.d, [sae.d_sae for sae in saes]),
         device,
         f"training.batch_size: {config.batch_size} (rows of width {rows.d} into "
         f"{len(saes)} SAE(s) of {sum(sae.d_sae for sae in saes)} latents in all)",
@@ -783,6 +821,10 @@ def train_saes(
 
     t0 = time.perf_counter()
     bar = _progress(steps_total, start, desc, progress)
+    if isinstance(bar, LogProgress):
+        # Each log line reads the loss of the step it reports (one device sync per line).
+        bar.postfix_source = lambda: _postfix_values(trackers)
+    posted = -math.inf
     batches = stream.batches(start)
     try:
         for step in range(start, steps_total):
@@ -804,8 +846,14 @@ def train_saes(
                     tracker.samples += x.shape[0]
             if bar is not None:
                 bar.update(1)
-                if step % 100 == 0 or step == steps_total - 1:
-                    _postfix(bar, trackers)
+                # A bar redraws often: its loss is refreshed once a second (a device sync each
+                # time), and at the last step.
+                now = time.monotonic()
+                if not isinstance(bar, LogProgress) and (
+                    now - posted >= POSTFIX_SECONDS or step == steps_total - 1
+                ):
+                    bar.set_postfix(**_postfix_values(trackers))
+                    posted = now
             if (
                 checkpointing
                 and state_path is not None
@@ -866,9 +914,17 @@ def _progress(total: int, initial: int, desc: str, mode: ProgressMode) -> Any:
     return make_progress(total, desc or "training SAEs", "step", mode, initial=initial, leave=False)
 
 
-def _postfix(bar: Any, trackers: list[_Tracker]) -> None:
+POSTFIX_SECONDS = 1.0
+"""How often a progress bar's loss is read from the device."""
+
+
+def _postfix_values(trackers: list[_Tracker]) -> dict[str, Any]:
+    """The first SAE's MSE and L0 at the latest step, for a progress line."""
     first = trackers[0].last
-    if "mse" in first and "l0" in first:
-        bar.set_postfix(
-            mse=f"{float(first['mse']):.4g}", l0=f"{float(first['l0']):.1f}", saes=len(trackers)
-        )
+    if "mse" not in first or "l0" not in first:
+        return {}
+    return {
+        "mse": f"{float(first['mse']):.4g}",
+        "l0": f"{float(first['l0']):.1f}",
+        "saes": len(trackers),
+    }

@@ -264,3 +264,69 @@ def test_declared_kinds_are_the_implementations_and_shown_lightly(
     out = capsys.readouterr().out
     assert "model `sd-text-encoder`" in out and "(reads text, default tokens: text)" in out
     assert "(reads image-text, default tokens: all)" in out and "(gives image items)" in out
+
+
+def test_validate_checks_training_memory_from_widths_known_offline(
+    tmp_path: Path, toy_manager: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saebench_vision import training
+
+    free = 8 * 2**30
+    monkeypatch.setattr(training, "available_memory", lambda device: free)
+    doc = copy.deepcopy(SUITE)
+    doc["saes"][1]["args"]["expansion"] = 10_000_000
+    suite = load_suite(write_suite(tmp_path, doc), toy_manager.registry())
+    with pytest.raises(SaebenchError) as info:
+        preflight(suite, toy_manager)
+    # The toy layers are 24 wide (ToyModelConfig.width): the trainer's own estimate of the
+    # SAEs with Adam, summed over the sweep, by hand.
+    per_param = training.SAE_BYTES_PER_PARAM
+    need = sum(2 * 24 * 24 * e * per_param for e in (2, 2, 10_000_000))
+    message = str(info.value)
+    assert message.startswith(f"{suite.path}: saes[1].args.expansion: 10000000 (3 SAE(s)")
+    assert f"the largest 24 x 240000000) needs about {training._size(need)}" in message
+    assert "lower the expansion" in message and "\n" not in message
+    # A batch far too large for memory names training.batch_size.
+    doc = copy.deepcopy(SUITE)
+    doc["training"]["batch_size"] = 10**9
+    suite = load_suite(write_suite(tmp_path, doc), toy_manager.registry())
+    with pytest.raises(SaebenchError, match=r"toy.yaml: training.batch_size: 1000000000 \(rows"):
+        preflight(suite, toy_manager)
+    # Steps that run elsewhere (Ray) are not checked against this machine.
+    preflight(suite, toy_manager, devices=False)
+
+
+def test_validate_notes_what_it_cannot_check(
+    tmp_path: Path, toy_manager: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import toyplugin
+
+    from saebench_vision.cli import main
+
+    monkeypatch.setattr(toyplugin.ToyModel, "layer_width", lambda self, layer: None)
+    doc = copy.deepcopy(SUITE)
+    doc["saes"][1]["args"]["expansion"] = 10_000_000
+    suite = load_suite(write_suite(tmp_path, doc), toy_manager.registry())
+    notes: list[str] = []
+    preflight(suite, toy_manager, notes=notes)
+    assert notes == [
+        f"{suite.path}: models[0]: model `toy-model` knows the width of layer.0, final only once "
+        "its weights load, so training memory there is checked when the run starts training"
+    ]
+    # A batch above the training rows (240 toy items, one CLS row each per layer) is noted
+    # once the splits are opened; the entry that sets it is named.
+    monkeypatch.undo()
+    doc = copy.deepcopy(SUITE)
+    doc["saes"][0]["training"] = {"batch_size": 1000}
+    path = write_suite(tmp_path, doc)
+    monkeypatch.setenv("SAEBENCH_VISION_PLUGINS", "toyplugin")
+    assert main(["validate", "--datasets", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"note: {path}: saes[0].training.batch_size: 1000 is more than the 240 training rows "
+        "of toy-model/layer.0, final: every step repeats rows" in err
+    )
+    # Patch tokens give several rows per item: no note for a layer read that way.
+    doc["models"][0]["tokens"] = {"layer.0": "patch"}
+    assert main(["validate", "--datasets", str(write_suite(tmp_path, doc))]) == 0
+    assert "training rows of toy-model/final: every" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO
 
 from saebench_vision.cli import build_parser, main
+from saebench_vision.errors import SaebenchError
 
 PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_]+\b|\[|\]|\\\||\|")
 
@@ -140,3 +141,36 @@ def test_cheap_documented_command_runs(command, monkeypatch, tmp_path, capsys):
         code = int(exc.code or 0)
     out = capsys.readouterr()
     assert code == 0, f"`{command}` exited {code}: {out.err[-500:]}"
+
+
+def test_every_environment_variable_the_code_reads_is_in_the_readme_table():
+    code = [
+        *sorted((REPO / "saebench_vision").glob("*.py")),
+        *sorted((REPO / "plugins").rglob("*.py")),
+    ]
+    used = {v for path in code for v in re.findall(r"SAEBENCH_VISION_[A-Z_]+", path.read_text())}
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Environment variables", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(SAEBENCH_VISION_[A-Z_]+)", table, flags=re.M))
+    assert "SAEBENCH_VISION_DEBUG" in used and used <= listed, sorted(used - listed)
+
+
+def test_the_readme_says_how_to_see_a_traceback_and_where_the_store_snapshot_is(tmp_path):
+    from saebench_vision.results import ResultsStore
+
+    readme = (REPO / "README.md").read_text()
+    errors = readme.split("answers in one line", 1)[1].split("\n## ", 1)[0]
+    assert "--debug" in errors and "SAEBENCH_VISION_DEBUG=1" in errors
+    assert "results.sqlite.bak" in errors
+    # What it describes: a run ends by writing the snapshot under that name, and the store's
+    # "damaged" message points to it.
+    store = ResultsStore(tmp_path)
+    run = store.start_run(
+        suite_name="s", suite_path="s.yaml", suite_hash="h", suite_json={}, versions={}, argv=[]
+    )
+    store.finish_run(run, "finished")
+    store.close()
+    assert (tmp_path / "results.sqlite.bak").is_file()
+    (tmp_path / "results.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(SaebenchError, match=r"cp \S*results\.sqlite\.bak \S*results\.sqlite"):
+        ResultsStore(tmp_path)

@@ -114,6 +114,13 @@ def test_formats(store, fmt):
                 for m in ("mse[val]", "mse[sketch]", "ev[val]")
                 for suffix in ("", " stderr", " ci95")
             ),
+            "interval",
+        ]
+        # Each row says what its ci95 is: zeta and alpha on layer b have two seeds, a one.
+        assert [r[-1] for r in rows[1:]] == [
+            "student-t over 2 seeds",
+            "student-t over 2 seeds",
+            "1.96 x evaluator stderr",
         ]
         # zeta on layer b, sketch: seeds 1.0 and 2.0 -> sd 0.707, stderr 0.5, CI t(1) x 0.5.
         assert float(rows[1][6]) == 1.5
@@ -225,10 +232,65 @@ def test_interval_formatting():
 def test_filter_matching_nothing_says_what_exists(store):
     from saebench_vision.leaderboard import FilterError
 
+    # Each filter matches something, but not together: what exists is listed.
     with pytest.raises(
         FilterError, match="no results match the filters; metrics: mse, ev; splits: val, sketch"
     ):
-        pivot(store.records_frame("h1"), metrics=["nosuch"])
+        pivot(store.records_frame("h1"), metrics=["ev"], splits=["sketch"])
+
+
+def test_a_metric_or_split_typo_is_an_error_with_a_suggestion(store):
+    from saebench_vision.leaderboard import FilterError
+
+    frame = store.records_frame("h1")
+    # One good pattern beside the typo: the typo is not silently dropped.
+    with pytest.raises(
+        FilterError,
+        match=r"^--metric mes: matches no stored metric\. Did you mean: mse\? \(metrics: mse, ev\)$",
+    ):
+        pivot(frame, metrics=["ev", "mes"])
+    with pytest.raises(FilterError, match=r"--metric nosuch: .*\(metrics: mse, ev\)$"):
+        pivot(frame, metrics=["nosuch"])
+    with pytest.raises(FilterError, match=r"Did you mean: reconstruction/mse[,?]"):
+        pivot(frame, metrics=["reconstruction/mes"])
+    with pytest.raises(
+        FilterError, match=r"^--split skech: no results on that split\. Did you mean: sketch\?"
+    ):
+        pivot(frame, splits=["val", "skech"])
+    # Globs and evaluator/metric names that match are accepted.
+    headers, _, _ = pivot(frame, layout="wide", metrics=["m*", "reconstruction/ev"])
+    assert headers[3:] == ["mse[val] ↓", "mse[sketch] ↓", "ev[val] ↑"]
+
+
+def test_every_format_says_which_interval_its_plus_minus_is(store, tmp_path):
+    # Two seeds per row: Student t over seeds, as the report shows too.
+    frame = store.records_frame("h1")
+    md = render(frame[frame["layer"] == "b"], fmt="md", layout="wide", metrics=["mse"])
+    assert "1.5 ± 6.4" in md
+    (line,) = [x for x in md.splitlines() if x.startswith("±:")]
+    assert "Student-t interval over seeds" in line and "1.96" not in line
+    assert "shows the same Student-t interval" in line
+    # Layer a has one seed: both kinds are named.
+    (line,) = [x for x in render(frame, fmt="md").splitlines() if x.startswith("±:")]
+    assert "where a row has several seeds, else 1.96 x the standard error" in line
+    # One seed with evaluator stderrs: 1.96 SE, and the report's bootstrap named as different.
+    s = ResultsStore(tmp_path)
+    c = cell(0, "zeta")
+    s.register_suite("h9", [c, cell(1, "alpha")], [("val", "eval")])
+    run = s.start_run(
+        suite_name="toy", suite_path="x.yaml", suite_hash="h9", suite_json={}, versions={}, argv=[]
+    )
+    s.add_cell(run, c, [Record("acc", 0.8, "val", stderr=0.02, higher_is_better=True)], 0.1)
+    one = s.records_frame("h9")
+    for fmt, prefix in (("md", "±: "), ("latex", "% ±: "), ("html", "<p><small>±: ")):
+        text = render(one, fmt=fmt, layout="wide")
+        assert "0.800 ± 0.039" in text or r"0.800 $\pm$ 0.039" in text
+        (line,) = [x for x in text.splitlines() if prefix in x]
+        assert "1.96 x the standard error the evaluator reported" in line
+        assert "bootstrap" in line and "Student" not in line
+    # Nothing with ± in the table: no footnote.
+    s.add_cell(run, cell(1, "alpha"), [Record("n", 3.0, "val")], 0.1)
+    assert "±" not in render(s.records_frame("h9"), fmt="md", metrics=["n"])
 
 
 def test_roles_filter(store):

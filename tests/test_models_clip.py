@@ -101,6 +101,20 @@ def test_open_clip_layers_and_hooks(open_clip_adapter: OpenCLIPAdapter) -> None:
     assert out["final"].kinds.eq(TokenKind.CLS).all()
 
 
+def test_open_clip_layer_widths_are_the_forward_widths(
+    open_clip_adapter: OpenCLIPAdapter,
+) -> None:
+    layers = open_clip_adapter.layer_names()
+    batch = open_clip_adapter.preprocess(sample_images(2))
+    with torch.inference_mode():
+        out = open_clip_adapter.forward(batch, layers)
+    widths = [open_clip_adapter.layer_width(layer) for layer in layers]
+    assert [out[layer].values.shape[-1] for layer in layers] == widths == [32, 32, 32, 16]
+    # Released architectures: from the configs open_clip ships, no weights.
+    big_g = OpenCLIPAdapter(OpenCLIPConfig(model_name="ViT-bigG-14", pretrained=None))
+    assert (big_g.layer_width("blocks.0"), big_g.layer_width("final")) == (1664, 1280)
+
+
 def test_open_clip_batch_invariant(open_clip_adapter: OpenCLIPAdapter) -> None:
     assert_deterministic_and_batch_invariant(
         open_clip_adapter, sample_images(8), ["blocks.1", "final"]
@@ -185,6 +199,30 @@ def test_hf_clip_matches_hidden_states(hf_clip: HFCLIPAdapter) -> None:
         torch.testing.assert_close(out[f"blocks.{i}"].values, ref.hidden_states[i + 1])
     torch.testing.assert_close(early["blocks.1"].values, ref.hidden_states[2])
     torch.testing.assert_close(out["final"].values[:, 0], emb)
+
+
+def test_hf_clip_layer_widths_without_weights(hf_clip: HFCLIPAdapter, hf_clip_dir: Path) -> None:
+    cold = HFCLIPAdapter(HFCLIPConfig(model_id=str(hf_clip_dir)))  # config.json only
+    layers = cold.layer_names()
+    with torch.inference_mode():
+        out = hf_clip.forward(hf_clip.preprocess(sample_images(2)), layers)
+    assert [cold.layer_width(layer) for layer in layers] == [
+        out[layer].values.shape[-1] for layer in layers
+    ]
+    assert [hf_clip.layer_width(layer) for layer in layers] == [32, 32, 32, 16]
+    # The released checkpoints' widths agree with open_clip's own configs of the same models.
+    from saebench_vision_plugins.models.clip import KNOWN_HF_CLIP_WIDTHS
+
+    openai = {
+        "openai/clip-vit-base-patch32": "ViT-B-32",
+        "openai/clip-vit-base-patch16": "ViT-B-16",
+        "openai/clip-vit-large-patch14": "ViT-L-14",
+        "openai/clip-vit-large-patch14-336": "ViT-L-14-336",
+    }
+    for model_id, (width, embed) in KNOWN_HF_CLIP_WIDTHS.items():
+        name = openai.get(model_id) or model_id.split("CLIP-")[1].split("-laion")[0]
+        cfg = open_clip.get_model_config(name)
+        assert (cfg["vision_cfg"]["width"], cfg["embed_dim"]) == (width, embed), model_id
 
 
 def test_hf_clip_batch_invariant(hf_clip: HFCLIPAdapter) -> None:

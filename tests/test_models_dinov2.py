@@ -46,6 +46,16 @@ def test_layer_names(adapter: DINOv2Adapter) -> None:
     assert adapter.transform.resize_size == 32
 
 
+def test_layer_widths_without_weights(model_dir: Path, adapter: DINOv2Adapter) -> None:
+    # From the folder's config.json, before any weights load; then from the loaded model.
+    cold = DINOv2Adapter(DINOv2Config(model_id=str(model_dir), image_size=28))
+    assert cold.model is None
+    assert {cold.layer_width(layer) for layer in cold.layer_names()} == {32}
+    out = adapter.forward(adapter.preprocess(sample_images(1)), ["blocks.0", "final"])
+    assert {o.values.shape[-1] for o in out.values()} == {adapter.layer_width("final")} == {32}
+    assert DINOv2Adapter(DINOv2Config()).layer_width("blocks.39") == 1536  # offline table
+
+
 def test_matches_hidden_states(adapter: DINOv2Adapter) -> None:
     batch = adapter.preprocess(sample_images(3))
     with torch.inference_mode():

@@ -91,6 +91,28 @@ def test_final_is_the_classifier_input(
     torch.testing.assert_close(mean_patch, cls, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_layer_widths_without_weights_match_the_built_modules(variant: str) -> None:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    adapter = EfficientNetLiteAdapter(EfficientNetLiteConfig(variant=variant))
+    model = EfficientNet.from_name(f"efficientnet-{variant}")  # random weights: shapes only
+    built = [block._bn2.num_features for block in model._blocks] + [model._conv_head.out_channels]
+    assert [adapter.layer_width(layer) for layer in adapter.layer_names()] == built
+    assert adapter.layer_width("blocks.99") is None
+
+
+def test_layer_widths_are_the_forward_widths(
+    lite0_128: EfficientNetLiteAdapter, photos: list[Image.Image]
+) -> None:
+    layers = lite0_128.layer_names()
+    with torch.inference_mode():
+        out = lite0_128.forward(lite0_128.preprocess(photos), layers)
+    assert [out[layer].values.shape[-1] for layer in layers] == [
+        lite0_128.layer_width(layer) for layer in layers
+    ]
+
+
 def test_blocks_match_own_hook(
     lite0_128: EfficientNetLiteAdapter, photos: list[Image.Image]
 ) -> None:

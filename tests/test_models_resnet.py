@@ -82,6 +82,28 @@ def test_torchvision_layers_match_hooks(tv_adapter: ResNetAdapter) -> None:
     assert out["stem"].kinds[:, 0].eq(TokenKind.CLS).all()
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+def test_torchvision_layer_widths_without_weights(arch: str) -> None:
+    from torchvision.models import get_model
+
+    model = get_model(arch, weights=None)  # random weights: shapes only
+    adapter = ResNetAdapter(TVResNetConfig(arch=arch))
+    stages = [getattr(model, f"layer{i + 1}")[-1] for i in range(4)]
+    built = [model.bn1.num_features] + [
+        (s.bn3 if hasattr(s, "bn3") else s.bn2).num_features for s in stages
+    ]
+    assert [adapter.layer_width(layer) for layer in LAYERS] == built + [built[-1]]
+
+
+def test_torchvision_widths_are_the_forward_widths(tv_adapter: ResNetAdapter) -> None:
+    batch = tv_adapter.preprocess(sample_images(2))
+    with torch.inference_mode():
+        out = tv_adapter.forward(batch, LAYERS)
+    assert [out[layer].values.shape[-1] for layer in LAYERS] == [
+        tv_adapter.layer_width(layer) for layer in LAYERS
+    ]
+
+
 def test_torchvision_batch_invariant(tv_adapter: ResNetAdapter) -> None:
     assert_deterministic_and_batch_invariant(tv_adapter, sample_images(8), ["stages.1", "final"])
 

@@ -90,6 +90,31 @@ def test_builtins_can_be_blocked_too(monkeypatch):
     assert manager.registry().names("sae") == []
 
 
+def test_a_disabled_name_that_matches_no_plugin_is_a_warning_or_a_strict_error(
+    fake_site, monkeypatch, capsys
+):
+    monkeypatch.setenv("SAEBENCH_VISION_DISABLE_PLUGINS", "builtin-sae,good")
+    manager = get_plugin_manager()
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "matches no plugin" in x]
+    assert line.startswith(
+        "warning: SAEBENCH_VISION_DISABLE_PLUGINS=builtin-sae,good: `builtin-sae` matches no plugin"
+    )
+    assert "Did you mean: builtin-saes" in line
+    listed = line.split("(plugins: ")[1].rstrip(")").split(", ")
+    assert {"builtin-saes", "broken", "good"} <= set(listed)
+    # The names that do match still take effect; the misspelt one disabled nothing.
+    assert "my-sae" not in manager.registry().names("sae")
+    assert "topk" in manager.registry().names("sae")
+    # An entry point counts as a plugin even when entry points are not loaded.
+    monkeypatch.setenv("SAEBENCH_VISION_DISABLE_PLUGINS", "good")
+    get_plugin_manager(load_entrypoints=False)
+    assert "matches no plugin" not in capsys.readouterr().err
+    monkeypatch.setenv("SAEBENCH_VISION_DISABLE_PLUGINS", "goood")
+    with pytest.raises(PluginError, match="`goood` matches no plugin.*Did you mean: good"):
+        get_plugin_manager(strict=True)
+
+
 def test_extra_plugin_modules_from_environment(fake_site, monkeypatch):
     monkeypatch.setenv("SAEBENCH_VISION_PLUGINS", "good_plugin_mod")
     manager = get_plugin_manager(load_entrypoints=False)

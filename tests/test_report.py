@@ -480,7 +480,7 @@ def test_bad_report_options_are_one_line_errors(output, capsys):
     assert main(["report", str(output), "--at-l0", "16,x"]) == 2
     assert (
         capsys.readouterr().err.strip()
-        == "error: --at-l0: 'x' is not a number; write e.g. --at-l0 16,32,64"
+        == "error: --at-l0 16,x: 'x' is not a number; write e.g. --at-l0 16,32,64"
     )
     assert main(["report", str(output), "--compare", "nope vs baseline", "--out", "/dev/null"]) == 2
     assert "no row is labelled 'nope'" in capsys.readouterr().err
@@ -584,6 +584,90 @@ def test_accuracy_vs_l0_marks_each_front_at_the_requested_l0(results):
     assert all(1e6 not in list(d.get_xdata()) for d in diamonds)
 
 
+def _drawn(fig: Any) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _disjoint(boxes: list[Any]) -> bool:
+    return not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def _tick_labels(ax: Any, renderer: Any) -> list[Any]:
+    """The x tick labels drawn inside the view limits (major and minor), as text objects."""
+    lo, hi = sorted(ax.get_xlim())
+    ticks = ax.xaxis.get_major_ticks() + ax.xaxis.get_minor_ticks()
+    return [
+        t.label1
+        for t in ticks
+        if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi
+    ]
+
+
+def test_figure_labels_and_titles_do_not_overlap(results):
+    import dataclasses
+
+    # Labels as long as the quickstart's, so that the ontology titles must wrap.
+    long = {s: s.replace("[", "[b_dec_init=geometric-median,dead_after=2000,") for s in SAES}
+    relabelled = dataclasses.replace(
+        results, frame=results.frame.assign(sae_label=results.frame["sae_label"].replace(long))
+    )
+    outcomes = {
+        o.name: o
+        for o in draw_all(
+            _manager(),
+            relabelled,
+            names=["reconstruction-pareto", "accuracy-vs-l0", "ontology-histograms"],
+        )
+    }
+    for name in ("reconstruction-pareto", "accuracy-vs-l0"):
+        fig = outcomes[name].figure
+        renderer = _drawn(fig)
+        for ax in (a for a in fig.axes if a.get_visible()):
+            labels = _tick_labels(ax, renderer)
+            assert 2 <= len(labels) <= 5, [t.get_text() for t in labels]
+            # Plain numbers, no 2×10^1 mantissa labels.
+            assert all(t.get_text().replace(".", "").isdigit() for t in labels)
+            assert _disjoint([t.get_window_extent(renderer) for t in labels]), name
+    # Without --at-l0 the title promises no diamonds.
+    assert "--at-l0" not in outcomes["accuracy-vs-l0"].figure.get_suptitle()
+    (o,) = draw_all(_manager(), results, names=["accuracy-vs-l0"], options=FigureOptions((4.0,)))
+    assert "read at L0 = 4 " in o.figure.get_suptitle()
+
+    fig = outcomes["ontology-histograms"].figure
+    renderer = _drawn(fig)
+    titles = [ax.title for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(titles) == 2 * 5 and any(t.get_text().count("\n") >= 2 for t in titles)
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    boxes.append(fig._suptitle.get_window_extent(renderer))
+    assert _disjoint(boxes)
+    # Nor does a title run into the panel above it.
+    panels = [ax.get_window_extent(renderer) for ax in fig.axes if ax.images]
+    assert not any(b.overlaps(p) for b in boxes for p in panels)
+
+
+def test_log_ticks_label_a_narrow_axis_with_a_few_plain_numbers():
+    from matplotlib.figure import Figure
+
+    from saebench_vision.figures import log_ticks
+
+    for lo, hi, expected in (
+        (8, 60, [10, 20, 50]),
+        (8, 300, [10, 20, 50, 100, 200]),
+        (2, 9000, [10, 100, 1000]),
+        (1, 1e7, [1, 100, 1e4, 1e6]),
+        (25, 45, [30, 40]),
+        (31, 33, [31.6, 32.4]),
+    ):
+        ax = Figure().subplots()
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        assert log_ticks(ax) == pytest.approx(expected, rel=0.05), (lo, hi)
+
+
 def test_export_json_matched_rows_record_their_options(output, capsys):
     assert main(["export", str(output), "--l0-budget", "1000", "--front-by", "plugin"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -593,6 +677,21 @@ def test_export_json_matched_rows_record_their_options(output, capsys):
         assert m["front_by"] == ["plugin"] and m["l0_metric"] == "l0" and m["budget"] == 1000
         # Lower MSE is better: the best under a budget above every L0 is the front's minimum.
         assert m["best"]["value"] == min(p["value"] for p in m["points"])
+
+
+def test_front_by_and_l0_budget_typos_are_one_line_errors(output, capsys):
+    # A misspelt field would otherwise merge every expansion into one front, silently.
+    assert main(["export", str(output), "--at-l0", "16", "--front-by", "plugin,expanson"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --front-by plugin,expanson: `expanson` is not a field")
+    assert "Did you mean: expansion?" in err and len(err.splitlines()) == 1
+    assert main(["export", str(output), "--l0-budget", "16,32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --l0-budget 16,32: one L0 value, not 2; write e.g. --l0-budget 64"
+    assert main(["export", str(output), "--l0-budget", "abc"]) == 2
+    assert "--l0-budget abc: 'abc' is not a number; write e.g. --l0-budget 64" in (
+        capsys.readouterr().err
+    )
 
 
 def test_plot_writes_every_figure_and_each_evaluators_table(output, tmp_path, capsys):

@@ -18,6 +18,7 @@ from test_runner import SUITE, run, write_suite
 from saebench_vision import hookimpl
 from saebench_vision.cache import ActivationCache
 from saebench_vision.checkpoint import load_sae
+from saebench_vision.results import ResultsStore
 from saebench_vision.runner import plan_suite
 
 
@@ -160,3 +161,37 @@ def test_warm_run_imports_no_torch(tmp_path):
     )
     assert "EXIT 0 TORCH False" in warm.stdout, warm.stdout + warm.stderr
     assert "0 of 2 cells computed" in warm.stderr
+
+
+def test_a_suite_that_fails_preflight_writes_nothing(tmp_path, monkeypatch, capsys):
+    from saebench_vision.cli import main
+
+    monkeypatch.setenv("SAEBENCH_VISION_PLUGINS", "toyplugin")
+    doc = copy.deepcopy(SMALL)
+    doc["models"][0]["layers"] = ["no-such-layer"]
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    path = write_suite(tmp_path, doc | {"output": str(out)})
+    assert main(["run", str(path), "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-layer" in err and "Traceback" not in err
+    assert not out.exists() and not cache.exists()
+    # With the store already there, a failing preflight records no run either.
+    good = write_suite(tmp_path, SMALL | {"output": str(out)}, name="good.yaml")
+    assert main(["run", str(good), "--cache-dir", str(cache)]) == 0
+    runs = ResultsStore(out).db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    assert main(["run", str(path), "--cache-dir", str(cache)]) == 2
+    assert ResultsStore(out).db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == runs
+
+
+def test_a_batch_above_the_training_rows_is_noted_when_training(tmp_path, toy_manager, capsys):
+    doc = copy.deepcopy(SMALL)
+    doc["training"] = doc["training"] | {"batch_size": 600, "epochs": 5}
+    suite, _, summary = run(write_suite(tmp_path, doc), toy_manager)
+    assert summary.status == "finished"
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("note:")]
+    # 240 toy training items, one row each: 2.5 epochs a step, 5 epochs in round(5 * 240 / 600).
+    assert line == (
+        f"note: {suite.path}: training.batch_size: 600 is more than the 240 training rows of "
+        "toy-model/final: every step repeats rows (2.5 epochs a step, 5 epoch(s) in 2 step(s)); "
+        "a batch_size of at most 240 takes several steps per epoch"
+    )

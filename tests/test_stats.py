@@ -185,6 +185,9 @@ def test_l0_lists_are_checked():
     for bad in ("a,b", "0", "-3", ""):
         with pytest.raises(SparsityError):
             parse_l0_list(bad)
+    assert parse_l0_list("64", "--l0-budget", single=True) == [64.0]
+    with pytest.raises(SparsityError, match="one L0 value, not 2"):
+        parse_l0_list("16,32", "--l0-budget", single=True)
 
 
 # -- per-item files ---------------------------------------------------------------------------

@@ -127,6 +127,20 @@ def test_sd1_lambda_zero_is_the_plain_pipeline_and_steering_changes_images(
     assert np.array_equal(np.asarray(plain[1]), zero)
 
 
+def test_loading_the_pipeline_shows_no_diffusers_bars(
+    sd1: SDTextEncoderAdapter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffusers.utils import logging as diffusers_logging
+
+    capsys.readouterr()
+    assert diffusers_logging.is_progress_bar_enabled()
+    DiffusionSteerer(sd1, tiny_sae(32), "final", settings=SETTINGS)
+    err = capsys.readouterr().err
+    assert "Loading pipeline components" not in err and "it/s" not in err, err
+    # Quieted for the load only: diffusers' own setting is as it was.
+    assert diffusers_logging.is_progress_bar_enabled()
+
+
 @pytest.mark.parametrize("layer", ["prompt-embeds", "pooled"])
 def test_sd3_joint_and_pooled(sd3: SDTextEncoderAdapter, layer: str) -> None:
     width = 64 if layer == "prompt-embeds" else 40

@@ -195,6 +195,19 @@ MALFORMED = [
         "saes[0].training: warmup_fraction + decay_fraction is 1.1",
     ),
     (_set("saes.0.training", [1]), "saes[0].training: must map training options to values"),
+    (
+        _set("training", {"batch_size": -4}),
+        "training.batch_size: -4 must be at least 1 (activations per optimiser step)",
+    ),
+    (
+        _set("saes.0.training", {"batch_size": 0}),
+        "saes[0].training.batch_size: 0 must be at least 1 (activations per optimiser step)",
+    ),
+    (
+        _set("saes.0.sweep", {"l1_coefficient": []}),
+        "saes[0].sweep.l1_coefficient: [] is not a non-empty list of values; write the values "
+        "to train one SAE each with, e.g. `sweep: {l1_coefficient: [",
+    ),
     (_set("executor", {"name": "dask"}), "executor.name: 'dask' is not an executor"),
     (
         _set("executor", {"resources": {"training": {"num_gpus": 1}}}),
@@ -282,7 +295,12 @@ evaluators: [reconstruction]
             "models[0].args.device: 'gpu' is not a device; use cpu, cuda, cuda:N, mps or auto",
         ),
         ("cpu", 0, "1e-3", "saes[0] (sweep k=0): `k` must be at least 1, got 0"),
-        ("cpu", 4, "-1e-3", "training: `lr` must be more than 0, got -0.001"),
+        (
+            "cpu",
+            4,
+            "-1e-3",
+            "training.lr: -0.001 must be more than 0 (Adam learning rate)",
+        ),
     ],
 )
 def test_component_checks_carry_the_yaml_path(tmp_path, manager, device, k, lr, expected):

@@ -54,5 +54,15 @@ def test_the_user_decides_first(env: pytest.MonkeyPatch) -> None:
     assert threads.configure_threads().threads == 1
     assert threads.configure_threads("4").threads == 4  # --threads beats both
     assert threads.configure_threads("torch").threads is None
-    with pytest.raises(ConfigError, match="'many' is not a thread count"):
+    with pytest.raises(ConfigError, match="^--threads many: 'many' is not a thread count"):
         threads.configure_threads("many")
+    # A bad value in the environment names the variable it came from.
+    env.setenv(threads.ENV, "lots")
+    with pytest.raises(
+        ConfigError,
+        match=r"^SAEBENCH_VISION_THREADS=lots: 'lots' is not a thread count; use an integer",
+    ):
+        threads.configure_threads()
+    env.setenv(threads.ENV, "-2")
+    with pytest.raises(ConfigError, match=r"^SAEBENCH_VISION_THREADS=-2: -2 threads is not at"):
+        threads.configure_threads()

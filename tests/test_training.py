@@ -316,3 +316,59 @@ def test_gradient_clipping_is_per_sae_in_fused_and_separate_groups():
     group.clip_gradients(0.0)  # off
     for n, g in before.items():
         assert torch.equal(group.stacked[n].grad, g)
+
+
+def test_log_progress_lines_show_the_loss_of_the_step_they_report(capsys):
+    seen: list[float] = []
+
+    class Recording(ReLUSAE):
+        def train_terms(self, xn, *, sparsity_scale=1.0):
+            terms = super().train_terms(xn, sparsity_scale=sparsity_scale)
+            seen.append(float(terms.metrics["mse"]))
+            return terms
+
+    torch.manual_seed(0)
+    sae = Recording(8, ReLUConfig(expansion=2, l1_coefficient=0.5))
+    cfg = TrainingConfig(epochs=4, batch_size=16, lr=1e-2)
+    train_saes([sae], data(), cfg, seed=0, progress="log", desc="train toy")
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train toy:")]
+    assert len(seen) == 160 and len(lines) >= 10
+    shown = []
+    for line in lines:
+        step = int(line.split(": ")[1].split("/")[0])
+        mse = line.split("mse=")[1].split(",")[0]
+        # The value of the last step done (the loss falls, so a stale one would differ).
+        assert mse == f"{seen[step - 1]:.4g}", line
+        shown.append(mse)
+    assert len(set(shown)) == len(shown)
+
+
+def test_a_progress_bar_gets_the_latest_loss(monkeypatch):
+    seen: list[float] = []
+    posted: list[tuple[int, str]] = []
+
+    class Recording(ReLUSAE):
+        def train_terms(self, xn, *, sparsity_scale=1.0):
+            terms = super().train_terms(xn, sparsity_scale=sparsity_scale)
+            seen.append(float(terms.metrics["mse"]))
+            return terms
+
+    class Bar:  # what tqdm offers the loop
+        n = 0
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, **values):
+            posted.append((self.n, values["mse"]))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(training, "_progress", lambda *a: Bar())
+    monkeypatch.setattr(training, "POSTFIX_SECONDS", 0.0)
+    torch.manual_seed(0)
+    sae = Recording(8, ReLUConfig(expansion=2, l1_coefficient=0.5))
+    train_saes([sae], data(), TrainingConfig(epochs=1, batch_size=16, lr=1e-2), seed=0)
+    assert [n for n, _ in posted] == list(range(1, 41))
+    assert [mse for _, mse in posted] == [f"{v:.4g}" for v in seen]

@@ -71,6 +71,9 @@ class ToyModel(ModelAdapter):
     def layer_names(self) -> list[str]:
         return ["layer.0", "final"]
 
+    def layer_width(self, layer: str) -> int | None:
+        return self.config.width
+
     def preprocess(self, items: list[Any]) -> Any:
         import torch
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from saebench_vision.figures import FigureDataMissing, FigureOptions
+from saebench_vision.figures import FigureDataMissing, FigureOptions, log_ticks
 from saebench_vision.sparsity import front_label, pareto_front
 
 SPARSITY_KNOBS = ("k", "l1_coefficient", "threshold", "sparsity_coefficient")
@@ -67,6 +67,19 @@ def _arrow(hib: Any) -> str:
     if hib is None or (isinstance(hib, float) and math.isnan(hib)):
         return ""
     return " ↑" if int(hib) == 1 else " ↓"
+
+
+def _wrap(text: str, chars: int) -> str:
+    """``text`` in lines of at most ``chars`` characters, broken after commas and brackets
+    (an SAE label's options), a longer piece on a line of its own."""
+    import re
+
+    lines = [""]
+    for piece in re.split(r"(?<=[,\[])", text):
+        if lines[-1] and len(lines[-1]) + len(piece) > chars:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
 
 
 def _first_split(results: Any, frame: Any, roles: tuple[str, ...] = ("eval",)) -> str | None:
@@ -131,6 +144,7 @@ def reconstruction_pareto(results: Any, options: FigureOptions) -> Any:
             for t in options.at_l0:
                 ax.axvline(t, color="0.6", ls=":", lw=1)
             ax.set_xscale("log")
+            log_ticks(ax)
             ax.set_xlabel(f"L0 [{split}]")
             ax.set_ylabel(f"{metric} [{split}]{_arrow(hib)}")
             ax.set_title(f"{model} · {layer}", fontsize=10)
@@ -204,6 +218,7 @@ def ood_vs_sparsity(results: Any, options: FigureOptions) -> Any:
         xs = [float(c.get(knob, 0)) for c in g["sae_config"]] if knob else []
         if xs and min(xs) > 0 and max(xs) / min(xs) >= 4:
             ax.set_xscale("log")
+            log_ticks(ax)
         if len(set(xs)) == 1:
             ax.set_xticks(xs[:1])
         ax.set_xlabel(knob or "SAE")
@@ -234,7 +249,7 @@ def ontology_histograms(results: Any, options: FigureOptions) -> Any:
     groups = _ordered(zip(recs["model"], recs["layer"]))
     labels = _ordered(recs["sae_label"])
     fig, axes = _figure(len(groups), len(labels), width=3.0, height=3.0)
-    drawn = 0
+    drawn = title_lines = 0
     image = None
     for r, (model, layer) in enumerate(groups):
         for c, label in enumerate(labels):
@@ -263,16 +278,24 @@ def ontology_histograms(results: Any, options: FigureOptions) -> Any:
                 cmap="viridis",
             )
             drawn += 1
-            name = "neurons" if label == "baseline" else str(label).replace(",", ",\n", 1)
-            ax.set_title(
-                f"{layer} · {name}\n{int(counts.sum())} multi-class features", fontsize=7.5
+            name = "neurons" if label == "baseline" else str(label)
+            # Long SAE labels wrap at their commas to the panel's width, so titles never
+            # run into their neighbours'.
+            width_pt = ax.get_position().width * fig.get_figwidth() * 72
+            title = (
+                _wrap(f"{layer} · {name}", int(width_pt / (7.5 * 0.62)))
+                + f"\n{int(counts.sum())} multi-class features"
             )
+            title_lines = max(title_lines, title.count("\n") + 1)
+            ax.set_title(title, fontsize=7.5)
             ax.set_xlabel("ontological coverage")
             ax.set_ylabel("LCH height")
     if not drawn:
         raise FigureDataMissing(
             "ontology-histograms: the Fig. 3 data files are unreadable; run the suite again"
         )
+    # Room above the first row for its titles (7.5 pt lines) under the figure's title.
+    fig.subplots_adjust(top=1 - (0.5 + 0.14 * title_lines) / fig.get_figheight())
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="log(1 + features)")
     fig.suptitle("LCH height against ontological coverage of multi-class features")
@@ -378,11 +401,18 @@ def accuracy_vs_l0(results: Any, options: FigureOptions) -> Any:
             for t in options.at_l0:
                 ax.axvline(t, color="0.6", ls=":", lw=1)
             ax.set_xscale("log")
+            log_ticks(ax)
             ax.set_xlabel("L0")
             ax.set_ylabel(f"acc [{split}] ↑")
             ax.set_title(f"{model} · {layer}", fontsize=9)
             ax.grid(True, which="both", alpha=0.25)
             if r == 0 and c == 0:
                 ax.legend(fontsize=7)
-    fig.suptitle("Probe accuracy against L0; ◇ read at --at-l0 (piecewise linear in log L0)")
+    fig.suptitle(
+        "Probe accuracy against L0; ◇ read at L0 = "
+        + ", ".join(f"{t:g}" for t in options.at_l0)
+        + " (piecewise linear in log L0)"
+        if options.at_l0
+        else "Probe accuracy against L0, one line per front (raw features dashed)"
+    )
     return fig

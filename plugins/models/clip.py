@@ -30,7 +30,7 @@ from saebench_vision_plugins.models.common import (
     vit_tokens,
 )
 from saebench_vision_plugins.models.configs import HFCLIPConfig, OpenCLIPConfig
-from transformers import AutoTokenizer, CLIPModel
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPVisionConfig
 
 from saebench_vision.errors import ConfigError, ModelMismatchError, WeightsNotFoundError
 from saebench_vision.interfaces import ClassInfo, LayerOutput, TokenKind
@@ -48,6 +48,22 @@ KNOWN_HF_CLIP = {
     "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": (32, 224),
     "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": (40, 224),
     "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": (48, 224),
+}
+
+
+# (image-tower width, projected embedding width) of the same checkpoints (their configs; the
+# laion ones equal open_clip's ViT-B-32 / L-14 / H-14 / g-14 / bigG-14), so validate can check
+# training memory offline.
+KNOWN_HF_CLIP_WIDTHS = {
+    "openai/clip-vit-base-patch32": (768, 512),
+    "openai/clip-vit-base-patch16": (768, 512),
+    "openai/clip-vit-large-patch14": (1024, 768),
+    "openai/clip-vit-large-patch14-336": (1024, 768),
+    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": (768, 512),
+    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": (1024, 768),
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": (1280, 1024),
+    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": (1408, 1024),
+    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": (1664, 1280),
 }
 
 
@@ -278,6 +294,12 @@ class OpenCLIPAdapter(_CLIPBase):
         depth = int(self.model_config()["vision_cfg"]["layers"])
         return [f"blocks.{i}" for i in range(depth)] + ["final"]
 
+    def layer_width(self, layer: str) -> int | None:
+        # The architecture's config (shipped with open_clip, or the folder's) says it.
+        cfg = self.model_config()
+        width = cfg.get("embed_dim") if layer == "final" else cfg["vision_cfg"].get("width")
+        return int(width) if isinstance(width, int) else None
+
     def load(self) -> None:
         open_clip = self._open_clip()
         self.model_config()
@@ -429,6 +451,21 @@ class HFCLIPAdapter(_CLIPBase):
     def layer_names(self) -> list[str]:
         depth = self.vision_settings()[0]
         return [f"blocks.{i}" for i in range(depth)] + ["final"]
+
+    def layer_width(self, layer: str) -> int | None:
+        if self.model is not None:
+            c = self.model.config
+            return int(c.projection_dim if layer == "final" else c.vision_config.hidden_size)
+        if self.config.model_id in KNOWN_HF_CLIP_WIDTHS:
+            width, projection = KNOWN_HF_CLIP_WIDTHS[self.config.model_id]
+        else:
+            data = hf_config_dict(
+                self.name, self.config.model_id, ("clip",), revision=self.config.revision
+            )
+            vision = data.get("vision_config") or {}
+            width = int(vision.get("hidden_size", CLIPVisionConfig().hidden_size))
+            projection = int(data.get("projection_dim", CLIPConfig().projection_dim))
+        return projection if layer == "final" else width
 
     def load(self) -> None:
         kwargs = {"revision": self.config.revision}

@@ -242,19 +242,29 @@ def _where(model_id: str, subfolder: str | None) -> str:
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' "Loading weights" bars and load-report tables for one load: the
-    adapters check the load report themselves and raise when it says anything is wrong."""
+    adapters check the load report themselves and raise when it says anything is wrong. When
+    diffusers is loaded (a pipeline is the thing loading), its "Loading pipeline components"
+    bars and notes are silenced the same way; diffusers is never imported for this."""
+    import sys
+
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    loggers = [hf_logging]
+    if "diffusers" in sys.modules:
+        from diffusers.utils import logging as diffusers_logging
+
+        loggers.append(diffusers_logging)
+    saved = [(lg, lg.get_verbosity(), lg.is_progress_bar_enabled()) for lg in loggers]
+    for lg in loggers:
+        lg.set_verbosity_error()
+        lg.disable_progress_bar()
     try:
         yield
     finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+        for lg, verbosity, bars in saved:
+            lg.set_verbosity(verbosity)
+            if bars:
+                lg.enable_progress_bar()
 
 
 def hf_load(adapter_name: str, loader: Callable[..., Any], model_id: str, **kwargs: Any) -> Any:

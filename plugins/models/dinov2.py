@@ -30,6 +30,13 @@ KNOWN_DEPTHS = {
     "facebook/dinov2-large": 24,
     "facebook/dinov2-giant": 40,
 }
+KNOWN_WIDTHS = {
+    "facebook/dinov2-small": 384,
+    "facebook/dinov2-base": 768,
+    "facebook/dinov2-large": 1024,
+    "facebook/dinov2-giant": 1536,
+}
+"""``hidden_size`` of the released checkpoints, so validate checks memory offline."""
 MODEL_TYPES = ("dinov2",)
 
 
@@ -73,6 +80,17 @@ class DINOv2Adapter(ImageAdapter):
 
     def layer_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(self.depth())] + ["final"]
+
+    def layer_width(self, layer: str) -> int | None:
+        # Every block and the final LayerNorm keep the residual width.
+        if self.model is not None:
+            return int(self.model.config.hidden_size)
+        if self.config.model_id in KNOWN_WIDTHS:
+            return KNOWN_WIDTHS[self.config.model_id]
+        config = hf_config_dict(
+            self.name, self.config.model_id, MODEL_TYPES, revision=self.config.revision
+        )
+        return int(config.get("hidden_size", Dinov2Config().hidden_size))
 
     def load(self) -> None:
         model = hf_load_model(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from efficientnet_lite_pytorch import EfficientNet
-from efficientnet_lite_pytorch.utils import get_model_params, round_repeats
+from efficientnet_lite_pytorch.utils import get_model_params, round_filters, round_repeats
 from saebench_vision_plugins.models.common import (
     ImageAdapter,
     ImageTransform,
@@ -23,6 +23,9 @@ from saebench_vision_plugins.models.configs import EfficientNetLiteConfig
 from saebench_vision.errors import ModelMismatchError, WeightsNotFoundError
 from saebench_vision.interfaces import ClassInfo, LayerOutput
 
+HEAD_WIDTH = 1280
+"""Channels of the head convolution (``final``), fixed in every Lite variant (fix_head_stem)."""
+
 # The TF-Lite models take (x - 127) / 128 on 0..255 pixels.
 LITE_MEAN = (0.498, 0.498, 0.498)
 LITE_STD = (0.502, 0.502, 0.502)
@@ -36,6 +39,19 @@ def _block_count(model_name: str) -> int:
         args.num_repeat if i in (0, last) else round_repeats(args.num_repeat, global_params)
         for i, args in enumerate(blocks_args)
     )
+
+
+def _block_widths(model_name: str) -> list[int]:
+    """Output channels of every MBConv block, as ``EfficientNet.__init__`` builds them."""
+    blocks_args, global_params = get_model_params(model_name, {})
+    last = len(blocks_args) - 1
+    widths = []
+    for i, args in enumerate(blocks_args):
+        repeats = (
+            args.num_repeat if i in (0, last) else round_repeats(args.num_repeat, global_params)
+        )
+        widths += [int(round_filters(args.output_filters, global_params))] * repeats
+    return widths
 
 
 class EfficientNetLiteAdapter(ImageAdapter):
@@ -76,6 +92,15 @@ class EfficientNetLiteAdapter(ImageAdapter):
 
     def layer_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(_block_count(self.model_name))] + ["final"]
+
+    def layer_width(self, layer: str) -> int | None:
+        if layer == "final":
+            return HEAD_WIDTH
+        if layer.startswith("blocks."):
+            widths = _block_widths(self.model_name)
+            index = int(layer.split(".", 1)[1])
+            return widths[index] if 0 <= index < len(widths) else None
+        return None
 
     def weights_file(self) -> Path:
         if self.config.weights_path:

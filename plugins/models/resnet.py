@@ -48,6 +48,14 @@ TORCHVISION_ARCHS = {
 }
 
 
+def torchvision_widths(arch: str) -> dict[str, int]:
+    """Channels of every layer of a torchvision ResNet, from its block type alone: a stem of
+    64, stages of 64..512 (basic blocks) or 4x that (bottlenecks); ``final`` pools stage 3."""
+    bottleneck = any(b and a == arch for (b, _), a in TORCHVISION_ARCHS.items())
+    stages = [64 * 2**i * (4 if bottleneck else 1) for i in range(4)]
+    return {"stem": 64, **{f"stages.{i}": w for i, w in enumerate(stages)}, "final": stages[3]}
+
+
 def describe_resnet_state(state: dict[str, Any]) -> str:
     """What a torchvision ResNet state dict holds, read from its keys and shapes."""
     blocks = []
@@ -166,6 +174,9 @@ class ResNetAdapter(_ResNetBase):
                 f"access (cached in ~/.cache/torch/hub/checkpoints), or download that file and "
                 f"set weights_path to it"
             ) from exc
+
+    def layer_width(self, layer: str) -> int | None:
+        return torchvision_widths(self.config.arch).get(layer)
 
     def load(self) -> None:
         from torchvision.models import get_model
