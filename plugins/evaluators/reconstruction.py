@@ -51,16 +51,37 @@ class ReconstructionStats:
         self.sum_x = np.zeros(self.d, dtype=np.float64)
         self.fire_counts = np.zeros(self.d_sae, dtype=np.int64)
 
-    def update(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> None:
-        # x and the error in float64; z (B, d_sae) is only reduced, so no float64 copy of it.
+    def update(
+        self,
+        x: torch.Tensor,
+        x_hat: torch.Tensor,
+        z: torch.Tensor | None = None,
+        *,
+        sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Add a chunk: rows ``x``, their reconstructions and latents, either dense ``z``
+        (B, d_sae) or ``sparse`` = ``(indptr (B+1,), latent ids, values)`` of the chunk's
+        non-zeros (then no (B, d_sae) reduction runs: L1, L0 and firing counts come from them)."""
+        # x and the error in float64; z is only reduced, so no float64 copy of it.
         x, x_hat = x.double(), x_hat.double()
         sq_err = (x - x_hat).pow(2).sum(1)
-        active = z != 0
         self.n += x.shape[0]
         self.sse += float(sq_err.sum())
         self.sum_x += x.sum(0).cpu().numpy()
         self.sum_sq_x += float(x.pow(2).sum())
         self.per_row_mse.append((sq_err / self.d).cpu().numpy())
+        if sparse is not None:
+            indptr, cols, vals = sparse
+            counts = np.diff(indptr)
+            rows = np.repeat(np.arange(len(counts)), counts)
+            self.per_row_l1.append(
+                np.bincount(rows, weights=np.abs(vals).astype(np.float64), minlength=len(counts))
+            )
+            self.per_row_l0.append(counts.astype(np.float64))
+            self.fire_counts += np.bincount(cols, minlength=self.d_sae)
+            return
+        assert z is not None
+        active = z != 0
         self.per_row_l1.append(z.abs().sum(1, dtype=torch.float64).cpu().numpy())
         self.per_row_l0.append(active.sum(1).cpu().numpy().astype(np.float64))
         self.fire_counts += active.sum(0).cpu().numpy()
@@ -110,12 +131,16 @@ def reconstruction_stats(
             x = torch.from_numpy(chunk).to(device)
             if latents is None:
                 z = sae.encode(x)
-            else:
-                picked = (
-                    np.arange(lo, lo + len(chunk)) if rows is None else rows[lo : lo + len(chunk)]
-                )
-                z = torch.from_numpy(latents.read(picked)).to(device)
-            stats.update(x, sae.decode(z), z)
+                stats.update(x, sae.decode(z), z)
+                continue
+            picked = np.arange(lo, lo + len(chunk)) if rows is None else rows[lo : lo + len(chunk)]
+            local, cols, vals = latents.gather(picked)
+            dense = np.zeros((len(picked), latents.d_sae), dtype=np.float32)
+            dense[local, cols] = vals
+            counts = np.bincount(local, minlength=len(picked))
+            indptr = np.concatenate([[0], np.cumsum(counts)])
+            x_hat = sae.decode(torch.from_numpy(dense).to(device))
+            stats.update(x, x_hat, sparse=(indptr, cols, vals))
     return stats
 
 
