@@ -113,7 +113,7 @@ class SparseBlock:
         local, cols, vals, _ = self._torch_parts()
         out = torch.zeros(self.width, g.shape[1], dtype=g.dtype, device=g.device)
         out.index_add_(0, cols, g[local] * vals[:, None])
-        return out.T
+        return out.T.contiguous()
 
 
 Block = torch.Tensor | SparseBlock
@@ -310,6 +310,35 @@ def _feature_moments(rows: FeatureRows, batch_size: int) -> tuple[torch.Tensor, 
     return mean.float().to(rows.device), std.float().to(rows.device), int(mean.numel())
 
 
+def softmax_regression_grads(
+    block: Block,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    l2: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of mean cross-entropy of ``((f - mean) / std) @ weight.T + bias`` against
+    ``y`` plus ``(l2/2)||weight||^2``, in closed form: with ``G = (softmax(logits) - onehot(y))
+    / B``, ``dW = G.T @ f_std + l2 W`` and ``db = G.sum(0)`` (no autograd graph)."""
+    with torch.no_grad():
+        if isinstance(block, SparseBlock):
+            logits = block_logits(block, weight, bias, mean, std)
+        else:
+            block = (block - mean) / std  # once for both products
+            logits = torch.addmm(bias, block, weight.T)
+        g = torch.softmax(logits, dim=1)
+        g[torch.arange(len(y), device=g.device), y] -= 1.0
+        g /= len(y)
+        if isinstance(block, SparseBlock):
+            grad_w = block_weight_grad(block, g, mean, std)
+        else:
+            grad_w = g.T @ block
+        # Contiguous like the parameters: the fused Adam kernels assume the same layout.
+        return grad_w.contiguous().add_(weight, alpha=l2), g.sum(0)
+
+
 def fit_probe(
     acts: ActivationSet,
     labels: np.ndarray,
@@ -347,15 +376,7 @@ def fit_probe(
         return (f - mean) / std
 
     def batch_grads(idx: np.ndarray, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The gradient of mean cross-entropy + (l2/2)||W||^2 in closed form:
-        # G = (softmax(logits) - onehot(y)) / B, dW = G.T @ f_std + l2 W, db = G.sum(0).
-        block = rows.take_block(idx)
-        with torch.no_grad():
-            g = torch.softmax(block_logits(block, weight, bias, mean, std), dim=1)
-            g[torch.arange(len(idx), device=device), y] -= 1.0
-            g /= len(idx)
-            grad_w = block_weight_grad(block, g, mean, std).add_(weight, alpha=cfg.l2)
-            return grad_w, g.sum(0)
+        return softmax_regression_grads(rows.take_block(idx), y, weight, bias, mean, std, cfg.l2)
 
     if solver == "lbfgs":
         final = _lbfgs(rows, y_all, standard, [weight, bias], cfg, device, p)
