@@ -318,6 +318,9 @@ def main() -> int:
             ):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             env = dict(os.environ)
+            # As `saebench run` does (saebench_vision/threads.py): idle OpenMP threads sleep
+            # instead of spinning, so a shared machine's load costs time, not several-fold.
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             if args.malloc_trim:
                 env |= {"MALLOC_TRIM_THRESHOLD_": "0", "SAEBENCH_VISION_MALLOC_DEFAULTS": "1"}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
