@@ -4,11 +4,14 @@ ImageNet scale).
 For each N, in a fresh subprocess (so peak memory is that N's own), synthetic activations
 (N train rows and N/5 eval rows x 768, 100 classes in a two-level tree) are written to an
 activation cache, then the harness's own parts run on them as a suite would: a TopK SAE with
-6,144 latents is trained (``train_saes``, streaming from the memory map), and the
-``reconstruction``, ``ood-accuracy`` (raw-activation baseline and SAE latents) and ``ontology``
-(SAE latents and as many random directions) evaluators score it through one ``EvalContext``
-sharing one encoding store. Printed per N: seconds per 1k train rows for training and for the
-evaluators, and peak memory:
+6,144 latents is trained (``train_saes``, streaming from the memory map), the train and eval
+splits are encoded once into the run's shared sparse encodings (phase ``encode``), and the
+``reconstruction``, ``ood-accuracy`` (raw-activation baseline and SAE latents, minibatch
+solver) and ``ontology`` (SAE latents and as many random directions) evaluators score it
+through one ``EvalContext``. Printed per N and phase: wall seconds and CPU seconds
+(``time.process_time``, every thread of the process), each also per 1k train rows, the 1-minute
+load average at the end of the phase (the machine may be shared: a measurement says what else
+ran), and peak memory:
 
 * ``peak RSS``: the kernel's high-water mark (VmHWM), which counts pages of the memory-mapped
   cache the process has touched; the kernel drops those under pressure, so they grow with N
@@ -16,16 +19,43 @@ evaluators, and peak memory:
 * ``peak anon``: the largest anonymous (heap) resident size seen by a sampler every 20 ms:
   memory the process really holds.
 
-Targets: peak anon within 1.3x and time per row within 1.5x from the smallest N to the largest,
-and the evaluators' time at most the training time. Freed heap that glibc keeps (the dynamic
-mmap threshold sends the streaming loops' large temporaries to the heap, and small long-lived
-arrays between them keep it from shrinking) shows up as anonymous memory growing with N;
-``--malloc-trim`` runs each size with glibc returning freed memory at once, which separates
-memory held from memory merely not given back. Every memory budget (training's
-``in_memory_limit_gb``, the probes' ``memory_budget_gb``, the encoding store's) is set to
-``--budget-gb`` so that no size fits "in memory" and everything streams, as at the paper's scale.
+Then the ratios largest N / smallest N of peak anon and of time per row (wall and CPU, for
+training, the evaluators and each phase), and evaluators / training per N. Targets: peak anon
+within 1.3x and time per row within 1.5x from the smallest N to the largest, and the
+evaluators' time at most the training time. CPU seconds are the steadier measure on a shared
+machine: wall time grows with the load, CPU time much less, as the children run with
+``OMP_WAIT_POLICY=PASSIVE`` (as ``saebench run`` does), so idle OpenMP threads sleep rather
+than spin.
 
-    python benchmarks/scale.py [--sizes 50000,200000,800000] [--latents 6144] [--budget-gb 0.25]
+Freed heap that glibc keeps (the dynamic mmap threshold sends the streaming loops' large
+temporaries to the heap, and small long-lived arrays between them keep it from shrinking)
+shows up as anonymous memory growing with N; ``--malloc-trim`` runs each size with glibc
+returning freed memory at once, which separates memory held from memory merely not given back.
+Every memory budget (training's ``in_memory_limit_gb``, the probes' ``memory_budget_gb``, the
+encoding store's) is set to ``--budget-gb`` (0.1 GiB: below the smallest N's 147 MiB of train
+rows) so that no size fits "in memory" and everything streams, as at the paper's scale.
+
+    python benchmarks/scale.py [--sizes 50000,200000,800000] [--latents 6144] [--budget-gb 0.1]
+        [--malloc-trim] [--threads 2]
+
+Measured (``--sizes 50000,200000,800000 --latents 6144 --malloc-trim``, 3 training epochs at
+batch 4096, probes 10 epochs, 2 threads on a 2-core CPU shared with other jobs, load 3.9-5.9):
+
+    phase / N            50k wall  cpu    200k wall  cpu    800k wall  cpu  (s per 1k rows)
+    train                  1.282  1.183     1.636  1.315     1.586  1.324
+    encode (shared)        0.205  0.197     0.313  0.201     0.232  0.209
+    reconstruction         0.176  0.160     0.240  0.161     0.164  0.154
+    probes-raw             0.137  0.135     0.176  0.132     0.141  0.128
+    probes-latents         0.073  0.067     0.070  0.066     0.082  0.063
+    ontology               0.006  0.006     0.003  0.002     0.002  0.001
+    evaluators             0.597  0.566     0.802  0.564     0.621  0.555
+    peak anon (MB)           810              814              824
+    evaluators / training   0.47 / 0.48      0.49 / 0.43      0.39 / 0.42   (wall / cpu)
+
+From 50k to 800k rows: peak anon 1.02x; time per row training 1.24x wall, 1.12x CPU,
+evaluators 1.04x wall, 0.98x CPU; the evaluators take 0.39-0.49 of the training time.
+Without ``--malloc-trim`` (load 1.6-1.9): peak anon 1158 / 1355 MB at 50k / 200k (1.17x),
+time per row 1.16x / 0.99x CPU (training / evaluators), evaluators / training 0.49 / 0.41.
 """
 
 from __future__ import annotations
@@ -84,6 +114,35 @@ class AnonSampler(threading.Thread):
         self.running = False
         self.join()
         return max(self.peak, _anon_kb())
+
+
+def _load() -> str:
+    """The machine's 1-minute load average (``uptime``), as measurements on a shared machine
+    must say what else was running."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
+
+
+class Phases:
+    """Wall and CPU seconds (``time.process_time``: every thread of this process) per phase."""
+
+    def __init__(self, sampler: AnonSampler) -> None:
+        self.sampler = sampler
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.anon: dict[str, int] = {}
+        self.load: dict[str, str] = {}
+
+    def run(self, label: str, fn):  # noqa: ANN001, ANN201
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        self.wall[label] = time.perf_counter() - t0
+        self.cpu[label] = time.process_time() - c0
+        self.anon[label] = self.sampler.phase()
+        self.load[label] = _load()
+        return out
 
 
 def write_split(cache, key: str, n: int, seed: int, centers) -> object:  # noqa: ANN001
@@ -173,12 +232,10 @@ def one(args: argparse.Namespace) -> dict[str, float]:
         in_memory_limit_gb=budget,
         device=args.device,
     )
-    t0 = time.perf_counter()
     from saebench_vision.training import train_saes
 
-    train_saes([sae], acts["train"], cfg, seed=0, progress=False)
-    train_s = time.perf_counter() - t0
-    phase_peaks = {"train": sampler.phase()}
+    phases = Phases(sampler)
+    phases.run("train", lambda: train_saes([sae], acts["train"], cfg, seed=0, progress=False))
 
     store = EncodingStore(
         root / "tmp" / f"encodings.{os.getpid()}.bench", memory_budget_bytes=int(budget * 2**30)
@@ -198,13 +255,17 @@ def one(args: argparse.Namespace) -> dict[str, float]:
         sae_id="bench-sae",
         encodings=store,
     )
-    timings: dict[str, float] = {}
     probe = OODAccuracyConfig(
         device=args.device,
         solver="minibatch",
         epochs=args.probe_epochs,
         features=("latents",),
         memory_budget_gb=budget,
+    )
+    # The shared encodings first (as the first evaluator of a run would make them), so each
+    # evaluator's time is its own work.
+    phases.run(
+        "encode", lambda: [ctx.latents(s, device=args.device, batch_size=4096) for s in acts]
     )
     evaluators = [
         ("reconstruction", ReconstructionEvaluator(ReconstructionConfig(device=args.device)), True),
@@ -213,24 +274,35 @@ def one(args: argparse.Namespace) -> dict[str, float]:
         ("ontology", OntologyEvaluator(OntologyConfig(device=args.device)), True),
     ]
     for label, ev, with_sae in evaluators:
-        t0 = time.perf_counter()
-        records = ev.evaluate(ctx) if with_sae else ev.baseline(ctx.with_sae(None, ""))
-        timings[label] = time.perf_counter() - t0
-        phase_peaks[label] = sampler.phase()
+        records = phases.run(
+            label,
+            lambda ev=ev, with_sae=with_sae: (
+                ev.evaluate(ctx) if with_sae else ev.baseline(ctx.with_sae(None, ""))
+            ),
+        )
         assert records, label
-    peak_anon = max(sampler.stop(), *phase_peaks.values())
+    peak_anon = max(sampler.stop(), *phases.anon.values())
     store.close()
+    eval_labels = [k for k in phases.wall if k != "train"]
     return {
         "n": n,
         "write_s": write_s,
-        "train_s": train_s,
-        "eval_s": sum(timings.values()),
-        **{f"{k}_s": v for k, v in timings.items()},
+        "train_s": phases.wall["train"],
+        "train_cpu_s": phases.cpu["train"],
+        "eval_s": sum(phases.wall[k] for k in eval_labels),
+        "eval_cpu_s": sum(phases.cpu[k] for k in eval_labels),
+        "wall": phases.wall,
+        "cpu": phases.cpu,
+        "load": phases.load,
         "peak_rss_mb": _hwm_kb() / 1024,
         "peak_anon_mb": peak_anon / 1024,
         "start_anon_mb": base_anon / 1024,
-        **{f"anon_{k}_mb": v / 1024 for k, v in phase_peaks.items()},
+        "anon_mb": {k: v / 1024 for k, v in phases.anon.items()},
     }
+
+
+def _per_1k(seconds: float, n: int) -> str:
+    return f"{1000 * seconds / n:.3f}"
 
 
 def main() -> int:
@@ -246,7 +318,7 @@ def main() -> int:
     parser.add_argument(
         "--probe-epochs", type=int, default=10, help="probe epochs (the default: 10)"
     )
-    parser.add_argument("--budget-gb", type=float, default=0.25, help="every memory budget")
+    parser.add_argument("--budget-gb", type=float, default=0.1, help="every memory budget")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 2)))
     parser.add_argument("--cache-dir", help="where the synthetic cache goes (default: a temp dir)")
@@ -276,6 +348,9 @@ def main() -> int:
             ):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             env = dict(os.environ)
+            # As `saebench run` does (saebench_vision/threads.py): idle OpenMP threads sleep
+            # instead of spinning, so a shared machine's load costs time, not several-fold.
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             if args.malloc_trim:
                 env |= {"MALLOC_TRIM_THRESHOLD_": "0", "SAEBENCH_VISION_MALLOC_DEFAULTS": "1"}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -286,32 +361,44 @@ def main() -> int:
             results.append(json.loads(line[len("RESULT ") :]))
             r = results[-1]
             print(
-                f"N={n:>8,}: train {r['train_s']:7.1f} s ({1000 * r['train_s'] / n:.3f} s/1k rows), "
-                f"evaluators {r['eval_s']:7.1f} s ({1000 * r['eval_s'] / n:.3f} s/1k rows: "
-                + ", ".join(
-                    f"{k[:-2]} {r[k]:.1f}"
-                    for k in r
-                    if k.endswith("_s") and k not in ("write_s", "train_s", "eval_s")
-                )
-                + f"), peak RSS {r['peak_rss_mb']:.0f} MB, peak anon {r['peak_anon_mb']:.0f} MB ("
-                + ", ".join(f"{k[5:-3]} {v:.0f}" for k, v in r.items() if k.startswith("anon_"))
-                + ")",
+                f"N={n:>8,}: peak anon {r['peak_anon_mb']:.0f} MB ("
+                + ", ".join(f"{k} {v:.0f}" for k, v in r["anon_mb"].items())
+                + f"), peak RSS {r['peak_rss_mb']:.0f} MB; load at the end of each phase: "
+                + ", ".join(f"{k} {v}" for k, v in r["load"].items()),
                 flush=True,
             )
+            print(f"  {'phase':<15} {'wall s':>8} {'cpu s':>8} {'wall s/1k':>10} {'cpu s/1k':>9}")
+            rows = [(k, r["wall"][k], r["cpu"][k]) for k in r["wall"]]
+            rows.append(("evaluators", r["eval_s"], r["eval_cpu_s"]))
+            for k, w, c in rows:
+                print(f"  {k:<15} {w:8.1f} {c:8.1f} {_per_1k(w, n):>10} {_per_1k(c, n):>9}")
     if len(results) > 1:
         a, b = results[0], results[-1]
-        rss = b["peak_anon_mb"] / a["peak_anon_mb"]
-        t_train = (b["train_s"] / b["n"]) / (a["train_s"] / a["n"])
-        t_eval = (b["eval_s"] / b["n"]) / (a["eval_s"] / a["n"])
+
+        def per_row(r: dict, key: str) -> float:
+            return r[key] / r["n"]
+
         print(
-            f"\n{a['n']:,} -> {b['n']:,} rows ({b['n'] / a['n']:.0f}x): peak anon {rss:.2f}x "
-            f"(target <= 1.3), peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x (memory-mapped "
-            f"pages included), time per row: training {t_train:.2f}x, evaluators {t_eval:.2f}x "
-            f"(target <= 1.5)"
+            f"\n{a['n']:,} -> {b['n']:,} rows ({b['n'] / a['n']:.0f}x): peak anon "
+            f"{b['peak_anon_mb'] / a['peak_anon_mb']:.2f}x (target <= 1.3), peak RSS "
+            f"{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x (memory-mapped pages included)"
         )
+        print("  time per row, largest N / smallest N (target <= 1.5):")
+        for label, key in (("training", "train"), ("evaluators", "eval")):
+            print(
+                f"    {label:<11} wall {per_row(b, key + '_s') / per_row(a, key + '_s'):.2f}x, "
+                f"cpu {per_row(b, key + '_cpu_s') / per_row(a, key + '_cpu_s'):.2f}x"
+            )
+        for k in a["wall"]:
+            if k == "train":
+                continue
+            w = (b["wall"][k] / b["n"]) / (a["wall"][k] / a["n"])
+            c = (b["cpu"][k] / b["n"]) / max(a["cpu"][k] / a["n"], 1e-12)
+            print(f"      {k:<15} wall {w:.2f}x, cpu {c:.2f}x")
     for r in results:
         print(
-            f"N={r['n']:,}: evaluators / training = {r['eval_s'] / r['train_s']:.2f} (target <= 1)"
+            f"N={r['n']:,}: evaluators / training = wall {r['eval_s'] / r['train_s']:.2f}, "
+            f"cpu {r['eval_cpu_s'] / r['train_cpu_s']:.2f} (target <= 1)"
         )
     return 0
 

@@ -21,8 +21,10 @@ reproducible).
 Data: a training set of at most ``in_memory_limit_gb`` is read into memory (onto the training
 device) and shuffled by a full permutation per epoch. A larger one streams from the memory-mapped
 cache: the epoch's order permutes blocks of ``BLOCK_ROWS`` consecutive rows and then rows
-within buffers of ``BUFFER_BLOCKS`` blocks, so reads stay sequential; a background thread reads
-the next buffer while the current one trains.
+within spans of ``BUFFER_BLOCKS`` blocks, so the rows of a span come from one region of the
+files (in the page cache, not the process's heap). Rows are read a few batches at a time (at
+most ``READ_BYTES``, at least one batch) by a background thread that keeps one read ahead of
+the training step, so the heap the data takes is fixed whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from saebench_vision.progress import LogProgress, ProgressMode
 
 BLOCK_ROWS = 1024
 BUFFER_BLOCKS = 64
+READ_BYTES = 16 * 2**20
+"""Streaming: rows read per background read (whole batches, at least one)."""
 NORM_SAMPLE_ROWS = 8192
 """Rows (of the first epoch's order) used to estimate the input scale and the ``b_dec`` init."""
 DENSE_FIRING_RATE = 0.1
@@ -338,31 +342,47 @@ class _BatchStream:
                 yield order[lo : min(n, lo + span)]
             epoch, offset = epoch + 1, 0
 
+    def _batch_positions(self, start_step: int) -> Iterator[np.ndarray]:
+        """Position arrays of consecutive batches from ``start_step`` on; a batch continues
+        across segment and epoch ends."""
+        pending: list[np.ndarray] = []
+        have = 0
+        for seg in self._segments(start_step * self.batch):
+            pending.append(seg)
+            have += len(seg)
+            while have >= self.batch:
+                pos = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                yield pos[: self.batch]
+                rest = pos[self.batch :]
+                pending, have = ([rest] if len(rest) else []), len(rest)
+
+    def read_batches(self) -> int:
+        """Batches per background read when streaming (a fixed budget: ``READ_BYTES``)."""
+        return max(1, READ_BYTES // (4 * self.rows.d * self.batch))
+
     def batches(self, start_step: int) -> Iterator[torch.Tensor]:
-        segments = self._segments(start_step * self.batch)
+        positions = self._batch_positions(start_step)
         if self.table is not None:
-            # Each segment is a batch except at an epoch's end, where it is shorter.
-            pending: list[np.ndarray] = []
-            have = 0
-            for seg in segments:
-                pending.append(seg)
-                have += len(seg)
-                while have >= self.batch:
-                    pos = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                    yield self._take(pos[: self.batch])
-                    rest = pos[self.batch :]
-                    pending, have = ([rest] if len(rest) else []), len(rest)
+            for pos in positions:
+                yield self._take(pos)
             return
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(self._read_cpu, next(segments))
-            buffer = torch.empty(0, self.rows.d)
+        per_read = self.read_batches()
+
+        def reads() -> Iterator[np.ndarray]:
             while True:
-                nxt = pool.submit(self._read_cpu, next(segments))
-                buffer = torch.cat([buffer, future.result()]) if len(buffer) else future.result()
+                group = [next(positions) for _ in range(per_read)]
+                yield np.concatenate(group) if per_read > 1 else group[0]
+
+        pieces = reads()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(self._read_cpu, next(pieces))
+            while True:
+                nxt = pool.submit(self._read_cpu, next(pieces))
+                block = future.result()
                 future = nxt
-                while len(buffer) >= self.batch:
-                    yield buffer[: self.batch].to(self.device, non_blocking=True)
-                    buffer = buffer[self.batch :]
+                for lo in range(0, len(block), self.batch):
+                    yield block[lo : lo + self.batch].to(self.device, non_blocking=True)
+                del block
 
     def _read_cpu(self, positions: np.ndarray) -> torch.Tensor:
         out = torch.from_numpy(self.rows.read(positions))

@@ -192,3 +192,77 @@ def test_sparse_minibatch_steps_match_dense_ones(tmp_path, monkeypatch):
     sparse = fit_probe(acts, y, 4, cfg, latents=latents, seed=2)
     torch.testing.assert_close(sparse.weight, dense.weight, rtol=1e-4, atol=1e-5)
     assert sparse.train_loss == pytest.approx(dense.train_loss, rel=1e-5)
+
+
+def _toy_encoding(rng, n: int = 50, width: int = 40, density: float = 0.1):
+    from saebench_vision.encodings import Encoding
+
+    z = np.where(rng.random((n, width)) < density, rng.random((n, width)), 0).astype(np.float32)
+    rows, cols = np.nonzero(z)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    return z, Encoding(indptr, cols.astype(np.int32), z[rows, cols], width)
+
+
+@pytest.mark.parametrize("use_scipy", [True, False])
+def test_sparse_blocks_multiply_like_dense_latents(monkeypatch, use_scipy):
+    # scipy's CSR kernels (CPU) and the torch kernels (other devices) against numpy on the
+    # dense latents, for contiguous and scattered rows.
+    from saebench_vision_plugins.evaluators import probes
+
+    monkeypatch.setattr(probes, "SCIPY_ON_CPU", use_scipy)
+    rng = np.random.default_rng(8)
+    z, enc = _toy_encoding(rng)
+    w = rng.normal(size=(3, z.shape[1])).astype(np.float32)
+    g = rng.normal(size=(7, 3)).astype(np.float32)
+    for rows in (np.arange(10, 17), np.array([0, 3, 4, 20, 33, 41, 49])):
+        block = probes.SparseBlock.of_rows(enc, rows, torch.device("cpu"))
+        np.testing.assert_allclose(block.matmul_t(torch.from_numpy(w)), z[rows] @ w.T, rtol=1e-5)
+        np.testing.assert_allclose(block.t_matmul(torch.from_numpy(g)), g.T @ z[rows], rtol=1e-5)
+
+
+def test_closed_form_gradients_match_autograd():
+    # The minibatch step's gradients, dense and sparse, against torch autograd of the objective.
+    from saebench_vision_plugins.evaluators.probes import SparseBlock, softmax_regression_grads
+
+    rng = np.random.default_rng(9)
+    z, enc = _toy_encoding(rng, width=30, density=0.2)
+    rows = np.array([1, 2, 5, 8, 13, 21, 34])
+    f = torch.from_numpy(z[rows])
+    y = torch.from_numpy(rng.integers(0, 4, len(rows)))
+    mean = torch.from_numpy(z.mean(0)) + 0.1
+    std = torch.from_numpy(z.std(0)) + 0.5
+    weight = torch.randn(4, 30, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(((f - mean) / std) @ weight.T + bias, y)
+    (loss + 0.5 * 0.3 * weight.pow(2).sum()).backward()
+    sparse = SparseBlock.of_rows(enc, rows, torch.device("cpu"))
+    for block in (f, sparse):
+        gw, gb = softmax_regression_grads(block, y, weight, bias, mean, std, 0.3)
+        torch.testing.assert_close(gw, weight.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gb, bias.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_scipy_and_torch_sparse_paths_fit_the_same_probe(tmp_path, monkeypatch):
+    from saebench_vision_plugins.evaluators import probes
+
+    rng = np.random.default_rng(10)
+    x, y = _blobs(rng, 60, 3 * np.eye(4), 0.5)
+    sae = LinearReluSAE(
+        rng.normal(size=(200, 4)), -2.5 * np.ones(200), np.zeros((4, 200)), np.zeros(4)
+    )
+    ctx = make_ctx(tmp_path, {"train": ("train", x, y)}, sae=sae)
+    latents, acts = ctx.latents("train"), ctx.activations("train")
+    monkeypatch.setattr(probes, "SPARSE_STEP_DENSITY", 1.0)
+    cfg = ProbeConfig(solver="minibatch", epochs=3, batch_size=32, lr=5e-2)
+    fits = []
+    for use_scipy in (True, False):
+        monkeypatch.setattr(probes, "SCIPY_ON_CPU", use_scipy)
+        fits.append(fit_probe(acts, y, 4, cfg, latents=latents, seed=2))
+    torch.testing.assert_close(fits[0].weight, fits[1].weight, rtol=1e-4, atol=1e-6)
+    # Moments from the non-zeros equal the dense ones.
+    dense = sae.encode(torch.from_numpy(x)).detach().double()
+    torch.testing.assert_close(fits[0].mean, dense.mean(0).float(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(
+        fits[0].predict(acts, torch.device("cpu"), latents=latents),
+        fits[1].predict(acts, torch.device("cpu"), latents=latents),
+    )

@@ -75,3 +75,26 @@ def test_perfect_reconstruction_and_subsampling(tmp_path):
 def test_thresholds_are_validated():
     with pytest.raises(ValueError, match="dense_threshold"):
         ReconstructionConfig(dense_threshold=2.0)
+
+
+def test_per_row_values_go_to_one_buffer_allocated_up_front():
+    # With a capacity the per-row values land in arrays allocated once (no small array per
+    # chunk left between the chunks' temporaries); the numbers are those of the plain lists.
+    import torch
+    from saebench_vision_plugins.evaluators.reconstruction import ReconstructionStats
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(30, 2)).astype(np.float32))
+    z = torch.relu(torch.from_numpy(rng.normal(size=(30, 4)).astype(np.float32)))
+    x_hat = x + 0.1
+    plain, held, short = (ReconstructionStats(d=2, d_sae=4, capacity=c) for c in (0, 30, 20))
+    for stats in (plain, held, short):
+        for lo in range(0, 30, 8):
+            stats.update(x[lo : lo + 8], x_hat[lo : lo + 8], z[lo : lo + 8])
+    for m in ("mse", "l1", "l0"):
+        want = np.concatenate(getattr(plain, f"per_row_{m}"))
+        for stats in (held, short):
+            np.testing.assert_array_equal(np.concatenate(getattr(stats, f"per_row_{m}")), want)
+        parts = getattr(held, f"per_row_{m}")
+        assert all(np.shares_memory(p, parts[0].base) for p in parts)
+    assert held.values(0.0, 0.1) == plain.values(0.0, 0.1)

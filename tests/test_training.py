@@ -187,6 +187,26 @@ def test_streams_from_the_memory_mapped_cache(tmp_path):
     assert_same(state(streamed[1]), state(again[1]))
 
 
+def test_streaming_reads_a_fixed_number_of_rows_whatever_the_data_size(tmp_path, monkeypatch):
+    # The heap the data takes while streaming is bounded by READ_BYTES (whole batches), not by
+    # the number of rows; the batches are still the epoch orders' rows.
+    x = data(n=3000, d=8)
+    cache = ActivationCache(tmp_path / "cache")
+    writer = cache.writer("r" * 64, 8, {})
+    writer.append(x, np.arange(len(x)), None)
+    acts = writer.commit()
+    monkeypatch.setattr(training, "READ_BYTES", 3 * 64 * 8 * 4)  # three batches of 64 x 8
+    rows = _Rows(acts, None, seed=0)
+    sizes: list[int] = []
+    read = rows.read
+    monkeypatch.setattr(rows, "read", lambda pos: sizes.append(len(pos)) or read(pos))
+    stream = _BatchStream(rows, 64, seed=0, device=torch.device("cpu"), in_memory=False)
+    got = torch.cat([b for _, b in zip(range(100), stream.batches(0))])
+    want = np.concatenate([x[stream.epoch_order(e)] for e in range(3)])
+    np.testing.assert_array_equal(got.numpy(), want[: len(got)])
+    assert set(sizes) == {3 * 64} and len(sizes) >= 100 // 3
+
+
 def test_bad_inputs_raise_one_line_errors(monkeypatch):
     with pytest.raises(SaebenchError, match="width 8"):
         train_saes([ReLUSAE(4, ReLUConfig())], data(), TrainingConfig(), seed=0, progress=False)

@@ -46,23 +46,57 @@ class ReconstructionStats:
     per_row_l1: list[np.ndarray] = field(default_factory=list)
     per_row_l0: list[np.ndarray] = field(default_factory=list)
     fire_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    capacity: int = 0
+    """Rows expected: the per-row values then go to arrays allocated once, up front, rather
+    than to one small array per chunk (which, kept between each chunk's large temporaries,
+    fragments the heap so that it grows with the number of rows)."""
 
     def __post_init__(self) -> None:
         self.sum_x = np.zeros(self.d, dtype=np.float64)
         self.fire_counts = np.zeros(self.d_sae, dtype=np.int64)
+        self._rows = np.zeros((3, self.capacity), dtype=np.float64) if self.capacity else None
 
-    def update(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> None:
-        # x and the error in float64; z (B, d_sae) is only reduced, so no float64 copy of it.
+    def _keep(self, at: int, mse: np.ndarray, l1: np.ndarray, l0: np.ndarray) -> None:
+        for i, (values, parts) in enumerate(
+            ((mse, self.per_row_mse), (l1, self.per_row_l1), (l0, self.per_row_l0))
+        ):
+            if self._rows is not None and at + len(values) <= self.capacity:
+                self._rows[i, at : at + len(values)] = values
+                values = self._rows[i, at : at + len(values)]  # a view: no new buffer
+            parts.append(values)
+
+    def update(
+        self,
+        x: torch.Tensor,
+        x_hat: torch.Tensor,
+        z: torch.Tensor | None = None,
+        *,
+        sparse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Add a chunk: rows ``x``, their reconstructions and latents, either dense ``z``
+        (B, d_sae) or ``sparse`` = ``(indptr (B+1,), latent ids, values)`` of the chunk's
+        non-zeros (then no (B, d_sae) reduction runs: L1, L0 and firing counts come from them)."""
+        # x and the error in float64; z is only reduced, so no float64 copy of it.
+        at = self.n
         x, x_hat = x.double(), x_hat.double()
         sq_err = (x - x_hat).pow(2).sum(1)
-        active = z != 0
         self.n += x.shape[0]
         self.sse += float(sq_err.sum())
         self.sum_x += x.sum(0).cpu().numpy()
         self.sum_sq_x += float(x.pow(2).sum())
-        self.per_row_mse.append((sq_err / self.d).cpu().numpy())
-        self.per_row_l1.append(z.abs().sum(1, dtype=torch.float64).cpu().numpy())
-        self.per_row_l0.append(active.sum(1).cpu().numpy().astype(np.float64))
+        mse = (sq_err / self.d).cpu().numpy()
+        if sparse is not None:
+            indptr, cols, vals = sparse
+            counts = np.diff(indptr)
+            rows = np.repeat(np.arange(len(counts)), counts)
+            l1 = np.bincount(rows, weights=np.abs(vals).astype(np.float64), minlength=len(counts))
+            self._keep(at, mse, l1, counts.astype(np.float64))
+            self.fire_counts += np.bincount(cols, minlength=self.d_sae)
+            return
+        assert z is not None
+        active = z != 0
+        l1 = z.abs().sum(1, dtype=torch.float64).cpu().numpy()
+        self._keep(at, mse, l1, active.sum(1).cpu().numpy().astype(np.float64))
         self.fire_counts += active.sum(0).cpu().numpy()
 
     def values(
@@ -104,18 +138,24 @@ def reconstruction_stats(
 ) -> ReconstructionStats:
     """Stream a split (or ``rows`` of it) through the SAE and accumulate the statistics.
     ``latents`` (the split's shared encoding) saves re-encoding: only the decoder runs."""
-    stats = ReconstructionStats(d=acts.d, d_sae=sae.d_sae)
+    stats = ReconstructionStats(
+        d=acts.d, d_sae=sae.d_sae, capacity=acts.n if rows is None else len(rows)
+    )
     with torch.no_grad():
         for lo, chunk in iter_rows(acts, batch_size, rows):
             x = torch.from_numpy(chunk).to(device)
             if latents is None:
                 z = sae.encode(x)
-            else:
-                picked = (
-                    np.arange(lo, lo + len(chunk)) if rows is None else rows[lo : lo + len(chunk)]
-                )
-                z = torch.from_numpy(latents.read(picked)).to(device)
-            stats.update(x, sae.decode(z), z)
+                stats.update(x, sae.decode(z), z)
+                continue
+            picked = np.arange(lo, lo + len(chunk)) if rows is None else rows[lo : lo + len(chunk)]
+            local, cols, vals = latents.gather(picked)
+            dense = np.zeros((len(picked), latents.d_sae), dtype=np.float32)
+            dense[local, cols] = vals
+            counts = np.bincount(local, minlength=len(picked))
+            indptr = np.concatenate([[0], np.cumsum(counts)])
+            x_hat = sae.decode(torch.from_numpy(dense).to(device))
+            stats.update(x, x_hat, sparse=(indptr, cols, vals))
     return stats
 
 
