@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 from saebench_vision_plugins.saes.configs import (
     BatchTopKConfig,
@@ -66,7 +67,7 @@ from saebench_vision_plugins.saes.topk import BatchTopKSAE, MatryoshkaSAE, TopKS
 
 from saebench_vision.config import TrainingConfig, build_config, config_as_dict
 from saebench_vision.interfaces import SAE
-from saebench_vision.training import train_saes, tune_cpu_allocator
+from saebench_vision.training import total_steps, train_saes, tune_cpu_allocator
 
 ARCHS: dict[str, tuple[type, type, str | None]] = {
     # name: (class, config, sparsity coefficient swept for matched-L0 interpolation)
@@ -122,15 +123,25 @@ def planted_data(
         p = clipped.copy()
         p[free] *= (mean_active - clipped[~free].sum()) / clipped[free].sum()
     p = np.minimum(p, 1.0)
-    x = np.empty((n, d), dtype=np.float32)
+    # Independent Bernoulli(p_i) firings, drawn per feature: a Binomial(n, p_i) count of rows,
+    # then that many distinct rows uniformly (the same distribution as n x features coin
+    # flips, without materialising them).
+    rows_of, cols_of = [], []
+    for i, count in enumerate(rng.binomial(n, p)):
+        rows_of.append(rng.choice(n, size=int(count), replace=False))
+        cols_of.append(np.full(int(count), i, dtype=np.int64))
+    rows_idx = np.concatenate(rows_of)
+    cols_idx = np.concatenate(cols_of)
+    magnitudes = rng.exponential(1.0, len(rows_idx))
+    codes = scipy.sparse.csr_matrix(
+        (magnitudes.astype(np.float32), (rows_idx, cols_idx)), shape=(n, features)
+    )
     dirs32 = directions.astype(np.float32)
+    x = np.empty((n, d), dtype=np.float32)
     for lo in range(0, n, chunk):
-        rows = min(chunk, n - lo)
-        active = rng.random((rows, features), dtype=np.float32) < p.astype(np.float32)
-        codes = np.where(active, rng.exponential(1.0, (rows, features)).astype(np.float32), 0.0)
-        block = codes.astype(np.float32) @ dirs32
-        block += rng.normal(0.0, noise, (rows, d)).astype(np.float32)
-        x[lo : lo + rows] = block
+        hi = min(n, lo + chunk)
+        x[lo:hi] = codes[lo:hi] @ dirs32
+        x[lo:hi] += rng.normal(0.0, noise, (hi - lo, d)).astype(np.float32)
     x *= np.float32(math.sqrt(d / float((x.astype(np.float64) ** 2).sum(1).mean())))
     return Planted(x[: n - held_out], x[n - held_out :], directions, p)
 
@@ -221,6 +232,8 @@ def saelens_rows(
     steps: int,
     seed: int,
     device: str,
+    extra: dict[str, Any] | None = None,
+    schedule: tuple[int, int, int] = (0, 0, 0),
 ) -> list[dict[str, Any]]:
     """Train ``arch`` with SAELens in the interpreter ``python``; one dict per coefficient."""
     script = Path(__file__).with_name("quality_saelens.py")
@@ -248,7 +261,13 @@ def saelens_rows(
         "--prefix-fractions",
         *(repr(f) for f in prefix_fractions),
         "--extra",
-        json.dumps(SAELENS_EXTRA.get(arch, {})),
+        json.dumps({**SAELENS_EXTRA.get(arch, {}), **(extra or {})}),
+        "--warmup-steps",
+        str(schedule[0]),
+        "--decay-steps",
+        str(schedule[1]),
+        "--sparsity-warmup-steps",
+        str(schedule[2]),
     ]
     for c in coefficients:
         if c is not None:
@@ -275,6 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=None, help="batch size (4096; quick: 1024)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--schedule",
+        choices=("constant", "paper"),
+        default="constant",
+        help="constant learning rate and coefficient (SAELens's default, the issue's reference "
+        "rows) or the paper's 5%% warm-up, 20%% decay to 0, 5%% coefficient warm-up (the "
+        "project's TrainingConfig default); both trainers get the same one",
+    )
     ap.add_argument("--k", type=int, default=32, help="k of the TopK family (matched L0)")
     ap.add_argument("--arch", action="append", choices=list(ARCHS), help="default: all")
     ap.add_argument("--set", action="append", default=[], metavar="ARCH:key=value")
@@ -292,6 +319,13 @@ def main(argv: list[str] | None = None) -> None:
         "--saelens-python",
         metavar="PATH",
         help="an interpreter with sae-lens installed: add SAELens's trainer as a reference",
+    )
+    ap.add_argument(
+        "--saelens-set",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="a SAELens config field for its SAEs, e.g. rescale_acts_by_decoder_norm=false",
     )
     a = ap.parse_args(argv)
     size = (
@@ -322,24 +356,40 @@ def main(argv: list[str] | None = None) -> None:
     )
     import yaml
 
+    saelens_extra: dict[str, Any] = {}
+    for item in a.saelens_set:
+        key, _, value = item.partition("=")
+        saelens_extra[key] = yaml.safe_load(value)
     extra = {}
     for item in a.training:
         key, _, value = item.partition("=")
         extra[key] = yaml.safe_load(value)
+    if a.schedule == "constant":
+        for key in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
+            extra.setdefault(key, 0.0)
     config = build_config(
         TrainingConfig,
         {"epochs": a.epochs, "batch_size": batch, "lr": a.lr, "device": a.device, **extra},
         where="--training",
         what="training",
     )
-    steps = max(1, round(a.epochs * len(data.train) / batch))
+    steps = total_steps(len(data.train), config)
+    # The same schedule for SAELens, in its own steps (our lr_factor and SAELens's LinearLR
+    # schedulers give the same factors step by step).
+    schedule = (
+        round(config.warmup_fraction * steps),
+        round(config.decay_fraction * steps),
+        round(config.sparsity_warmup_fraction * steps),
+    )
     print(
         f"planted data: N={n} (held out {held_out}) x d={d}, {features} directions, "
         f"mean active {float(data.probabilities.sum()):.1f}, alpha {a.alpha}, noise {a.noise} "
         f"({time.perf_counter() - t0:.1f} s)"
     )
     print(
-        f"budget: {a.epochs:g} epoch(s), batch {batch}, lr {a.lr:g}, {steps} steps; "
+        f"budget: {a.epochs:g} epoch(s), batch {batch}, lr {a.lr:g}, {steps} steps "
+        f"(warm-up / decay / coefficient warm-up steps: {schedule[0]} / {schedule[1]} / "
+        f"{schedule[2]}); "
         f"d_sae = {d * a.expansion}; device {a.device}; torch threads {torch.get_num_threads()}"
     )
     header = (
@@ -403,6 +453,8 @@ def main(argv: list[str] | None = None) -> None:
                 steps=steps,
                 seed=a.seed,
                 device=a.device,
+                extra=saelens_extra,
+                schedule=schedule,
             )
             ours_rate = rate  # SAE-samples/s: a sweep trains len(saes) SAEs at once
             for r, s in zip(rows, ref):
