@@ -288,7 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--features", type=int, default=None, help="planted directions (4 d)")
     ap.add_argument("--expansion", type=int, default=8, help="latents = expansion x d")
     ap.add_argument("--mean-active", type=float, default=16.0)
-    ap.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of p_i")
+    ap.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="power-law exponent of p_i (0.5: calibrated on SAELens, see the module docstring)",
+    )
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--held-out", type=int, default=None, help="held-out rows (10000)")
     ap.add_argument("--epochs", type=float, default=1.0)

@@ -120,6 +120,11 @@ class JumpReLUConfig(BaseSAEConfig):
         0.05, "width of the rectangle kernel of the threshold's pseudo-derivative (SAELens 0.05)"
     )
     init_threshold: float = option(0.01, "initial threshold of every latent (SAELens 0.01)")
+    threshold_lr_scale: float = option(
+        1.0,
+        "the threshold is learnt as threshold_lr_scale x a parameter, so Adam moves it this "
+        "many times faster than the weights (1: SAELens; 30 lets short runs sparsify)",
+    )
     decoder_norm: DecoderNorm = option(
         "free", "free: decoder rows unconstrained (SAELens); unit: held at unit norm"
     )
@@ -127,6 +132,7 @@ class JumpReLUConfig(BaseSAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_positive("bandwidth", self.bandwidth)
+        _check_positive("threshold_lr_scale", self.threshold_lr_scale)
         if self.l0_coefficient < 0:
             raise ValueError(f"`l0_coefficient` must be >= 0, got {self.l0_coefficient!r}")
 
