@@ -9,12 +9,13 @@ disturb the project's environment::
 
 ``DIR`` holds ``train.npy``, ``test.npy`` and ``directions.npy`` as ``quality.py`` saves them.
 The SAE is trained by SAELens's own public training API (``SAETrainer`` fed by an iterator of
-batches, the way SAELens's runners feed it) at the budget given on the command line (d_sae,
-k or the sparsity coefficient, lr, batch size, steps, and optionally the paper's warm-up and
-decay steps through SAELens's own ``lr_warm_up_steps`` / ``lr_decay_steps`` / ``l1_warm_up_steps``)
-with SAELens's defaults otherwise (constant learning rate, Adam betas (0.9, 0.999), gradient-norm clipping at 1, decoder rows
-at norm 0.1 with ``W_enc = W_decᵀ``, zero ``b_dec``, ``rescale_acts_by_decoder_norm`` for the
-TopK family, no activation normalisation: the planted data already have E‖x‖² = d).
+batches, the way SAELens's runners feed it) at the budget given on the command line (d_sae, k or
+the sparsity coefficient, lr, batch size, steps, and optionally the paper's warm-up and decay
+through SAELens's own ``lr_warm_up_steps`` / ``lr_decay_steps`` / ``l1_warm_up_steps``) with
+SAELens's defaults otherwise (constant learning rate, Adam betas (0.9, 0.999), gradient-norm
+clipping at 1, decoder rows at norm 0.1 with ``W_enc = W_decᵀ``, zero ``b_dec``,
+``rescale_acts_by_decoder_norm`` for the TopK family, no activation normalisation: the planted
+data already have E‖x‖² = d).
 
 It prints one JSON line per SAE with the held-out figures computed by the same formulas as
 ``quality.py`` (FVU, L0, dead fraction on the held-out rows, MMCS against the planted
