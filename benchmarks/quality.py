@@ -130,7 +130,7 @@ def planted_data(
     seed: int,
     chunk: int = 8192,
 ) -> Planted:
-    """Generate the planted data (see the module docstring); numpy only, seeded."""
+    """Generate the planted data (see the module docstring); numpy and scipy.sparse, seeded."""
     rng = np.random.default_rng(seed)
     directions = rng.standard_normal((features, d))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
