@@ -9,11 +9,13 @@ disturb the project's environment::
 
 ``DIR`` holds ``train.npy``, ``test.npy`` and ``directions.npy`` as ``quality.py`` saves them.
 The SAE is trained by SAELens's own public training API (``SAETrainer`` fed by an iterator of
-batches, the way SAELens's runners feed it) at the budget given on the command line (d_sae,
-k or the sparsity coefficient, lr, batch size, steps) with SAELens's defaults otherwise
-(constant learning rate, Adam betas (0.9, 0.999), gradient-norm clipping at 1, decoder rows
-at norm 0.1 with ``W_enc = W_decᵀ``, zero ``b_dec``, ``rescale_acts_by_decoder_norm`` for the
-TopK family, no activation normalisation: the planted data already have E‖x‖² = d).
+batches, the way SAELens's runners feed it) at the budget given on the command line (d_sae, k or
+the sparsity coefficient, lr, batch size, steps, and optionally the paper's warm-up and decay
+through SAELens's own ``lr_warm_up_steps`` / ``lr_decay_steps`` / ``l1_warm_up_steps``) with
+SAELens's defaults otherwise (constant learning rate, Adam betas (0.9, 0.999), gradient-norm
+clipping at 1, decoder rows at norm 0.1 with ``W_enc = W_decᵀ``, zero ``b_dec``,
+``rescale_acts_by_decoder_norm`` for the TopK family, no activation normalisation: the planted
+data already have E‖x‖² = d).
 
 It prints one JSON line per SAE with the held-out figures computed by the same formulas as
 ``quality.py`` (FVU, L0, dead fraction on the held-out rows, MMCS against the planted
@@ -56,6 +58,10 @@ def build(arch: str, d_in: int, d_sae: int, a: argparse.Namespace) -> Any:
 
     common: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "device": a.device}
     extra = json.loads(a.extra) if a.extra else {}
+    if a.sparsity_warmup_steps and arch in ("relu", "gated"):
+        extra.setdefault("l1_warm_up_steps", a.sparsity_warmup_steps)
+    if a.sparsity_warmup_steps and arch == "jumprelu":
+        extra.setdefault("l0_warm_up_steps", a.sparsity_warmup_steps)
     if arch == "topk":
         return TopKTrainingSAE(TopKTrainingSAEConfig(k=a.k, **common, **extra))
     if arch == "batch-topk":
@@ -134,6 +140,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--extra", default="", help="JSON of further SAELens config fields")
+    ap.add_argument("--warmup-steps", type=int, default=0, help="linear lr warm-up steps")
+    ap.add_argument("--decay-steps", type=int, default=0, help="final steps of decay to 0")
+    ap.add_argument(
+        "--sparsity-warmup-steps", type=int, default=0, help="L1 / L0 coefficient warm-up steps"
+    )
     a = ap.parse_args()
 
     from sae_lens.config import SAETrainerConfig
@@ -152,6 +163,8 @@ def main() -> None:
             train_batch_size_samples=a.batch,
             lr=a.lr,
             lr_end=a.lr / 10,  # what SAELens's runner config sets (unused: constant schedule)
+            lr_warm_up_steps=a.warmup_steps,
+            lr_decay_steps=a.decay_steps,
             device=a.device,
         )
         trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=batches(train, a.batch, a.seed))

@@ -171,23 +171,34 @@ def test_gated_loss_matches_hand_computation(aux_decoder):
 
 
 def test_jumprelu_loss_and_threshold_gradient():
-    sae = _tiny(JumpReLUSAE, JumpReLUConfig(expansion=2, l0_coefficient=0.2, bandwidth=0.5))
+    # The parameter holds θ / threshold_lr_scale: θ = 3 t, so dL/dt = 3 dL/dθ.
+    config = JumpReLUConfig(expansion=2, l0_coefficient=0.2, bandwidth=0.5, threshold_lr_scale=3.0)
+    torch.testing.assert_close(JumpReLUSAE(3, config).threshold * 3.0, torch.full((6,), 0.01))
+    sae = _tiny(JumpReLUSAE, config)
+    with torch.no_grad():
+        sae.threshold.copy_(torch.linspace(-0.05, 0.2, 6))
     x = torch.randn(7, 3)
     out = sae.loss(x)
     pre = (x - sae.b_dec) @ sae.W_enc.T + sae.b_enc
-    theta = torch.relu(sae.threshold)
+    theta = torch.relu(3.0 * sae.threshold)
     z = pre * (pre > theta)
     x_hat = z @ sae.W_dec + sae.b_dec
     expected = ((x - x_hat) ** 2).sum(1).mean() + 0.2 * (pre > theta).float().sum(1).mean()
     torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(sae.encode(x), torch.relu(pre) * (pre > theta))
     out.loss.backward()
     # Straight-through estimate: dL0/dθ = -(1/ε) Σ rect((pre-θ)/ε) / B per latent (θ > 0 here).
     inside = (((pre - theta) / 0.5).abs() < 0.5).float()
     d_l0 = -(1 / 0.5) * inside.sum(0) / 7 * 0.2
     err = 2 * (x_hat - x) / 7
     d_mse = -(theta / 0.5) * (inside * (err @ sae.W_dec.T)).sum(0)
-    expected_grad = (d_l0 + d_mse) * (sae.threshold > 0)
+    expected_grad = 3.0 * (d_l0 + d_mse) * (sae.threshold > 0)
     torch.testing.assert_close(sae.threshold.grad, expected_grad.detach())
+    # SAELens sees θ itself, both ways.
+    _, tensors = sae.to_saelens()
+    torch.testing.assert_close(tensors["threshold"], 3.0 * sae.threshold.detach())
+    back = JumpReLUSAE.from_saelens({"d_in": 3, "d_sae": 6, "architecture": "jumprelu"}, tensors)
+    torch.testing.assert_close(back.thresholds(), 3.0 * sae.threshold.detach())
 
 
 def test_topk_loss_matches_hand_computation():

@@ -1,0 +1,57 @@
+"""The planted-dictionary generator of ``benchmarks/quality.py``: what it plants is what its
+docstring says (the benchmark's ground truth must not depend on the trainer)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+
+
+def _quality():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_planted_data_follows_its_definition():
+    q = _quality()
+    n, d, features, alpha = 20_000, 48, 40, 0.5  # d > features: codes are identifiable
+    data = q.planted_data(
+        n=n, d=d, features=features, mean_active=4.0, alpha=alpha, noise=0.0, held_out=1_000, seed=3
+    )
+    assert data.train.shape == (n - 1_000, d) and data.test.shape == (1_000, d)
+    np.testing.assert_allclose(np.linalg.norm(data.directions, axis=1), 1.0, rtol=1e-12)
+    # p_i ∝ (i + 1)^-alpha, summing to the mean number of active features (none clipped here).
+    w = (np.arange(features) + 1.0) ** -alpha
+    np.testing.assert_allclose(data.probabilities, 4.0 * w / w.sum(), rtol=1e-12)
+    x = np.concatenate([data.train, data.test]).astype(np.float64)
+    # Rescaled so that E‖x‖² = d.
+    assert math.isclose(float((x**2).sum(1).mean()), d, rel_tol=1e-4)
+    # Without noise each row is a non-negative combination of the planted directions: recover
+    # the codes by least squares and compare firing rates and magnitudes with the definition.
+    codes, *_ = np.linalg.lstsq(data.directions.T, x.T, rcond=None)
+    codes = codes.T
+    active = codes > 1e-3
+    assert (codes > -1e-3).all()
+    rate = active.mean(0)
+    sd = np.sqrt(data.probabilities * (1 - data.probabilities) / n)
+    assert (np.abs(rate - data.probabilities) < 5 * sd).all()
+    # Exponential(1) magnitudes up to the global scale: mean equals standard deviation.
+    values = codes[active]
+    assert math.isclose(values.mean(), values.std(), rel_tol=0.03)
+
+
+def test_planted_data_clips_probabilities_at_one_and_keeps_the_mean():
+    q = _quality()
+    data = q.planted_data(
+        n=2_000, d=8, features=10, mean_active=4.0, alpha=3.0, noise=0.01, held_out=100, seed=0
+    )
+    p = data.probabilities
+    assert p.max() == 1.0 and math.isclose(float(p.sum()), 4.0, rel_tol=1e-6)
