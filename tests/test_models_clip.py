@@ -211,7 +211,7 @@ def test_hf_clip_layer_widths_without_weights(hf_clip: HFCLIPAdapter, hf_clip_di
     ]
     assert [hf_clip.layer_width(layer) for layer in layers] == [32, 32, 32, 16]
     # The released checkpoints' widths agree with open_clip's own configs of the same models.
-    from saebench_vision_plugins.models.clip import KNOWN_HF_CLIP_WIDTHS
+    from saebench_vision_plugins.models.clip import KNOWN_HF_CLIP
 
     openai = {
         "openai/clip-vit-base-patch32": "ViT-B-32",
@@ -219,10 +219,12 @@ def test_hf_clip_layer_widths_without_weights(hf_clip: HFCLIPAdapter, hf_clip_di
         "openai/clip-vit-large-patch14": "ViT-L-14",
         "openai/clip-vit-large-patch14-336": "ViT-L-14-336",
     }
-    for model_id, (width, embed) in KNOWN_HF_CLIP_WIDTHS.items():
+    for model_id, released in KNOWN_HF_CLIP.items():
         name = openai.get(model_id) or model_id.split("CLIP-")[1].split("-laion")[0]
         cfg = open_clip.get_model_config(name)
-        assert (cfg["vision_cfg"]["width"], cfg["embed_dim"]) == (width, embed), model_id
+        vision = cfg["vision_cfg"]
+        expected = (vision["layers"], vision["image_size"], vision["width"], cfg["embed_dim"])
+        assert tuple(released) == expected, model_id
 
 
 def test_hf_clip_batch_invariant(hf_clip: HFCLIPAdapter) -> None:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,34 +36,31 @@ from saebench_vision.errors import ConfigError, ModelMismatchError, WeightsNotFo
 from saebench_vision.interfaces import ClassInfo, LayerOutput, TokenKind
 from saebench_vision.registry import did_you_mean
 
-# (image-tower depth, image size) of released transformers CLIP checkpoints, so layer names
-# and preprocessing need no download.
+
+class ReleasedCLIP(NamedTuple):
+    """What the config of a released transformers CLIP checkpoint says, so layer names,
+    preprocessing and validate's memory check need no download (the laion widths equal
+    open_clip's ViT-B-32 / L-14 / H-14 / g-14 / bigG-14)."""
+
+    depth: int
+    """image-tower depth"""
+    image_size: int
+    width: int
+    """image-tower width (every block)"""
+    projection: int
+    """projected embedding width (``final``)"""
+
+
 KNOWN_HF_CLIP = {
-    "openai/clip-vit-base-patch32": (12, 224),
-    "openai/clip-vit-base-patch16": (12, 224),
-    "openai/clip-vit-large-patch14": (24, 224),
-    "openai/clip-vit-large-patch14-336": (24, 336),
-    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": (12, 224),
-    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": (24, 224),
-    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": (32, 224),
-    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": (40, 224),
-    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": (48, 224),
-}
-
-
-# (image-tower width, projected embedding width) of the same checkpoints (their configs; the
-# laion ones equal open_clip's ViT-B-32 / L-14 / H-14 / g-14 / bigG-14), so validate can check
-# training memory offline.
-KNOWN_HF_CLIP_WIDTHS = {
-    "openai/clip-vit-base-patch32": (768, 512),
-    "openai/clip-vit-base-patch16": (768, 512),
-    "openai/clip-vit-large-patch14": (1024, 768),
-    "openai/clip-vit-large-patch14-336": (1024, 768),
-    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": (768, 512),
-    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": (1024, 768),
-    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": (1280, 1024),
-    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": (1408, 1024),
-    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": (1664, 1280),
+    "openai/clip-vit-base-patch32": ReleasedCLIP(12, 224, 768, 512),
+    "openai/clip-vit-base-patch16": ReleasedCLIP(12, 224, 768, 512),
+    "openai/clip-vit-large-patch14": ReleasedCLIP(24, 224, 1024, 768),
+    "openai/clip-vit-large-patch14-336": ReleasedCLIP(24, 336, 1024, 768),
+    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": ReleasedCLIP(12, 224, 768, 512),
+    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": ReleasedCLIP(24, 224, 1024, 768),
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": ReleasedCLIP(32, 224, 1280, 1024),
+    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": ReleasedCLIP(40, 224, 1408, 1024),
+    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": ReleasedCLIP(48, 224, 1664, 1280),
 }
 
 
@@ -426,7 +423,8 @@ class HFCLIPAdapter(_CLIPBase):
             return int(vc.num_hidden_layers), int(vc.image_size)
         if self._vision is None:
             if self.config.model_id in KNOWN_HF_CLIP:
-                self._vision = KNOWN_HF_CLIP[self.config.model_id]
+                released = KNOWN_HF_CLIP[self.config.model_id]
+                self._vision = (released.depth, released.image_size)
             else:
                 data = hf_config_dict(
                     self.name, self.config.model_id, ("clip",), revision=self.config.revision
@@ -456,8 +454,9 @@ class HFCLIPAdapter(_CLIPBase):
         if self.model is not None:
             c = self.model.config
             return int(c.projection_dim if layer == "final" else c.vision_config.hidden_size)
-        if self.config.model_id in KNOWN_HF_CLIP_WIDTHS:
-            width, projection = KNOWN_HF_CLIP_WIDTHS[self.config.model_id]
+        if self.config.model_id in KNOWN_HF_CLIP:
+            released = KNOWN_HF_CLIP[self.config.model_id]
+            width, projection = released.width, released.projection
         else:
             data = hf_config_dict(
                 self.name, self.config.model_id, ("clip",), revision=self.config.revision

@@ -23,20 +23,14 @@ from transformers import Dinov2Config, Dinov2Model
 
 from saebench_vision.interfaces import LayerOutput
 
-# Depths of the released checkpoints, so layer names need no download.
-KNOWN_DEPTHS = {
-    "facebook/dinov2-small": 12,
-    "facebook/dinov2-base": 12,
-    "facebook/dinov2-large": 24,
-    "facebook/dinov2-giant": 40,
+KNOWN_SIZES = {
+    "facebook/dinov2-small": (12, 384),
+    "facebook/dinov2-base": (12, 768),
+    "facebook/dinov2-large": (24, 1024),
+    "facebook/dinov2-giant": (40, 1536),
 }
-KNOWN_WIDTHS = {
-    "facebook/dinov2-small": 384,
-    "facebook/dinov2-base": 768,
-    "facebook/dinov2-large": 1024,
-    "facebook/dinov2-giant": 1536,
-}
-"""``hidden_size`` of the released checkpoints, so validate checks memory offline."""
+"""(depth, ``hidden_size``) of the released checkpoints, so layer names and validate's memory
+check need no download."""
 MODEL_TYPES = ("dinov2",)
 
 
@@ -68,29 +62,28 @@ class DINOv2Adapter(ImageAdapter):
             std=IMAGENET_STD,
         )
 
-    def depth(self) -> int:
+    def _size(self, key: str) -> int:
+        """``num_hidden_layers`` or ``hidden_size``: from the loaded model, the table of
+        released checkpoints, or the folder's / hub's config.json."""
         if self.model is not None:
-            return int(self.model.config.num_hidden_layers)
-        if self.config.model_id in KNOWN_DEPTHS:
-            return KNOWN_DEPTHS[self.config.model_id]
+            return int(getattr(self.model.config, key))
+        if self.config.model_id in KNOWN_SIZES:
+            depth, width = KNOWN_SIZES[self.config.model_id]
+            return depth if key == "num_hidden_layers" else width
         config = hf_config_dict(
             self.name, self.config.model_id, MODEL_TYPES, revision=self.config.revision
         )
-        return int(config.get("num_hidden_layers", Dinov2Config().num_hidden_layers))
+        return int(config.get(key, getattr(Dinov2Config(), key)))
+
+    def depth(self) -> int:
+        return self._size("num_hidden_layers")
 
     def layer_names(self) -> list[str]:
         return [f"blocks.{i}" for i in range(self.depth())] + ["final"]
 
     def layer_width(self, layer: str) -> int | None:
         # Every block and the final LayerNorm keep the residual width.
-        if self.model is not None:
-            return int(self.model.config.hidden_size)
-        if self.config.model_id in KNOWN_WIDTHS:
-            return KNOWN_WIDTHS[self.config.model_id]
-        config = hf_config_dict(
-            self.name, self.config.model_id, MODEL_TYPES, revision=self.config.revision
-        )
-        return int(config.get("hidden_size", Dinov2Config().hidden_size))
+        return self._size("hidden_size")
 
     def load(self) -> None:
         model = hf_load_model(
