@@ -239,8 +239,14 @@ def _grads(sae, x):
     [
         (TopKSAE, TopKConfig(expansion=4, k=3)),
         (TopKSAE, TopKConfig(expansion=4, k=3, apply_b_dec_to_input=False)),
+        # The default topk_warmup: per-sample selection (the first step); 0: batch selection.
         (BatchTopKSAE, BatchTopKConfig(expansion=4, k=3)),
+        (BatchTopKSAE, BatchTopKConfig(expansion=4, k=3, topk_warmup=0)),
         (MatryoshkaSAE, MatryoshkaConfig(expansion=4, k=3, prefix_fractions=(0.25, 0.5, 1.0))),
+        (
+            MatryoshkaSAE,
+            MatryoshkaConfig(expansion=4, k=3, prefix_fractions=(0.25, 0.5, 1.0), topk_warmup=0),
+        ),
     ],
 )
 def test_sparse_path_gives_the_dense_gradients(cls, config):

@@ -51,8 +51,8 @@ Choices the paper leaves open, and why the defaults are what they are:
   inference threshold is estimated from the batch selection throughout, so it is ready
   whenever training stops. On the planted-dictionary benchmark's full size (one pass at
   batch 4096, 46 steps; ``benchmarks/quality.py``) it takes BatchTopK from FVU 0.596 / MMCS
-  0.361 to about 0.50 / 0.46 and Matryoshka from 0.630 / 0.332 to about 0.50 / 0.53 (40,000
-  to 150,000 samples all help; a warm-up over the whole pass, per-sample training with
+  0.361 to 0.504 / 0.464 and Matryoshka from 0.630 / 0.332 to 0.514 / 0.453 (40,000 to
+  150,000 samples all help; a warm-up over the whole pass, per-sample training with
   threshold inference, recovers as much as TopK, MMCS 0.474, but at FVU 0.577). Bussmann et
   al. and SAELens select per batch from the first step: ``topk_warmup: 0``.
 * **JumpReLU thresholds.** Adam moves a parameter by about ``lr`` per step, so a threshold
