@@ -297,8 +297,8 @@ class BatchTopKSAE(TopKSAE):
     def _init_extra(self) -> None:
         super()._init_extra()
         self.register_buffer("threshold", torch.zeros(()))
-        # Only a warm-up reads the count; without one it stays out of checkpoints, which keeps
-        # those of earlier versions loadable.
+        # Only a warm-up reads the count (and a resumed run needs it); with topk_warmup: 0 it
+        # stays out of checkpoints, whose tensors are then those of earlier versions.
         self.register_buffer(
             "samples_trained",
             torch.zeros((), dtype=torch.int64),
