@@ -67,10 +67,14 @@ def test_every_architecture_learns_a_planted_dictionary():
         ReLUSAE(d, ReLUConfig(expansion=2, l1_coefficient=3.0)),
         TopKSAE(d, TopKConfig(expansion=2, k=3, dead_after=4096)),
         GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=6.0)),
-        BatchTopKSAE(d, BatchTopKConfig(expansion=2, k=3, dead_after=4096)),
+        # topk_warmup 0: batch selection itself, which a 100,000-sample warm-up would hide here.
+        BatchTopKSAE(d, BatchTopKConfig(expansion=2, k=3, dead_after=4096, topk_warmup=0)),
         JumpReLUSAE(d, JumpReLUConfig(expansion=2, l0_coefficient=1.0)),
         MatryoshkaSAE(
-            d, MatryoshkaConfig(expansion=2, k=3, dead_after=4096, prefix_fractions=(0.75, 1.0))
+            d,
+            MatryoshkaConfig(
+                expansion=2, k=3, dead_after=4096, prefix_fractions=(0.75, 1.0), topk_warmup=0
+            ),
         ),
     ]
     config = TrainingConfig(epochs=8, batch_size=64, lr=5e-3)
@@ -235,8 +239,14 @@ def _grads(sae, x):
     [
         (TopKSAE, TopKConfig(expansion=4, k=3)),
         (TopKSAE, TopKConfig(expansion=4, k=3, apply_b_dec_to_input=False)),
+        # The default topk_warmup: per-sample selection (the first step); 0: batch selection.
         (BatchTopKSAE, BatchTopKConfig(expansion=4, k=3)),
+        (BatchTopKSAE, BatchTopKConfig(expansion=4, k=3, topk_warmup=0)),
         (MatryoshkaSAE, MatryoshkaConfig(expansion=4, k=3, prefix_fractions=(0.25, 0.5, 1.0))),
+        (
+            MatryoshkaSAE,
+            MatryoshkaConfig(expansion=4, k=3, prefix_fractions=(0.25, 0.5, 1.0), topk_warmup=0),
+        ),
     ],
 )
 def test_sparse_path_gives_the_dense_gradients(cls, config):
@@ -287,7 +297,7 @@ def test_sparse_decode_handles_empty_rows_and_matches_dense():
 
 def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():
     torch.manual_seed(0)
-    sae = BatchTopKSAE(8, BatchTopKConfig(expansion=4, k=2))
+    sae = BatchTopKSAE(8, BatchTopKConfig(expansion=4, k=2, topk_warmup=0))
     x = torch.randn(16, 8)
     terms = sae.train_terms(x)
     assert float(terms.metrics["l0"]) <= 2.0
@@ -304,6 +314,46 @@ def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():
     sae.eval()
     pre = sae.pre_activations(x)
     torch.testing.assert_close(sae.encode(x), pre * (pre > sae.threshold))
+
+
+def test_batch_topk_warmup_keeps_each_samples_top_k_then_the_batchs():
+    torch.manual_seed(0)
+    k, batch = 2, 16
+    config = BatchTopKConfig(expansion=4, k=k, topk_warmup=batch, aux_k_coefficient=0.0)
+    sae = BatchTopKSAE(8, config)
+    assert "samples_trained" in sae.state_dict()
+    unwarmed = BatchTopKConfig(expansion=4, topk_warmup=0)
+    assert "samples_trained" not in BatchTopKSAE(8, unwarmed).state_dict()
+
+    def batch_kept(pre: np.ndarray) -> tuple[np.ndarray, float]:
+        # By hand: the k·B largest entries of the batch, and the smallest positive one.
+        cut = np.sort(pre.ravel())[::-1][k * batch - 1]
+        kept = np.where(pre >= cut, np.maximum(pre, 0), 0)
+        return kept, float(kept[kept > 0].min())
+
+    x1, x2 = torch.randn(batch, 8), torch.randn(batch, 8)
+    pre1 = sae.pre_activations(x1).detach().numpy()
+    want = np.zeros_like(pre1)
+    for r in range(batch):  # the warm-up: each row's own k largest
+        top = np.argsort(-pre1[r])[:k]
+        want[r, top] = np.maximum(pre1[r, top], 0)
+    np.testing.assert_allclose(sae.train_terms(x1).dense_z().numpy(), want, rtol=1e-6)
+    assert int(sae.samples_trained) == batch
+    # The threshold estimate is the batch selection's even while the warm-up selects per row.
+    _, first = batch_kept(pre1)
+    assert float(sae.threshold) == pytest.approx(first, rel=1e-6)
+    pre2 = sae.pre_activations(x2).detach().numpy()
+    kept2, smallest = batch_kept(pre2)
+    np.testing.assert_allclose(sae.train_terms(x2).dense_z().numpy(), kept2, rtol=1e-6)
+    m = batch / config.threshold_window
+    assert float(sae.threshold) == pytest.approx((1 - m) * first + m * smallest, rel=1e-6)
+    # Inference never warms up: a fresh SAE in eval mode encodes with its threshold.
+    fresh = BatchTopKSAE(8, config).eval()
+    fresh.threshold.fill_(0.05)
+    pre = fresh.pre_activations(x1)
+    torch.testing.assert_close(fresh.encode(x1), pre * (pre > 0.05))
+    with pytest.raises(ValueError, match="topk_warmup"):
+        BatchTopKConfig(topk_warmup=-1)
 
 
 def test_unit_norm_decoder_is_kept_and_gradient_projected():

@@ -48,6 +48,7 @@ class TopKSAE(BuiltinSAE):
             "threshold_window",
             "inference",
             "sparse_backend",
+            "topk_warmup",
         }
     )
 
@@ -269,6 +270,10 @@ class BatchTopKSAE(TopKSAE):
     A running mean of the smallest kept activation becomes the inference threshold
     (``inference="threshold"``, the default), which makes it a JumpReLU SAE at inference: one
     sample's code never depends on its batch. Saved to SAELens as ``jumprelu``.
+
+    For the first ``topk_warmup`` training samples each sample keeps its own top k (TopK), so
+    that the rows of large norm do not take the batch's whole budget while the encoder is
+    still unselective; the threshold is estimated from the batch selection all along.
     """
 
     name: ClassVar[str] = "batch-topk"
@@ -292,16 +297,41 @@ class BatchTopKSAE(TopKSAE):
     def _init_extra(self) -> None:
         super()._init_extra()
         self.register_buffer("threshold", torch.zeros(()))
+        # Only a warm-up reads the count (and a resumed run needs it); with topk_warmup: 0 it
+        # stays out of checkpoints, whose tensors are then those of earlier versions.
+        self.register_buffer(
+            "samples_trained",
+            torch.zeros((), dtype=torch.int64),
+            persistent=int(self.config.topk_warmup) > 0,
+        )
+        self._batch_min: torch.Tensor | None = None
 
     @torch.no_grad()
     def _reset_extra(self) -> None:
         super()._reset_extra()
         self.threshold.zero_()
+        self.samples_trained.zero_()
+
+    def warming_up(self) -> bool:
+        """Whether training selection is still per-sample TopK (``topk_warmup``)."""
+        warmup = int(self.config.topk_warmup)
+        return warmup > 0 and self.training and int(self.samples_trained) < warmup
 
     def _select(self, pre: torch.Tensor) -> tuple[SparseCode, torch.Tensor]:
         batch, n = pre.shape
         keep = min(pre.numel(), max(1, int(self.config.k * batch)))
         top, flat = pre.reshape(-1).topk(keep, sorted=False)
+        # The threshold estimate is always the batch selection's, warm-up or not, so that it
+        # means one thing whenever training stops.
+        positive = top[top > 0]
+        self._batch_min = positive.min() if positive.numel() else None
+        if self.warming_up():
+            # Each row's top k, as a code in the batch selection's order (columns ascending
+            # within a row), which Matryoshka's prefix grouping relies on.
+            top, idx = pre.topk(min(self.config.k, n), dim=1)
+            rows = torch.arange(batch, device=pre.device).unsqueeze(1) * n
+            flat = (rows + idx).reshape(-1)
+            top = top.reshape(-1)
         code, order = SparseCode.from_flat(flat, batch, n)
         return code, top[order]
 
@@ -311,17 +341,19 @@ class BatchTopKSAE(TopKSAE):
         return super()._activate(pre)
 
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
-        positive = values[values > 0]
-        if positive.numel():
-            # The first estimate is taken as it is: a running mean started at 0 would lag for
-            # about 1 / momentum steps, and encode far too densely after a short training.
-            if bool(self.threshold == 0):
-                self.threshold.copy_(positive.min())
-                return
-            m = float(self.config.threshold_momentum)
-            if m <= 0:
-                m = min(1.0, code.n_rows / max(1, int(self.config.threshold_window)))
-            self.threshold.mul_(1 - m).add_(m * positive.min())
+        self.samples_trained.add_(code.n_rows)
+        smallest, self._batch_min = self._batch_min, None
+        if smallest is None:
+            return
+        # The first estimate is taken as it is: a running mean started at 0 would lag for
+        # about 1 / momentum steps, and encode far too densely after a short training.
+        if bool(self.threshold == 0):
+            self.threshold.copy_(smallest)
+            return
+        m = float(self.config.threshold_momentum)
+        if m <= 0:
+            m = min(1.0, code.n_rows / max(1, int(self.config.threshold_window)))
+        self.threshold.mul_(1 - m).add_(m * smallest)
 
 
 class MatryoshkaSAE(BatchTopKSAE):
