@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from saebench_vision.config import build_config, config_as_dict
+from saebench_vision.config import build_config, config_as_dict, stored_args
 from saebench_vision.errors import SaebenchError
 from saebench_vision.interfaces import SAE
 
@@ -306,7 +306,7 @@ def load_sae(directory: Path, resolve: Callable[[str], type]) -> tuple[SAE, dict
         raise CheckpointError(f"{directory / CONFIG_FILE}: architecture: {exc}") from exc
     config = build_config(
         cls.Config,
-        config_args,
+        stored_args(cls.Config, config_args),
         where=str(directory / CONFIG_FILE) + ": config",
         what=f"SAE `{name}`",
     )

@@ -27,6 +27,7 @@ def option(
     identity: bool | None = None,
     path: bool = False,
     exists: bool = False,
+    absent: Any = _MISSING,
 ) -> Any:
     """A Config field with a help text: ``k: int = option(32, "latents kept per sample")``.
 
@@ -41,8 +42,15 @@ def option(
     when the path exists, so ``root: data/train`` read from two working directories is two
     different datasets. ``exists=True`` (implies ``path``) says the path must exist on this
     machine whenever it is set: ``saebench validate`` checks it without opening anything.
+
+    ``absent`` is what a stored Config written before the field existed meant: a field added
+    with a new default (``topk_warmup: 100_000``) to a behaviour that was fixed before (0)
+    declares ``absent=0``, so an older checkpoint, whose saved config lacks the field, loads
+    as what it was trained as rather than as the new default (:func:`stored_args`).
     """
     metadata: dict[str, Any] = {"help": help}
+    if absent is not _MISSING:
+        metadata["absent"] = absent
     if exists:
         path = True
         metadata["exists"] = True
@@ -339,6 +347,17 @@ def build_config(config_cls: type, args: dict[str, Any], *, where: str = "", wha
         raise ConfigError(exc.at(where or "args", config_cls)) from exc
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where or 'args'}: {exc}") from exc
+
+
+def stored_args(config_cls: type, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` read from a stored Config (a checkpoint's), with every field that declares
+    ``option(absent=...)`` and is missing from them set to that value: the stored Config
+    predates the field, so it was made with the behaviour the field's ``absent`` names."""
+    filled = dict(args)
+    for f in dataclasses.fields(config_cls):
+        if f.name not in filled and "absent" in f.metadata:
+            filled[f.name] = f.metadata["absent"]
+    return filled
 
 
 def config_as_dict(config: Any) -> dict[str, Any]:

@@ -82,6 +82,29 @@ def test_round_trip_is_exact(tmp_path, cls, config):
     assert torch.equal(loaded.encode(x), sae.encode(x))
 
 
+@pytest.mark.parametrize("cls", [BatchTopKSAE, MatryoshkaSAE], ids=lambda c: c.name)
+def test_a_checkpoint_saved_before_a_field_existed_loads_as_it_was_trained(tmp_path, cls):
+    # Before `topk_warmup` existed these SAEs selected per batch from the first step and had no
+    # sample counter; such a checkpoint's config lacks the field and must load as
+    # `topk_warmup: 0` (the field's declared `absent`), not as the new default's warm-up.
+    config = MatryoshkaConfig if cls is MatryoshkaSAE else BatchTopKConfig
+    sae = randomised(cls, config(expansion=2, k=3, topk_warmup=0))
+    save_sae(sae, tmp_path / "sae", {})
+    path = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(path.read_text())
+    del cfg["config"]["topk_warmup"]
+    path.write_text(json.dumps(cfg))
+    loaded, _ = load_sae(tmp_path / "sae", resolve)
+    assert loaded.config.topk_warmup == 0 and config().topk_warmup > 0
+    assert loaded.config == sae.config
+    x = torch.randn(5, 6)
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+    # A config that names the field keeps what it says: a warmed-up SAE's counter round-trips.
+    warm = randomised(cls, config(expansion=2, k=3, topk_warmup=10))
+    save_sae(warm, tmp_path / "warm", {})
+    assert load_sae(tmp_path / "warm", resolve)[0].config.topk_warmup == 10
+
+
 def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path):
     a = randomised(ReLUSAE, ReLUConfig(expansion=2))
     b = randomised(TopKSAE, TopKConfig(expansion=2, k=2))

@@ -225,6 +225,7 @@ class BatchTopKConfig(TopKConfig):
         "training samples during which every sample keeps its own top k (per-sample TopK) "
         "before selection switches to the batch's top k·B (0: BatchTopK from the first step, "
         "Bussmann et al.'s and SAELens's)",
+        absent=0,  # checkpoints saved before the warm-up existed were trained without it
     )
 
     def __post_init__(self) -> None:
