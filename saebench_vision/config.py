@@ -44,7 +44,7 @@ def option(
     machine whenever it is set: ``saebench validate`` checks it without opening anything.
 
     ``absent`` is what a stored Config written before the field existed meant: a field added
-    with a new default (``topk_warmup: 100_000``) to a behaviour that was fixed before (0)
+    with a new default (``topk_warmup: 0.5``) to a behaviour that was fixed before (0)
     declares ``absent=0``, so an older checkpoint, whose saved config lacks the field, loads
     as what it was trained as rather than as the new default (:func:`stored_args`).
     """

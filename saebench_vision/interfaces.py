@@ -483,6 +483,10 @@ class SAE(nn.Module):
             f"init_b_dec); set b_dec_init: zeros"
         )
 
+    def begin_training(self, total_samples: int) -> None:
+        """Called once before the first step (and again on resume) with the number of samples
+        the run will train on, for schedules that are fractions of the run (default: nothing)."""
+
     def before_optimizer_step(self) -> None:
         """Called with the gradients in place, before each optimiser step (default: nothing)."""
 

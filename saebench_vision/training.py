@@ -815,6 +815,7 @@ def train_saes(
     for sae in saes:
         sae.to(device)
         sae.train()
+        sae.begin_training(steps_total * config.batch_size)
     sample = stream.sample(NORM_SAMPLE_ROWS)
     input_scale = _init_saes(saes, sample, config)
     for sae in saes:

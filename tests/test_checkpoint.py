@@ -100,9 +100,12 @@ def test_a_checkpoint_saved_before_a_field_existed_loads_as_it_was_trained(tmp_p
     x = torch.randn(5, 6)
     assert torch.equal(loaded.encode(x), sae.encode(x))
     # A config that names the field keeps what it says: a warmed-up SAE's counter round-trips.
-    warm = randomised(cls, config(expansion=2, k=3, topk_warmup=10))
+    warm = randomised(cls, config(expansion=2, k=3, topk_warmup=0.25))
+    with torch.no_grad():
+        warm.samples_trained.fill_(7)
     save_sae(warm, tmp_path / "warm", {})
-    assert load_sae(tmp_path / "warm", resolve)[0].config.topk_warmup == 10
+    loaded, _ = load_sae(tmp_path / "warm", resolve)
+    assert loaded.config.topk_warmup == 0.25 and int(loaded.samples_trained) == 7
 
 
 def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path):

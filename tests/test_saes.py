@@ -67,7 +67,7 @@ def test_every_architecture_learns_a_planted_dictionary():
         ReLUSAE(d, ReLUConfig(expansion=2, l1_coefficient=3.0)),
         TopKSAE(d, TopKConfig(expansion=2, k=3, dead_after=4096)),
         GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=6.0)),
-        # topk_warmup 0: batch selection itself, which a 100,000-sample warm-up would hide here.
+        # topk_warmup 0: batch selection itself, which the warm-up would hide for half the run.
         BatchTopKSAE(d, BatchTopKConfig(expansion=2, k=3, dead_after=4096, topk_warmup=0)),
         JumpReLUSAE(d, JumpReLUConfig(expansion=2, l0_coefficient=1.0)),
         MatryoshkaSAE(
@@ -239,7 +239,8 @@ def _grads(sae, x):
     [
         (TopKSAE, TopKConfig(expansion=4, k=3)),
         (TopKSAE, TopKConfig(expansion=4, k=3, apply_b_dec_to_input=False)),
-        # The default topk_warmup: per-sample selection (the first step); 0: batch selection.
+        # The default topk_warmup, over a run announced as 1,000 samples: per-sample selection
+        # (the first step); 0: batch selection.
         (BatchTopKSAE, BatchTopKConfig(expansion=4, k=3)),
         (BatchTopKSAE, BatchTopKConfig(expansion=4, k=3, topk_warmup=0)),
         (MatryoshkaSAE, MatryoshkaConfig(expansion=4, k=3, prefix_fractions=(0.25, 0.5, 1.0))),
@@ -262,6 +263,7 @@ def test_sparse_path_gives_the_dense_gradients(cls, config):
         # Half the latents dead, so AuxK takes part too.
         for m in (sparse, dense):
             m.samples_since_fired[::2] = 10**9
+            m.begin_training(1000)
     x = torch.randn(9, d)
     t_sparse, g_sparse = _grads(sparse, x)
     t_dense, g_dense = _grads(dense, x)
@@ -319,9 +321,12 @@ def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():
 def test_batch_topk_warmup_keeps_each_samples_top_k_then_the_batchs():
     torch.manual_seed(0)
     k, batch = 2, 16
-    config = BatchTopKConfig(expansion=4, k=k, topk_warmup=batch, aux_k_coefficient=0.0)
+    config = BatchTopKConfig(expansion=4, k=k, topk_warmup=0.25, aux_k_coefficient=0.0)
     sae = BatchTopKSAE(8, config)
     assert "samples_trained" in sae.state_dict()
+    # Not told how long the run is (a loop of its own), the SAE selects per batch.
+    assert sae.train() and not sae.warming_up()
+    sae.begin_training(4 * batch)  # the warm-up: a quarter of 64 samples, one batch
     unwarmed = BatchTopKConfig(expansion=4, topk_warmup=0)
     assert "samples_trained" not in BatchTopKSAE(8, unwarmed).state_dict()
 
@@ -352,8 +357,9 @@ def test_batch_topk_warmup_keeps_each_samples_top_k_then_the_batchs():
     fresh.threshold.fill_(0.05)
     pre = fresh.pre_activations(x1)
     torch.testing.assert_close(fresh.encode(x1), pre * (pre > 0.05))
-    with pytest.raises(ValueError, match="topk_warmup"):
-        BatchTopKConfig(topk_warmup=-1)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="topk_warmup"):
+            BatchTopKConfig(topk_warmup=bad)
 
 
 def test_unit_norm_decoder_is_kept_and_gradient_projected():

@@ -47,13 +47,15 @@ Choices the paper leaves open, and why the defaults are what they are:
   about ``‖x‖ cos(x, w)``, so the batch's k·B largest are mostly in the rows of large norm,
   which take most of the budget while the others get a few latents or none, and in a short
   run the encoder never recovers from it. ``topk_warmup`` trains with per-sample TopK (each
-  row its own k) for the first 100,000 samples and switches to batch selection after; the
+  row its own k) for the first half of the run's samples (a fraction, so that a short run
+  still ends with batch selection) and switches to batch selection after; the
   inference threshold is estimated from the batch selection throughout, so it is ready
   whenever training stops. On the planted-dictionary benchmark's full size (one pass at
   batch 4096, 46 steps; ``benchmarks/quality.py``) it takes BatchTopK from FVU 0.596 / MMCS
-  0.361 to 0.504 / 0.464 and Matryoshka from 0.630 / 0.332 to 0.514 / 0.453 (40,000 to
-  150,000 samples all help; a warm-up over the whole pass, per-sample training with
-  threshold inference, recovers as much as TopK, MMCS 0.474, but at FVU 0.577). Bussmann et
+  0.361 to 0.503 / 0.464 and Matryoshka from 0.630 / 0.332 to 0.515 / 0.451 (warm-ups of
+  20-80% of the pass all help; one over the whole pass, per-sample training with threshold
+  inference, recovers as much as TopK, MMCS 0.474, but at FVU 0.577), and at the quick size
+  (65k samples) BatchTopK from 0.506 / 0.396 to 0.459 / 0.450. Bussmann et
   al. and SAELens select per batch from the first step: ``topk_warmup: 0``.
 * **JumpReLU thresholds.** Adam moves a parameter by about ``lr`` per step, so a threshold
   stored as itself travels at most ``lr x steps`` (0.06 in the quick benchmark), while the
@@ -220,18 +222,18 @@ class BatchTopKConfig(TopKConfig):
     inference: Literal["threshold", "batch-topk"] = option(
         "threshold", "encode with the learnt threshold (per sample) or with BatchTopK itself"
     )
-    topk_warmup: int = option(
-        100_000,
-        "training samples during which every sample keeps its own top k (per-sample TopK) "
-        "before selection switches to the batch's top k·B (0: BatchTopK from the first step, "
-        "Bussmann et al.'s and SAELens's)",
-        absent=0,  # checkpoints saved before the warm-up existed were trained without it
+    topk_warmup: float = option(
+        0.5,
+        "fraction of the run's training samples during which every sample keeps its own top "
+        "k (per-sample TopK) before selection switches to the batch's top k·B (0: BatchTopK "
+        "from the first step, Bussmann et al.'s and SAELens's)",
+        absent=0.0,  # checkpoints saved before the warm-up existed were trained without it
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.topk_warmup < 0:
-            raise ValueError(f"`topk_warmup` must be >= 0, got {self.topk_warmup!r}")
+        if not 0 <= self.topk_warmup < 1:
+            raise ValueError(f"`topk_warmup` must be in [0, 1), got {self.topk_warmup!r}")
 
 
 @dataclasses.dataclass(frozen=True)

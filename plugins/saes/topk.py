@@ -271,7 +271,8 @@ class BatchTopKSAE(TopKSAE):
     (``inference="threshold"``, the default), which makes it a JumpReLU SAE at inference: one
     sample's code never depends on its batch. Saved to SAELens as ``jumprelu``.
 
-    For the first ``topk_warmup`` training samples each sample keeps its own top k (TopK), so
+    For the first ``topk_warmup`` (a fraction) of the run's training samples, which the trainer
+    announces through :meth:`begin_training`, each sample keeps its own top k (TopK), so
     that the rows of large norm do not take the batch's whole budget while the encoder is
     still unselective; the threshold is estimated from the batch selection all along.
     """
@@ -302,8 +303,9 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer(
             "samples_trained",
             torch.zeros((), dtype=torch.int64),
-            persistent=int(self.config.topk_warmup) > 0,
+            persistent=float(self.config.topk_warmup) > 0,
         )
+        self._warmup_samples = 0
         self._batch_min: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -312,9 +314,13 @@ class BatchTopKSAE(TopKSAE):
         self.threshold.zero_()
         self.samples_trained.zero_()
 
+    def begin_training(self, total_samples: int) -> None:
+        """The warm-up spans ``topk_warmup`` of the ``total_samples`` the run trains on."""
+        self._warmup_samples = int(float(self.config.topk_warmup) * int(total_samples))
+
     def warming_up(self) -> bool:
         """Whether training selection is still per-sample TopK (``topk_warmup``)."""
-        warmup = int(self.config.topk_warmup)
+        warmup = self._warmup_samples
         return warmup > 0 and self.training and int(self.samples_trained) < warmup
 
     def _select(self, pre: torch.Tensor) -> tuple[SparseCode, torch.Tensor]:
