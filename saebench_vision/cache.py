@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from saebench_vision.errors import CacheError
+from saebench_vision.results import pid_alive
 
 ENV_CACHE_DIR = "SAEBENCH_VISION_CACHE"
 FORMAT_VERSION = 1
@@ -444,16 +445,6 @@ def write_owner(folder: Path) -> None:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _orphan_reason(folder: Path) -> str:
     """Why ``folder`` in the cache's tmp is an orphan, or "" while its owner may still use it.
 
@@ -471,7 +462,7 @@ def _orphan_reason(folder: Path) -> str:
         return "no owner recorded, untouched for a day" if age > 86400 else ""
     if owner.get("host", socket.gethostname()) != socket.gethostname():
         return ""
-    if _pid_alive(int(owner["pid"])):
+    if pid_alive(int(owner["pid"])):
         return ""
     return f"its owner process {owner['pid']} is gone"
 

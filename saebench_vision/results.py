@@ -224,7 +224,7 @@ class ResultsStore:
             "SELECT run_id, host FROM runs WHERE status='running'"
         ).fetchall():
             name, _, pid = str(host).rpartition(" pid ")
-            if name == node and pid.isdigit() and not _alive(int(pid)):
+            if name == node and pid.isdigit() and not pid_alive(int(pid)):
                 gone.append(run_id)
         if gone:
             with self.transaction() as db:
@@ -265,7 +265,7 @@ class ResultsStore:
                 if row is None or row[0] == run_id or row[4] != "running":
                     continue
                 owner, host, owner_pid, beat = row[0], row[1], int(row[2]), float(row[3])
-                alive = _alive(owner_pid) if host == node else now - beat < stale_after
+                alive = pid_alive(owner_pid) if host == node else now - beat < stale_after
                 if alive:
                     return "theirs", str(owner)
             db.executemany(
@@ -554,7 +554,8 @@ class ClaimHeartbeat:
             db.close()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -4,26 +4,24 @@ Textures, OpenImage-O) sets, or any folder of images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
-from PIL import Image
 from saebench_vision_plugins.datasets.configs import ImageFolderConfig
 from saebench_vision_plugins.datasets.imagenet import (
+    ImageFiles,
     check_distinct,
     check_pixel_limit,
     drop_bad_files,
     list_images,
-    load_rgb,
     view_settings,
 )
-from saebench_vision_plugins.datasets.views import make_view
 
 from saebench_vision.errors import DatasetError
-from saebench_vision.interfaces import Dataset, files_fingerprint
+from saebench_vision.interfaces import files_fingerprint
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(ImageFiles):
     """Every image under ``root`` (sorted), or those an OpenOOD-style image list names."""
 
     name: ClassVar[str] = "image-folder"
@@ -58,10 +56,6 @@ class ImageFolderDataset(Dataset):
         self.files = files
         self.views = view_settings(config)
 
-    def metadata(self) -> dict[str, Any]:
-        """How many listed images were skipped as unreadable (``on_bad_file: skip``)."""
-        return {"skipped_files": len(self.skipped)}
-
     def fingerprint(self) -> str:
         """The listed files' paths, sizes and mtimes (see ``files_fingerprint``)."""
         return files_fingerprint(self.files)
@@ -86,20 +80,3 @@ class ImageFolderDataset(Dataset):
                 )
             files.append(path)
         return files
-
-    def __len__(self) -> int:
-        return len(self.files) * self.views.views
-
-    def __getitem__(self, index: int) -> Image.Image:
-        image, view = divmod(index, self.views.views)
-        path = self.files[image]
-        return make_view(
-            load_rgb(path, self.config.max_image_pixels, self.config.on_bad_file == "skip"),
-            path.relative_to(self.root).as_posix(),
-            view,
-            self.views,
-        )
-
-    def groups(self) -> np.ndarray:
-        """The source image of each item: the views of one image share a group."""
-        return np.repeat(np.arange(len(self.files)), self.views.views)

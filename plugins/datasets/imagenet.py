@@ -326,7 +326,39 @@ def read_ground_truth(path: Path, files: list[Path], meta: Path | None) -> dict[
     return labels
 
 
-class ImageNetFolderDataset(Dataset):
+class ImageFiles(Dataset):
+    """A split of image files under ``root`` (``files``, read with the config's
+    ``max_image_pixels`` and ``on_bad_file``), each giving ``views.views`` items in a row; the
+    subclass lists the files (and ``skipped``, the unreadable ones) and labels them."""
+
+    root: Path
+    files: list[Path]
+    skipped: list[Path]
+    views: ViewSettings
+
+    def metadata(self) -> dict[str, Any]:
+        """How many listed images were skipped as unreadable (``on_bad_file: skip``)."""
+        return {"skipped_files": len(self.skipped)}
+
+    def __len__(self) -> int:
+        return len(self.files) * self.views.views
+
+    def __getitem__(self, index: int) -> Image.Image:
+        image, view = divmod(index, self.views.views)
+        path = self.files[image]
+        return make_view(
+            load_rgb(path, self.config.max_image_pixels, self.config.on_bad_file == "skip"),
+            path.relative_to(self.root).as_posix(),
+            view,
+            self.views,
+        )
+
+    def groups(self) -> np.ndarray:
+        """The source image of each item: the views of one image share a group."""
+        return np.repeat(np.arange(len(self.files)), self.views.views)
+
+
+class ImageNetFolderDataset(ImageFiles):
     """One ImageNet-style split; items are PIL RGB images.
 
     Layouts (``layout: auto`` picks one from what ``root`` holds): class folders named by
@@ -386,10 +418,6 @@ class ImageNetFolderDataset(Dataset):
         self.root = root
         self.files = files
         self._labels = np.repeat(np.asarray(labels, dtype=np.int64), self.views.views)
-
-    def metadata(self) -> dict[str, Any]:
-        """How many listed images were skipped as unreadable (``on_bad_file: skip``)."""
-        return {"skipped_files": len(self.skipped)}
 
     @staticmethod
     def _classes_in(root: Path, config: ImageNetFolderConfig) -> dict[str, list[Path]]:
@@ -473,25 +501,8 @@ class ImageNetFolderDataset(Dataset):
         labels = [p for p in labels if p.is_file()]
         return files_fingerprint([*self.files, *labels])
 
-    def __len__(self) -> int:
-        return len(self.files) * self.views.views
-
-    def __getitem__(self, index: int) -> Image.Image:
-        image, view = divmod(index, self.views.views)
-        path = self.files[image]
-        return make_view(
-            load_rgb(path, self.config.max_image_pixels, self.config.on_bad_file == "skip"),
-            path.relative_to(self.root).as_posix(),
-            view,
-            self.views,
-        )
-
     def labels(self) -> np.ndarray:
         return self._labels
-
-    def groups(self) -> np.ndarray:
-        """The source image of each item: the views of one image share a group."""
-        return np.repeat(np.arange(len(self.files)), self.views.views)
 
     def classes(self) -> list[ClassInfo]:
         return list(self._classes)
