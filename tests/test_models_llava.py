@@ -11,11 +11,11 @@ import torch
 from conftest_models import assert_deterministic_and_batch_invariant, go_offline, sample_images
 from saebench_vision_plugins.models.configs import LlavaConfig as AdapterConfig
 from saebench_vision_plugins.models.llava import LlavaAdapter
+from saebench_vision_plugins.models.tiny_llava import tiny_llava_tokenizer
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
-    LlamaTokenizer,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
@@ -27,22 +27,9 @@ from saebench_vision.interfaces import TokenKind, select_tokens
 N_PATCHES = 4  # 28 px / 14 px patches = 2 x 2
 
 
-def _tokenizer() -> LlamaTokenizer:
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    for ch in "▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:?!'":
-        vocab.setdefault(ch, len(vocab))
-    tok = LlamaTokenizer(
-        vocab=vocab, merges=[], pad_token="<pad>", add_bos_token=True, model_max_length=512
-    )
-    tok.add_tokens(["<image>"], special_tokens=True)
-    return tok
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tok = _tokenizer()
+    tok = tiny_llava_tokenizer()
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(
             size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}
