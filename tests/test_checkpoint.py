@@ -82,6 +82,22 @@ def test_round_trip_is_exact(tmp_path, cls, config):
     assert torch.equal(loaded.encode(x), sae.encode(x))
 
 
+def test_a_matryoshka_checkpoint_saved_before_nesting_existed_loads_as_nested_by_latents(
+    tmp_path,
+):
+    # Matryoshka SAEs nested by dictionary prefixes only until `nesting` was added (with the
+    # default `both`): a config without the field is one trained that way.
+    sae = randomised(MatryoshkaSAE, MatryoshkaConfig(expansion=2, k=3, nesting="latents"))
+    save_sae(sae, tmp_path / "sae", {})
+    path = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(path.read_text())
+    del cfg["config"]["nesting"]
+    path.write_text(json.dumps(cfg))
+    loaded, _ = load_sae(tmp_path / "sae", resolve)
+    assert loaded.config.nesting == "latents" != MatryoshkaConfig().nesting
+    assert loaded.config == sae.config
+
+
 @pytest.mark.parametrize("cls", [BatchTopKSAE, MatryoshkaSAE], ids=lambda c: c.name)
 def test_a_checkpoint_saved_before_a_field_existed_loads_as_it_was_trained(tmp_path, cls):
     # Before `topk_warmup` existed these SAEs selected per batch from the first step and had no

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -248,6 +249,11 @@ def _grads(sae, x):
             MatryoshkaSAE,
             MatryoshkaConfig(expansion=4, k=3, prefix_fractions=(0.25, 0.5, 1.0), topk_warmup=0),
         ),
+        *(
+            (MatryoshkaSAE, MatryoshkaConfig(expansion=4, k=3, nesting=nesting, topk_warmup=w))
+            for nesting in ("latents", "rank")
+            for w in (0.0, 0.5)
+        ),
     ],
 )
 def test_sparse_path_gives_the_dense_gradients(cls, config):
@@ -274,6 +280,70 @@ def test_sparse_path_gives_the_dense_gradients(cls, config):
     for name in g_dense:
         torch.testing.assert_close(g_sparse[name], g_dense[name], msg=name)
     torch.testing.assert_close(t_sparse.fired, t_dense.fired)
+
+
+@pytest.mark.parametrize("nesting", ["latents", "rank", "both"])
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+@pytest.mark.parametrize("warmup", [0.0, 0.5])
+def test_matryoshka_loss_is_the_mean_of_its_nested_reconstructions(nesting, backend, warmup):
+    # By hand, row by row: select (the batch's top k·B, or each row's top k while warming
+    # up), then reconstruct from the latents below each dictionary prefix end (latents) or
+    # from the row's ⌈f·c⌉ largest activations (rank), c the number the row kept.
+    d, k, fractions = 6, 3, (0.25, 0.5, 1.0)
+    torch.manual_seed(4)
+    config = MatryoshkaConfig(
+        expansion=4,
+        k=k,
+        prefix_fractions=fractions,
+        nesting=nesting,
+        topk_warmup=warmup,
+        aux_k_coefficient=0.0,
+        sparse_backend=backend,
+    )
+    sae = MatryoshkaSAE(d, config)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    sae.train()
+    sae.begin_training(1000)
+    x = torch.randn(7, d)
+    loss = float(sae.train_terms(x).loss.detach())
+
+    W_enc, b_enc = sae.W_enc.detach().double(), sae.b_enc.detach().double()
+    W_dec, b_dec = sae.W_dec.detach().double(), sae.b_dec.detach().double()
+    xn = x.double() * sae.input_scale
+    pre = (xn - b_dec) @ W_enc.T + b_enc
+    n = pre.shape[1]
+    if warmup:
+        keep = [set(row.topk(k).indices.tolist()) for row in pre]
+    else:
+        flat = pre.reshape(-1).topk(k * len(x)).indices.tolist()
+        keep = [{f % n for f in flat if f // n == r} for r in range(len(x))]
+    ends = [round(f * n) for f in fractions]
+    errors: dict[str, list[list[float]]] = {"latents": [], "rank": []}
+    for r, row in enumerate(pre):
+        kept = sorted(keep[r], key=lambda c: -float(row[c]))  # largest activation first
+        parts = {
+            "latents": [[c for c in kept if c < end] for end in ends],
+            "rank": [kept[: max(1, math.ceil(f * len(kept)))] for f in fractions],
+        }
+        for kind, subsets in parts.items():
+            errors[kind].append(
+                [
+                    float(
+                        (xn[r] - b_dec - sum(torch.relu(row[c]) * W_dec[c] for c in sub))
+                        .pow(2)
+                        .sum()
+                    )
+                    for sub in subsets
+                ]
+            )
+    per_part = {kind: np.mean(e, axis=0) for kind, e in errors.items()}
+    if nesting == "both":  # the full reconstruction ends both kinds: counted once
+        want = np.mean([*per_part["latents"], *per_part["rank"][:-1]])
+    else:
+        want = np.mean(per_part[nesting])
+    assert loss == pytest.approx(want, rel=1e-5)
 
 
 def test_sparse_decode_handles_empty_rows_and_matches_dense():
@@ -437,6 +507,10 @@ def test_registered_names_and_light_hooks(manager):
         (
             MatryoshkaSAE,
             [MatryoshkaConfig(expansion=4, k=k, prefix_fractions=(0.5, 1.0)) for k in (1, 2)],
+        ),
+        (
+            MatryoshkaSAE,
+            [MatryoshkaConfig(expansion=4, k=k, nesting="rank", topk_warmup=0) for k in (2, 3)],
         ),
     ],
 )

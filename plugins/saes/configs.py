@@ -240,14 +240,22 @@ class BatchTopKConfig(TopKConfig):
 class MatryoshkaConfig(BatchTopKConfig):
     """Matryoshka BatchTopK SAE (Bussmann et al. 2025; Nabeshima 2024).
 
-    Latents are ordered into nested prefixes; each prefix must reconstruct the input by itself,
-    so early latents learn general features and later ones refine them. The loss is the mean
-    of the prefixes' reconstruction errors.
+    Nested parts of each code must reconstruct the input by themselves, so that early latents
+    (``latents``) or a row's largest activations (``rank``) learn general features and the rest
+    refine them. The loss is the mean of the nested reconstruction errors.
     """
+
+    nesting: Literal["latents", "rank", "both"] = option(
+        "both",
+        "which nested parts reconstruct: latents (dictionary prefixes: Bussmann et al., "
+        "SAELens), rank (each row's largest activations: Zaigrajew et al.'s MSAE) or both",
+        absent="latents",  # checkpoints saved before the field existed nested by latents
+    )
 
     prefix_fractions: tuple[float, ...] = option(
         (0.0625, 0.125, 0.25, 0.5, 1.0),
-        "nested prefix sizes as fractions of d_sae, increasing, the last one 1",
+        "nested part sizes, increasing, the last one 1: fractions of d_sae (latents) and of "
+        "the latents each row keeps (rank)",
     )
 
     def __post_init__(self) -> None:

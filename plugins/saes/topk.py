@@ -22,7 +22,13 @@ from saebench_vision_plugins.saes.base import (
     group_mse,
 )
 from saebench_vision_plugins.saes.configs import BatchTopKConfig, MatryoshkaConfig, TopKConfig
-from saebench_vision_plugins.saes.sparse import SampledLinear, SparseCode, SparseDecode, counts
+from saebench_vision_plugins.saes.sparse import (
+    SampledLinear,
+    SparseCode,
+    SparseDecode,
+    counts,
+    stable_argsort,
+)
 
 
 class TopKSAE(BuiltinSAE):
@@ -363,10 +369,20 @@ class BatchTopKSAE(TopKSAE):
 
 
 class MatryoshkaSAE(BatchTopKSAE):
-    """Matryoshka BatchTopK: nested prefixes of the latents each reconstruct the input.
+    """Matryoshka BatchTopK: nested parts of each code each reconstruct the input.
 
-    The loss is the mean over prefixes of ``‖x - x̂_prefix‖²`` (plus AuxK on the full
-    reconstruction's residual); ``mse`` in the metrics is the full reconstruction's.
+    ``nesting`` says which parts (``prefix_fractions`` sets their sizes):
+
+    * ``latents`` (Bussmann et al. 2025; Nabeshima 2024; SAELens's ``matryoshka_batchtopk``):
+      prefixes of the dictionary, the row's active latents among the first ``f · d_sae``;
+    * ``rank`` (Zaigrajew et al. 2025's MSAE; Balagansky et al.'s HierarchicalTopK): the
+      row's ``⌈f · c⌉`` largest activations, ``c`` the number it kept;
+    * ``both`` (the default): every prefix of either kind, so that a dictionary prefix is
+      still an SAE (what ``latents`` promises) and the largest activations of a row are too.
+
+    The loss is the mean of the distinct nested reconstruction errors ``‖x - x̂_part‖²``
+    (the full reconstruction counted once), plus AuxK on the full reconstruction's residual;
+    ``mse`` in the metrics is the full reconstruction's.
     """
 
     name: ClassVar[str] = "matryoshka"
@@ -377,6 +393,62 @@ class MatryoshkaSAE(BatchTopKSAE):
         ends = sorted({max(1, round(f * self.d_sae)) for f in self.config.prefix_fractions})
         ends[-1] = self.d_sae
         return ends
+
+    @staticmethod
+    def _latent_groups(code: SparseCode, n: int, ends: list[int]) -> torch.Tensor:
+        """Each entry's dictionary prefix group: how many prefix ends its latent is past."""
+        bounds = torch.tensor(ends, device=code.cols.device)
+        return torch.searchsorted(bounds, code.cols % n, right=True)
+
+    @staticmethod
+    def _rank_groups(
+        code: SparseCode, values: torch.Tensor, fractions: Sequence[float]
+    ) -> torch.Tensor:
+        """Each entry's rank group: the entry of rank ``j`` (0: the row's largest value) in a
+        row of ``c`` entries is past the ends ``⌈f · c⌉`` (at least 1) with ``j >= ⌈f · c⌉``."""
+        rows = code.rows
+        by_value = stable_argsort(-values)
+        order = by_value[stable_argsort(rows[by_value])]  # by row, then value descending
+        per_row = counts(rows, code.n_rows)
+        starts = torch.cumsum(per_row, 0) - per_row
+        sorted_rows = rows[order]
+        rank = torch.empty_like(rows)
+        rank[order] = torch.arange(rows.numel(), device=rows.device) - starts[sorted_rows]
+        size = per_row[rows].double()
+        group = torch.zeros_like(rows)
+        for f in fractions[:-1]:
+            group += rank >= torch.ceil(size * f).long().clamp_min(1)
+        return group
+
+    @staticmethod
+    def _parts(
+        sparse: bool,
+        values: torch.Tensor,
+        code: SparseCode,
+        group: torch.Tensor,
+        groups: int,
+        P: Params,
+        shape: tuple[int, int, int],
+    ) -> torch.Tensor:
+        """``(S, B, groups, d)``: each row's decode (no bias) of its entries in each group."""
+        S, B, n = shape
+        if sparse:
+            vrows = code.rows * groups + group
+            order = stable_argsort(vrows)
+            vrows = vrows[order]
+            per_row = counts(vrows, S * B * groups)
+            grouped = SparseCode(
+                vrows, code.cols[order], torch.cumsum(per_row, 0) - per_row, S * B * groups, S * n
+            )
+            W = P["W_dec"].reshape(S * n, -1)
+            return SparseDecode.apply(values[order], W, grouped).view(S, B, groups, -1)
+        flat = code.rows * n + code.cols % n
+        parts = []
+        for g in range(groups):
+            mine = group == g
+            z = values.new_zeros(S * B * n).index_put((flat[mine],), values[mine])
+            parts.append(torch.bmm(z.view(S, B, n), P["W_dec"]))
+        return torch.stack(parts, dim=2)
 
     @classmethod
     def _reconstruct(
@@ -390,26 +462,22 @@ class MatryoshkaSAE(BatchTopKSAE):
         shape: tuple[int, int, int],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         S, B, n = shape
-        ends = saes[0].prefix_ends()  # type: ignore[attr-defined]
-        groups = len(ends)
-        if sparse:
-            bounds = torch.tensor(ends, device=code.cols.device)
-            group = torch.searchsorted(bounds, code.cols % n, right=True)
-            vrows = code.rows * groups + group
-            per_row = counts(vrows, S * B * groups)
-            grouped = SparseCode(
-                vrows, code.cols, torch.cumsum(per_row, 0) - per_row, S * B * groups, S * n
-            )
-            W = P["W_dec"].reshape(S * n, -1)
-            parts = SparseDecode.apply(values, W, grouped).view(S, B, groups, -1)
-        else:
-            z = values.new_zeros(S * B * n).index_put((code.rows * n + code.cols % n,), values)
-            z = z.view(S, B, n)
-            starts = [0, *ends[:-1]]
-            parts = torch.stack(
-                [torch.bmm(z[:, :, a:b], P["W_dec"][:, a:b]) for a, b in zip(starts, ends)], dim=2
-            )
-        recons = parts.cumsum(2) + P["b_dec"][:, None, None, :]
-        losses = (recons - xn[None, :, None, :]).pow(2).sum(-1).mean(1)
+        first: MatryoshkaSAE = saes[0]  # type: ignore[assignment]
+        nesting = first.config.nesting
+        fractions = tuple(first.config.prefix_fractions)
+        kinds = []
+        with torch.no_grad():
+            if nesting in ("latents", "both"):
+                ends = first.prefix_ends()
+                kinds.append((cls._latent_groups(code, n, ends), len(ends)))
+            if nesting in ("rank", "both"):
+                kinds.append((cls._rank_groups(code, values.detach(), fractions), len(fractions)))
+        errors = []
+        for group, groups in kinds:
+            parts = cls._parts(sparse, values, code, group, groups, P, shape)
+            recons = parts.cumsum(2) + P["b_dec"][:, None, None, :]
+            errors.append((recons - xn[None, :, None, :]).pow(2).sum(-1).mean(1))
         x_hat = recons[:, :, -1]
-        return x_hat, losses.mean(-1), group_mse(x_hat, xn)
+        # The full reconstruction ends every kind: count it once.
+        distinct = torch.cat([errors[0], *(e[:, :-1] for e in errors[1:])], dim=1)
+        return x_hat, distinct.mean(-1), group_mse(x_hat, xn)
