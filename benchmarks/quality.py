@@ -51,7 +51,9 @@ With ``--saelens-python``, the same planted data (saved as ``.npy``) are also tr
 SAELens's own trainer in that interpreter (``benchmarks/quality_saelens.py``: same d_sae, k or
 coefficient, lr, batch, steps and schedule, SAELens's defaults otherwise), and each of our rows
 is followed by SAELens's and by the ratios ours / SAELens (FVU, L0, MMCS, and throughput: SAEs x
-samples per second of our sweep against SAELens's, which trains one SAE at a time). The project
+samples per second of our sweep against SAELens's, which trains one SAE at a time); SAELens's
+Matryoshka nests by dictionary prefix only, our ``nesting: latents`` (the default, ``both``, adds
+the rank prefixes: ``--set matryoshka:nesting=latents`` compares the same loss). The project
 never depends on sae-lens: install it in a separate virtual environment. Figures at the full
 size, both trainers side by side: ``docs/design.md`` (SAE quality).
 
@@ -488,6 +490,8 @@ def main(argv: list[str] | None = None) -> None:
                 label = f"  SAELens {arch}" + (
                     f" {coef.split('_')[0]}={s['coefficient']:g}" if coef else ""
                 )
+                if arch == "matryoshka":  # SAELens nests by dictionary prefix only
+                    label += " nesting=latents"
                 print(
                     f"{label:<34}{s['fvu']:>7.3f}{s['l0']:>8.1f}{s['dead']:>7.3f}"
                     f"{s['mmcs']:>7.3f}{'':>12}{s['samples_per_s']:>11.0f}"

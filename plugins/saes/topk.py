@@ -9,6 +9,7 @@ In a fused group the members' codes are stacked into one code over the stacked w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -414,10 +415,13 @@ class MatryoshkaSAE(BatchTopKSAE):
         sorted_rows = rows[order]
         rank = torch.empty_like(rows)
         rank[order] = torch.arange(rows.numel(), device=rows.device) - starts[sorted_rows]
-        size = per_row[rows].double()
+        size = per_row[rows]
+        # The ends by table lookup, computed in Python (exact, and no float64 on the device).
+        sizes = range(int(per_row.max()) + 1 if per_row.numel() else 1)
         group = torch.zeros_like(rows)
         for f in fractions[:-1]:
-            group += rank >= torch.ceil(size * f).long().clamp_min(1)
+            ends = torch.tensor([max(1, math.ceil(f * c)) for c in sizes], device=rows.device)
+            group += rank >= ends[size]
         return group
 
     @staticmethod
