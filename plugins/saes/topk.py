@@ -433,8 +433,10 @@ class MatryoshkaSAE(BatchTopKSAE):
         groups: int,
         P: Params,
         shape: tuple[int, int, int],
+        ends: list[int] | None = None,
     ) -> torch.Tensor:
-        """``(S, B, groups, d)``: each row's decode (no bias) of its entries in each group."""
+        """``(S, B, groups, d)``: each row's decode (no bias) of its entries in each group;
+        ``ends``: the groups are these dictionary prefixes (the dense path slices by them)."""
         S, B, n = shape
         if sparse:
             vrows = code.rows * groups + group
@@ -447,6 +449,12 @@ class MatryoshkaSAE(BatchTopKSAE):
             W = P["W_dec"].reshape(S * n, -1)
             return SparseDecode.apply(values[order], W, grouped).view(S, B, groups, -1)
         flat = code.rows * n + code.cols % n
+        if ends is not None:
+            z = values.new_zeros(S * B * n).index_put((flat,), values).view(S, B, n)
+            starts = [0, *ends[:-1]]
+            return torch.stack(
+                [torch.bmm(z[:, :, a:b], P["W_dec"][:, a:b]) for a, b in zip(starts, ends)], dim=2
+            )
         parts = []
         for g in range(groups):
             mine = group == g
@@ -473,12 +481,13 @@ class MatryoshkaSAE(BatchTopKSAE):
         with torch.no_grad():
             if nesting in ("latents", "both"):
                 ends = first.prefix_ends()
-                kinds.append((cls._latent_groups(code, n, ends), len(ends)))
+                kinds.append((cls._latent_groups(code, n, ends), len(ends), ends))
             if nesting in ("rank", "both"):
-                kinds.append((cls._rank_groups(code, values.detach(), fractions), len(fractions)))
+                group = cls._rank_groups(code, values.detach(), fractions)
+                kinds.append((group, len(fractions), None))
         errors = []
-        for group, groups in kinds:
-            parts = cls._parts(sparse, values, code, group, groups, P, shape)
+        for group, groups, prefix_ends in kinds:
+            parts = cls._parts(sparse, values, code, group, groups, P, shape, prefix_ends)
             recons = parts.cumsum(2) + P["b_dec"][:, None, None, :]
             errors.append((recons - xn[None, :, None, :]).pow(2).sum(-1).mean(1))
         x_hat = recons[:, :, -1]
