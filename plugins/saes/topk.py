@@ -170,7 +170,7 @@ class TopKSAE(BuiltinSAE):
         shape: tuple[int, int, int],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x̂ (S, B, d), reconstruction loss (S,), mse of x̂ (S,))``; Matryoshka's
-        reconstruction loss averages nested prefixes."""
+        reconstruction loss averages nested parts of the code."""
         x_hat = cls._decode(sparse, values, code, P, shape) + P["b_dec"].unsqueeze(1)
         mse = group_mse(x_hat, xn)
         return x_hat, mse, mse
