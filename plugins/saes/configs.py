@@ -129,6 +129,14 @@ class GatedConfig(ReLUConfig):
     gate_bias_init: float = option(
         0.0, "initial gate bias b_gate, in normalised input space (SAELens: 0)"
     )
+    l1_convention: Literal["relu", "saelens"] = option(
+        "relu",
+        "relu: the gate's L1 is weighted by 1 + aux_coefficient, the number of reconstruction "
+        "terms whose gradient reaches the shared encoder, so that λ sparsifies as it does a "
+        "ReLU SAE; saelens: λ as SAELens and the Gated SAE paper weight it (the SAE then trains "
+        "like a ReLU SAE at λ / (1 + aux_coefficient))",
+        absent="saelens",  # checkpoints saved before the field existed were trained so
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
