@@ -240,6 +240,15 @@ SAELENS_EXTRA: dict[str, dict[str, Any]] = {}
 """SAELens config fields set for an architecture beyond the shared budget (none: its defaults)."""
 
 
+def saelens_coefficient(sae: SAE, value: float | None) -> float | None:
+    """SAELens's coefficient for the penalty ``sae`` trains with at ``value``: Gated's default
+    ``l1_convention: relu`` weights the L1 by λ (1 + aux_coefficient), SAELens's by λ."""
+    config = sae.config
+    if value is not None and isinstance(config, GatedConfig) and config.l1_convention == "relu":
+        return value * (1.0 + config.aux_coefficient)
+    return value
+
+
 def saelens_rows(
     python: str,
     data_dir: Path,
@@ -471,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
                 arch,
                 d_sae=d * a.expansion,
                 k=int(base.get("k", a.k)),
-                coefficients=tuple(values),
+                coefficients=tuple(saelens_coefficient(s, v) for s, v in zip(saes, values)),
                 prefix_fractions=tuple(
                     base.get("prefix_fractions", MatryoshkaConfig().prefix_fractions)
                 ),
