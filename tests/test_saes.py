@@ -66,7 +66,8 @@ def test_every_architecture_learns_a_planted_dictionary():
     saes = [
         ReLUSAE(d, ReLUConfig(expansion=2, l1_coefficient=3.0)),
         TopKSAE(d, TopKConfig(expansion=2, k=3, dead_after=4096)),
-        GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=6.0)),
+        # λ 3 weighted by 1 + aux_coefficient: the loss SAELens's λ = 6 gives.
+        GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=3.0)),
         # topk_warmup 0: batch selection itself, which the warm-up would hide for half the run.
         BatchTopKSAE(d, BatchTopKConfig(expansion=2, k=3, dead_after=4096, topk_warmup=0)),
         JumpReLUSAE(d, JumpReLUConfig(expansion=2, l0_coefficient=1.0)),

@@ -23,10 +23,10 @@ Choices the paper leaves open, and why the defaults are what they are:
   through the gate) against one L1 term. At initialisation (``r_mag = b_mag = b_gate = 0``)
   both paths give the code ``ReLU(W_enc (x - b_dec))`` and SAELens's Gated loss at λ has
   exactly ``1 + aux_coefficient`` times the gradients of a ReLU SAE at ``λ / (1 +
-  aux_coefficient)``: Adam, blind to that scale, trains it as a ReLU SAE at half the
-  coefficient, and the biases and ``r_mag`` that would make it differ move by about ``lr`` per
-  step (on the quickstart's ``final`` layer ``b_gate`` ends at -0.07 on average while the
-  gate's pre-activations have a spread of 0.8). That is why Gated stayed denser than ReLU at
+  aux_coefficient)``: Adam, blind to that scale, trains it as that ReLU SAE (λ / 2 with the
+  default ``aux_coefficient`` 1), and the biases and ``r_mag`` that would make it differ move
+  by about ``lr`` per step (on the quickstart's ``final`` layer ``b_gate`` ends at -0.07 on
+  average while the gate's pre-activations have a spread of 0.8). That is why Gated stayed denser than ReLU at
   the same λ (quickstart ``final``, λ = 3: L0 264 against 175), and neither gate-bias
   learning nor the auxiliary decoder is the cause: learning ``b_gate`` 30 times faster gave
   L0 242, a frozen auxiliary decoder 627, and cutting the magnitude path's gradient into
