@@ -26,9 +26,9 @@ Choices the paper leaves open, and why the defaults are what they are:
   aux_coefficient)``: Adam, blind to that scale, trains it as that ReLU SAE (λ / 2 with the
   default ``aux_coefficient`` 1), and the biases and ``r_mag`` that would make it differ move
   by about ``lr`` per step (on the quickstart's ``final`` layer ``b_gate`` ends at -0.07 on
-  average while the gate's pre-activations have a spread of 0.8). That is why Gated stayed denser than ReLU at
-  the same λ (quickstart ``final``, λ = 3: L0 264 against 175), and neither gate-bias
-  learning nor the auxiliary decoder is the cause: learning ``b_gate`` 30 times faster gave
+  average while the gate's pre-activations have a spread of 0.8). That is why Gated stayed
+  denser than ReLU at the same λ (quickstart ``final``, λ = 3: L0 264 against 175), and
+  neither gate-bias learning nor the auxiliary decoder is the cause: learning ``b_gate`` 30 times faster gave
   L0 242, a frozen auxiliary decoder 627, and cutting the magnitude path's gradient into
   ``W_enc`` 184, ReLU's own. ``l1_convention: relu`` (default) weights the gate's L1 by
   ``λ (1 + aux_coefficient)``, so λ means what it means for ReLU; Gated is then sparser
@@ -148,10 +148,10 @@ class GatedConfig(ReLUConfig):
     )
     l1_convention: Literal["relu", "saelens"] = option(
         "relu",
-        "relu: the gate's L1 is weighted by 1 + aux_coefficient, the number of reconstruction "
-        "terms whose gradient reaches the shared encoder, so that λ sparsifies as it does a "
-        "ReLU SAE; saelens: λ as SAELens and the Gated SAE paper weight it (the SAE then trains "
-        "like a ReLU SAE at λ / (1 + aux_coefficient))",
+        "relu: the gate's L1 is weighted by 1 + aux_coefficient, the total weight of the "
+        "reconstruction terms whose gradient reaches the shared encoder, so that λ sparsifies "
+        "as it does a ReLU SAE; saelens: λ as SAELens and the Gated SAE paper weight it (the "
+        "SAE then trains like a ReLU SAE at λ / (1 + aux_coefficient))",
         absent="saelens",  # checkpoints saved before the field existed were trained so
     )
 
