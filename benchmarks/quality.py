@@ -104,10 +104,12 @@ ARCHS: dict[str, tuple[type, type, str | None]] = {
 }
 SWEEPS: dict[str, tuple[float, ...]] = {
     "relu": (3.0, 6.0, 12.0),
-    "gated": (3.0, 6.0, 12.0),
+    "gated": (1.5, 3.0, 6.0),
     "jumprelu": (0.3, 1.0, 3.0),
 }
-"""Coefficients of the sweep; the middle one is the headline row (the issue's ``l1 6``)."""
+"""Coefficients of the sweep; the middle one is the headline row (the issue's ``l1 6``: for
+Gated, whose default ``l1_convention: relu`` weights the L1 by λ (1 + aux_coefficient), the
+same penalty is λ = 3)."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,15 @@ def build(arch: str, d: int, args: dict[str, Any]) -> SAE:
 
 SAELENS_EXTRA: dict[str, dict[str, Any]] = {}
 """SAELens config fields set for an architecture beyond the shared budget (none: its defaults)."""
+
+
+def saelens_coefficient(sae: SAE, value: float | None) -> float | None:
+    """SAELens's coefficient for the penalty ``sae`` trains with at ``value``: Gated's default
+    ``l1_convention: relu`` weights the L1 by λ (1 + aux_coefficient), SAELens's by λ."""
+    config = sae.config
+    if value is not None and isinstance(config, GatedConfig) and config.l1_convention == "relu":
+        return value * (1.0 + config.aux_coefficient)
+    return value
 
 
 def saelens_rows(
@@ -473,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
                 arch,
                 d_sae=d * a.expansion,
                 k=int(base.get("k", a.k)),
-                coefficients=tuple(values),
+                coefficients=tuple(saelens_coefficient(s, v) for s, v in zip(saes, values)),
                 prefix_fractions=tuple(
                     base.get("prefix_fractions", MatryoshkaConfig().prefix_fractions)
                 ),

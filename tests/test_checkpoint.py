@@ -124,6 +124,22 @@ def test_a_checkpoint_saved_before_a_field_existed_loads_as_it_was_trained(tmp_p
     assert loaded.config.topk_warmup == 0.25 and int(loaded.samples_trained) == 7
 
 
+def test_a_gated_checkpoint_saved_before_l1_convention_loads_with_saelens_lambda(tmp_path):
+    # Before `l1_convention` existed the gate's L1 was weighted by λ alone (SAELens's); such a
+    # config lacks the field and must load as `saelens`, not as the new `relu` default.
+    sae = randomised(GatedSAE, GatedConfig(expansion=2, l1_convention="saelens"))
+    save_sae(sae, tmp_path / "sae", {})
+    path = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(path.read_text())
+    del cfg["config"]["l1_convention"]
+    path.write_text(json.dumps(cfg))
+    loaded, _ = load_sae(tmp_path / "sae", resolve)
+    assert loaded.config.l1_convention == "saelens" and GatedConfig().l1_convention == "relu"
+    assert loaded.config == sae.config
+    x = torch.randn(5, 6)
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+
+
 def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path):
     a = randomised(ReLUSAE, ReLUConfig(expansion=2))
     b = randomised(TopKSAE, TopKConfig(expansion=2, k=2))
@@ -329,6 +345,8 @@ def test_loads_saelens_checkpoints_as_saelens_computes_them(tmp_path, kind, appl
     _write_lens(tmp_path / "lens", cfg, t)
     sae = load_saelens(tmp_path / "lens", CLASSES.values())
     assert sae.d_sae == d_sae
+    if kind == "gated":  # trained with SAELens's weighting of λ, and says so
+        assert sae.config.l1_convention == "saelens"
     x = torch.randn(40, d_in)
     want = lens_encode(cfg, t, x)
     got = sae.encode(x)

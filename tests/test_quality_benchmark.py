@@ -55,3 +55,17 @@ def test_planted_data_clips_probabilities_at_one_and_keeps_the_mean():
     )
     p = data.probabilities
     assert p.max() == 1.0 and math.isclose(float(p.sum()), 4.0, rel_tol=1e-6)
+
+
+def test_saelens_is_given_the_gated_penalty_ours_trains_with():
+    # Our Gated default weights the L1 by λ (1 + aux_coefficient); SAELens's Gated by λ (its
+    # auxiliary loss has weight 1), so the same penalty is SAELens's λ (1 + aux_coefficient).
+    from saebench_vision_plugins.saes.configs import GatedConfig, ReLUConfig
+    from saebench_vision_plugins.saes.gated import GatedSAE
+    from saebench_vision_plugins.saes.relu import ReLUSAE
+
+    q = _quality()
+    assert q.saelens_coefficient(GatedSAE(4, GatedConfig()), 6.0) == 12.0
+    assert q.saelens_coefficient(GatedSAE(4, GatedConfig(aux_coefficient=0.5)), 6.0) == 9.0
+    assert q.saelens_coefficient(GatedSAE(4, GatedConfig(l1_convention="saelens")), 6.0) == 6.0
+    assert q.saelens_coefficient(ReLUSAE(4, ReLUConfig()), 6.0) == 6.0

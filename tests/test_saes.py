@@ -67,7 +67,8 @@ def test_every_architecture_learns_a_planted_dictionary():
     saes = [
         ReLUSAE(d, ReLUConfig(expansion=2, l1_coefficient=3.0)),
         TopKSAE(d, TopKConfig(expansion=2, k=3, dead_after=4096)),
-        GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=6.0)),
+        # λ 3 weighted by 1 + aux_coefficient: the loss SAELens's λ = 6 gives.
+        GatedSAE(d, GatedConfig(expansion=2, l1_coefficient=3.0)),
         # topk_warmup 0: batch selection itself, which the warm-up would hide for half the run.
         BatchTopKSAE(d, BatchTopKConfig(expansion=2, k=3, dead_after=4096, topk_warmup=0)),
         JumpReLUSAE(d, JumpReLUConfig(expansion=2, l0_coefficient=1.0)),
@@ -142,12 +143,19 @@ def test_relu_loss_matches_hand_computation():
     assert_same_gradients(plain, out.loss, expected)
 
 
+@pytest.mark.parametrize("convention", ["relu", "saelens"])
 @pytest.mark.parametrize("aux_decoder", ["shared", "frozen"])
-def test_gated_loss_matches_hand_computation(aux_decoder):
+def test_gated_loss_matches_hand_computation(aux_decoder, convention):
     config = GatedConfig(
-        expansion=2, l1_coefficient=0.3, aux_coefficient=0.7, aux_decoder=aux_decoder
+        expansion=2,
+        l1_coefficient=0.3,
+        aux_coefficient=0.7,
+        aux_decoder=aux_decoder,
+        l1_convention=convention,
     )
     sae = _tiny(GatedSAE, config)
+    # relu: the L1 weighted by λ (1 + aux_coefficient); saelens: by λ.
+    lam = 0.3 * 1.7 if convention == "relu" else 0.3
     x = torch.randn(6, 3)
     out = sae.loss(x)
     xc = x - sae.b_dec
@@ -157,7 +165,7 @@ def test_gated_loss_matches_hand_computation(aux_decoder):
     x_hat = z @ sae.W_dec + sae.b_dec
     l1 = (torch.relu(gate) * sae.W_dec.norm(dim=1)).sum(1).mean()
     aux = ((torch.relu(gate) @ sae.W_dec + sae.b_dec - x) ** 2).sum(1).mean()
-    main = ((x - x_hat) ** 2).sum(1).mean() + 0.3 * l1
+    main = ((x - x_hat) ** 2).sum(1).mean() + lam * l1
     expected = main + 0.7 * aux
     torch.testing.assert_close(out.loss, expected)
     # frozen: the decoder is detached in the auxiliary term, as the Gated SAE paper does;
@@ -173,6 +181,47 @@ def test_gated_loss_matches_hand_computation(aux_decoder):
         torch.testing.assert_close(total, without_aux)
     else:
         assert not torch.allclose(total, without_aux)
+
+
+@pytest.mark.parametrize("aux_decoder", ["shared", "frozen"])
+def test_gated_at_initialisation_trains_as_a_relu_sae(aux_decoder):
+    # With r_mag = b_mag = b_gate = 0 both Gated codes equal ReLU(W_enc (x - b_dec)), so the
+    # main and auxiliary reconstructions send the same gradient into the shared encoder: with
+    # aux_coefficient a, SAELens's Gated loss at λ has (1 + a) times the gradients of a ReLU
+    # SAE at λ / (1 + a) on W_enc, W_dec (shared) and b_dec, and b_gate + b_mag get its b_enc's.
+    # The `relu` convention weights the L1 by λ (1 + a), which makes that ReLU SAE's λ the
+    # Gated SAE's own. Checked against the ReLU SAE's own loss, a separate code path.
+    a, lam = 0.7, 0.4
+    relu = _tiny(ReLUSAE, ReLUConfig(expansion=2, l1_coefficient=lam))
+    with torch.no_grad():
+        relu.b_enc.zero_()
+    x = torch.randn(9, 3) + 0.3
+
+    def grads(sae):
+        sae.zero_grad()
+        sae.loss(x).loss.backward()
+        return {k: p.grad.clone() for k, p in sae.named_parameters() if p.grad is not None}
+
+    for convention, relu_lam in (("relu", lam), ("saelens", lam / (1 + a))):
+        config = GatedConfig(
+            expansion=2,
+            l1_coefficient=lam,
+            aux_coefficient=a,
+            aux_decoder=aux_decoder,
+            l1_convention=convention,
+        )
+        gated = GatedSAE(3, config)
+        with torch.no_grad():
+            for name in ("W_enc", "W_dec", "b_dec"):
+                getattr(gated, name).copy_(getattr(relu, name))
+        relu.config = ReLUConfig(expansion=2, l1_coefficient=relu_lam)
+        want, got = grads(relu), grads(gated)
+        torch.testing.assert_close(gated.encode(x), relu.encode(x))
+        torch.testing.assert_close(got["W_enc"], (1 + a) * want["W_enc"])
+        torch.testing.assert_close(got["b_gate"] + got["b_mag"], (1 + a) * want["b_enc"])
+        if aux_decoder == "shared":
+            torch.testing.assert_close(got["W_dec"], (1 + a) * want["W_dec"])
+            torch.testing.assert_close(got["b_dec"], (1 + a) * want["b_dec"])
 
 
 def test_jumprelu_loss_and_threshold_gradient():

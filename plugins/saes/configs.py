@@ -18,6 +18,23 @@ Choices the paper leaves open, and why the defaults are what they are:
   (gradient-carrying) decoder, as SAELens trains it, the decoder also adapts to the gate
   path's code, and at an equal budget the SAE ends far sparser and more accurate (benchmark:
   L0 860 -> 190 and FVU 0.64 -> 0.48 at λ = 6), so ``shared`` is the default.
+* **Gated λ.** The gate and magnitude paths share ``W_enc``, so the encoder gets the
+  reconstruction gradient twice (the main loss through the magnitude path, the auxiliary loss
+  through the gate) against one L1 term. At initialisation (``r_mag = b_mag = b_gate = 0``)
+  both paths give the code ``ReLU(W_enc (x - b_dec))`` and SAELens's Gated loss at λ has
+  exactly ``1 + aux_coefficient`` times the gradients of a ReLU SAE at ``λ / (1 +
+  aux_coefficient)``: Adam, blind to that scale, trains it as that ReLU SAE (λ / 2 with the
+  default ``aux_coefficient`` 1), and the biases and ``r_mag`` that would make it differ move
+  by about ``lr`` per step (on the quickstart's ``final`` layer ``b_gate`` ends at -0.07 on
+  average while the gate's pre-activations have a spread of 0.8). That is why Gated stayed
+  denser than ReLU at the same λ (quickstart ``final``, λ = 3: L0 264 against 175), and
+  neither gate-bias learning nor the auxiliary decoder is the cause: learning ``b_gate`` 30 times faster gave
+  L0 242, a frozen auxiliary decoder 627, and cutting the magnitude path's gradient into
+  ``W_enc`` 184, ReLU's own. ``l1_convention: relu`` (default) weights the gate's L1 by
+  ``λ (1 + aux_coefficient)``, so λ means what it means for ReLU; Gated is then sparser
+  than ReLU at every λ of the quickstart, with more explained variance. ``saelens`` keeps
+  SAELens's and the Gated SAE paper's λ (checkpoints saved before the option, and SAELens
+  imports, load with it).
 * **Decoder bias.** The TopK family starts ``b_dec`` at the geometric median of a training
   sample (dictionary_learning, SAELens v5): on uncentred activations (EfficientNet's are all
   positive) the few latents aligned with the mean otherwise win the top k for every input and
@@ -128,6 +145,14 @@ class GatedConfig(ReLUConfig):
     )
     gate_bias_init: float = option(
         0.0, "initial gate bias b_gate, in normalised input space (SAELens: 0)"
+    )
+    l1_convention: Literal["relu", "saelens"] = option(
+        "relu",
+        "relu: the gate's L1 is weighted by 1 + aux_coefficient, the total weight of the "
+        "reconstruction terms whose gradient reaches the shared encoder, so that λ sparsifies "
+        "as it does a ReLU SAE; saelens: λ as SAELens and the Gated SAE paper weight it (the "
+        "SAE then trains like a ReLU SAE at λ / (1 + aux_coefficient))",
+        absent="saelens",  # checkpoints saved before the field existed were trained so
     )
 
     def __post_init__(self) -> None:

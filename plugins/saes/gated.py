@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from saebench_vision_plugins.saes.base import (
@@ -28,6 +28,15 @@ class GatedSAE(BuiltinSAE):
     which gives the gate its gradient, through the shared decoder (SAELens) or a frozen copy of
     it (the paper; ``aux_decoder="frozen"``): see :mod:`..configs` for the default. ``b_enc``
     is unused (kept at zero).
+
+    With ``l1_convention="relu"`` (default) the L1 term is weighted by ``λ (1 +
+    aux_coefficient)`` instead of ``λ``: the shared encoder receives the reconstruction gradient
+    through both paths against one L1 term, so at initialisation (``r_mag = b_mag = b_gate =
+    0``, both codes ``ReLU(W_enc (x - b_dec))``) the gradients of the SAELens loss at λ on
+    ``W_enc``, ``W_dec`` and ``b_dec`` are ``1 + aux_coefficient`` times a ReLU SAE's at ``λ /
+    (1 + aux_coefficient)`` (and ``b_gate`` + ``b_mag`` get its ``b_enc``'s), and Adam, blind
+    to the scale, trains it as that more weakly penalised ReLU SAE.
+    ``l1_convention="saelens"`` keeps SAELens's (and the Gated SAE paper's) ``λ``.
     """
 
     name: ClassVar[str] = "gated"
@@ -37,6 +46,11 @@ class GatedSAE(BuiltinSAE):
     saelens_architecture: ClassVar[str] = "gated"
     saelens_architectures: ClassVar[tuple[str, ...]] = ("gated",)
     saelens_tensors: ClassVar[tuple[str, ...]] = ("b_gate", "r_mag", "b_mag")
+
+    @classmethod
+    def saelens_config_args(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        # A SAELens checkpoint was trained with SAELens's weighting of λ.
+        return {"l1_convention": "saelens"}
 
     def _init_extra(self) -> None:
         n = self.d_sae
@@ -84,8 +98,10 @@ class GatedSAE(BuiltinSAE):
         else:
             dec = {"W_dec": P["W_dec"], "b_dec": P["b_dec"]}
         aux = group_mse(cls.group_decode(gate_act, dec), xn)
-        lam = cls.coefficients(saes, "l1_coefficient", mse) * sparsity_scale
         aux_coef = cls.coefficients(saes, "aux_coefficient", mse)
+        lam = cls.coefficients(saes, "l1_coefficient", mse) * sparsity_scale
+        if saes[0].config.l1_convention == "relu":
+            lam = lam * (1.0 + aux_coef)
         losses = mse + lam * l1 + aux_coef * aux
         extra = {"l1": l1, "aux_reconstruction": aux}
         return GroupTerms(losses.sum(), dense_items(saes, losses, mse, x_hat, z, extra))
