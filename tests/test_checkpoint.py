@@ -82,18 +82,24 @@ def test_round_trip_is_exact(tmp_path, cls, config):
     assert torch.equal(loaded.encode(x), sae.encode(x))
 
 
+def saved_without(sae, tmp_path, field):
+    """``sae`` saved, its config's ``field`` removed (as a version before the field wrote it),
+    and loaded again."""
+    save_sae(sae, tmp_path / "sae", {})
+    path = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(path.read_text())
+    del cfg["config"][field]
+    path.write_text(json.dumps(cfg))
+    return load_sae(tmp_path / "sae", resolve)[0]
+
+
 def test_a_matryoshka_checkpoint_saved_before_nesting_existed_loads_as_nested_by_latents(
     tmp_path,
 ):
     # Matryoshka SAEs nested by dictionary prefixes only until `nesting` was added (with the
     # default `both`): a config without the field is one trained that way.
     sae = randomised(MatryoshkaSAE, MatryoshkaConfig(expansion=2, k=3, nesting="latents"))
-    save_sae(sae, tmp_path / "sae", {})
-    path = tmp_path / "sae" / "cfg.json"
-    cfg = json.loads(path.read_text())
-    del cfg["config"]["nesting"]
-    path.write_text(json.dumps(cfg))
-    loaded, _ = load_sae(tmp_path / "sae", resolve)
+    loaded = saved_without(sae, tmp_path, "nesting")
     assert loaded.config.nesting == "latents" != MatryoshkaConfig().nesting
     assert loaded.config == sae.config
 
@@ -105,12 +111,7 @@ def test_a_checkpoint_saved_before_a_field_existed_loads_as_it_was_trained(tmp_p
     # `topk_warmup: 0` (the field's declared `absent`), not as the new default's warm-up.
     config = MatryoshkaConfig if cls is MatryoshkaSAE else BatchTopKConfig
     sae = randomised(cls, config(expansion=2, k=3, topk_warmup=0))
-    save_sae(sae, tmp_path / "sae", {})
-    path = tmp_path / "sae" / "cfg.json"
-    cfg = json.loads(path.read_text())
-    del cfg["config"]["topk_warmup"]
-    path.write_text(json.dumps(cfg))
-    loaded, _ = load_sae(tmp_path / "sae", resolve)
+    loaded = saved_without(sae, tmp_path, "topk_warmup")
     assert loaded.config.topk_warmup == 0 and config().topk_warmup > 0
     assert loaded.config == sae.config
     x = torch.randn(5, 6)
@@ -128,12 +129,7 @@ def test_a_gated_checkpoint_saved_before_l1_convention_loads_with_saelens_lambda
     # Before `l1_convention` existed the gate's L1 was weighted by λ alone (SAELens's); such a
     # config lacks the field and must load as `saelens`, not as the new `relu` default.
     sae = randomised(GatedSAE, GatedConfig(expansion=2, l1_convention="saelens"))
-    save_sae(sae, tmp_path / "sae", {})
-    path = tmp_path / "sae" / "cfg.json"
-    cfg = json.loads(path.read_text())
-    del cfg["config"]["l1_convention"]
-    path.write_text(json.dumps(cfg))
-    loaded, _ = load_sae(tmp_path / "sae", resolve)
+    loaded = saved_without(sae, tmp_path, "l1_convention")
     assert loaded.config.l1_convention == "saelens" and GatedConfig().l1_convention == "relu"
     assert loaded.config == sae.config
     x = torch.randn(5, 6)
