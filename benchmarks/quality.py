@@ -40,6 +40,7 @@ decay costs both trainers alike (full size, TopK: ours FVU 0.494 -> 0.528, SAELe
     python benchmarks/quality.py --quick                 # a few minutes on 2 CPU cores
     python benchmarks/quality.py                         # the issue's size: N=200k x 768, 6144 latents
     python benchmarks/quality.py --no-sweep              # only the headline coefficients
+    python benchmarks/quality.py --no-sweep --seed 0,1,2 # three seeds, then each row's mean and range
     python benchmarks/quality.py --batch 64 --lr 1e-4    # the paper's batch size
     python benchmarks/quality.py --schedule paper        # the paper's warm-up and decay, both trainers
     python benchmarks/quality.py --arch topk --set topk:decoder_norm=unit   # another convention
@@ -353,7 +354,12 @@ def main(argv: list[str] | None = None) -> None:
         help="another TrainingConfig field, e.g. sparsity_warmup_fraction=0",
     )
     ap.add_argument("--no-sweep", action="store_true", help="only the headline coefficient")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed",
+        default="0",
+        help="a seed, or several (0,1,2): each trains on its own planted data and SAE "
+        "initialisation, and a summary gives each row's mean and range over the seeds",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
         "--saelens-python",
@@ -368,6 +374,51 @@ def main(argv: list[str] | None = None) -> None:
         help="a SAELens config field for its SAEs, e.g. rescale_acts_by_decoder_norm=false",
     )
     a = ap.parse_args(argv)
+    try:
+        seeds = [int(part) for part in str(a.seed).split(",")]
+    except ValueError:
+        sys.exit(f"--seed {a.seed!r}: expected integers separated by commas, e.g. 0,1,2")
+    runs = []
+    for i, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            print(f"{chr(10) if i else ''}== seed {seed} ==")
+        runs.append(run_seed(a, seed))
+    if len(seeds) > 1:
+        print_seed_summary(runs, seeds)
+
+
+def seed_summary(runs: list[list[tuple[str, dict[str, float]]]]) -> list[tuple[str, dict]]:
+    """Per row label (in the first run's order): mean, min and max of each figure over the
+    runs that have it."""
+    labels = list(dict.fromkeys(label for run in runs for label, _ in run))
+    out = []
+    for label in labels:
+        rows = [r for run in runs for lab, r in run if lab == label]
+        stats = {}
+        for key in ("fvu", "l0", "dead", "mmcs"):
+            values = np.array([r[key] for r in rows], dtype=float)
+            stats[key] = (float(values.mean()), float(values.min()), float(values.max()))
+        out.append((label, {"runs": len(rows), **stats}))
+    return out
+
+
+def print_seed_summary(runs: list[list[tuple[str, dict[str, float]]]], seeds: list[int]) -> None:
+    print(f"\nover seeds {','.join(map(str, seeds))}: mean [min, max]")
+    header = f"{'SAE':<34}{'FVU':>22}{'L0':>22}{'dead':>22}{'MMCS':>22}"
+    print(header + "\n" + "-" * len(header))
+    for label, st in seed_summary(runs):
+        cells = ""
+        for key in ("fvu", "l0", "dead", "mmcs"):
+            m, lo, hi = st[key]
+            p = 1 if key == "l0" else 3
+            cells += f"{f'{m:.{p}f} [{lo:.{p}f}, {hi:.{p}f}]':>22}"
+        print(f"{label:<34}{cells}")
+
+
+def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, float]]]:
+    """Generate the planted data for ``seed``, train and measure every SAE; print each row
+    (and SAELens's); return our rows as (label, figures)."""
+    ours: list[tuple[str, dict[str, float]]] = []
     size = (
         dict(n=65_000, d=256, held_out=5_000, batch=1024)
         if a.quick
@@ -392,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         alpha=a.alpha,
         noise=a.noise,
         held_out=held_out,
-        seed=a.seed,
+        seed=seed,
     )
     import yaml
 
@@ -453,9 +504,9 @@ def main(argv: list[str] | None = None) -> None:
             values = (base.pop(coef),)
         elif a.no_sweep and coef is not None:
             values = (values[len(values) // 2],)
-        torch.manual_seed(a.seed)
+        torch.manual_seed(seed)
         saes = [build(arch, d, {**base, **({coef: v} if coef else {})}) for v in values]
-        stats = train_saes(saes, data.train, config, seed=a.seed, progress=False)
+        stats = train_saes(saes, data.train, config, seed=seed, progress=False)
         seconds = stats[0]["seconds"]
         rate = a.epochs * len(data.train) * len(saes) / max(seconds, 1e-9)
         rows = [measure(s, data.test, data.directions) for s in saes]
@@ -477,6 +528,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{match:>12}{rate / len(saes):>11.0f}",
                 flush=True,
             )
+            ours.append((label, r))
         if a.saelens_python:
             ref = saelens_rows(
                 a.saelens_python,
@@ -491,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
                 lr=a.lr,
                 batch=batch,
                 steps=steps,
-                seed=a.seed,
+                seed=seed,
                 device=a.device,
                 extra=saelens_extra,
                 schedule=schedule,
@@ -515,6 +567,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
     tmp.cleanup()
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    return ours
 
 
 if __name__ == "__main__":

@@ -69,3 +69,21 @@ def test_saelens_is_given_the_gated_penalty_ours_trains_with():
     assert q.saelens_coefficient(GatedSAE(4, GatedConfig(aux_coefficient=0.5)), 6.0) == 9.0
     assert q.saelens_coefficient(GatedSAE(4, GatedConfig(l1_convention="saelens")), 6.0) == 6.0
     assert q.saelens_coefficient(ReLUSAE(4, ReLUConfig()), 6.0) == 6.0
+
+
+def test_seed_summary_gives_each_rows_mean_and_range_over_the_seeds():
+    q = _quality()
+    row = {"fvu": 0.5, "l0": 32.0, "dead": 0.0, "mmcs": 0.4}
+    runs = [
+        [("topk k=32", row), ("relu l1=6", {**row, "l0": 80.0})],
+        [("topk k=32", {**row, "fvu": 0.4, "mmcs": 0.6})],  # a row missing from a run
+        [("topk k=32", {**row, "fvu": 0.6, "dead": 0.3})],
+    ]
+    summary = dict(q.seed_summary(runs))
+    assert list(summary) == ["topk k=32", "relu l1=6"]
+    topk = summary["topk k=32"]
+    assert topk["runs"] == 3
+    assert topk["fvu"] == (np.mean([0.5, 0.4, 0.6]), 0.4, 0.6)
+    assert topk["mmcs"] == (np.mean([0.4, 0.6, 0.4]), 0.4, 0.6)
+    assert topk["dead"] == (np.mean([0.0, 0.0, 0.3]), 0.0, 0.3)
+    assert summary["relu l1=6"]["runs"] == 1 and summary["relu l1=6"]["l0"] == (80.0, 80.0, 80.0)
