@@ -27,6 +27,7 @@ from typing import Any
 
 from saebench_vision.cache import content_key
 from saebench_vision.config import TrainingConfig, build_config, config_as_dict, identity_dict
+from saebench_vision.errors import SuiteError
 from saebench_vision.plugins import PluginManager
 from saebench_vision.registry import KIND_TITLES, Entry
 from saebench_vision.results import CellKey
@@ -208,6 +209,23 @@ def derive_seed(*parts: Any) -> int:
     return int(content_key({"parts": [str(p) for p in parts]})[:15], 16)
 
 
+def _refuse_duplicate_saes(
+    suite: Suite, variants: Sequence[tuple[SAEVariant, dict[str, Any], dict[str, Any]]]
+) -> None:
+    """Two entries (or sweep points) that train the same SAE, once defaults are filled in
+    (``{k: 32}`` beside ``{}``), would share ids: name both instead of failing later."""
+    seen: dict[str, SAEVariant] = {}
+    for variant, identity, recipe in variants:
+        key = content_key({"sae": identity, "training": recipe})
+        first = seen.setdefault(key, variant)
+        if first is not variant:
+            raise SuiteError(
+                f"{suite.path}: {variant.where}: `{variant.label}` is the same SAE as "
+                f"{first.where} `{first.label}` (every option that changes its numbers is equal "
+                "once defaults are filled in); remove one, or change an option of one"
+            )
+
+
 def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
     """Expand a suite into cells with content ids. Imports no component implementation."""
     splits = {
@@ -223,6 +241,7 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
         (v, component_identity(manager, v, "sae"), training_identity(suite, v))
         for v in suite.sae_variants()
     ]
+    _refuse_duplicate_saes(suite, variants)
     groups = []
     for model in suite.models:
         model_base = component_identity(manager, model, "model")

@@ -485,3 +485,33 @@ def test_cache_commands_refuse_a_folder_that_is_not_there(tmp_path, command, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no activation cache there" in err[0]
     assert not (tmp_path / "nope").exists()
+
+
+def test_two_entries_that_train_the_same_sae_name_both(tmp_path, toy_manager):
+    # Spelling out a default (or a training option equal to the suite's) trains the same SAE,
+    # with the same ids: refused before anything runs, naming both entries.
+    from saebench_vision.plan import plan_suite
+
+    config_cls = toy_manager.registry().get("sae", "toy-sae").config_class()
+    default = config_cls().expansion
+    same = [
+        {"plugin": "toy-sae", "args": {"l1_coefficient": 1}},
+        {"plugin": "toy-sae", "args": {"l1_coefficient": 1, "expansion": default}},
+    ]
+    relabelled = {**same[0], "label": "b"}
+    for second in (same[1], relabelled, {**relabelled, "training": {"epochs": 2}}):
+        doc = {**VALID, "saes": [same[0], second]}
+        suite = load_suite(write(tmp_path, doc), toy_manager.registry())
+        with pytest.raises(SuiteError) as err:
+            plan_suite(suite, toy_manager)
+        message = str(err.value)
+        assert "saes[1]" in message and "same SAE as saes[0]" in message and "\n" not in message
+    # A different recipe or option is a different SAE.
+    for second in (
+        {**relabelled, "training": {"epochs": 3}},
+        {**same[0], "args": {"l1_coefficient": 2}},
+    ):
+        doc = {**VALID, "saes": [same[0], second]}
+        plan = plan_suite(load_suite(write(tmp_path, doc), toy_manager.registry()), toy_manager)
+        # two SAEs per (layer, seed): 2 layers x 2 seeds x 2
+        assert len({c.sae_id for c in plan.cells if c.sae_plugin == "toy-sae"}) == 8
