@@ -53,8 +53,8 @@ SAELens's own trainer in that interpreter (``benchmarks/quality_saelens.py``: sa
 coefficient, lr, batch, steps and schedule, SAELens's defaults otherwise), and each of our rows
 is followed by SAELens's and by the ratios ours / SAELens (FVU, L0, MMCS, and throughput: SAEs x
 samples per second of our sweep against SAELens's, which trains one SAE at a time); SAELens's
-Matryoshka nests by dictionary prefix only, our ``nesting: latents`` (the default, ``both``, adds
-the rank prefixes: ``--set matryoshka:nesting=latents`` compares the same loss). The project
+Matryoshka nests by dictionary prefix only, as ours does with ``nesting: latents``; our default,
+``both``, adds the rank prefixes, so ``--set matryoshka:nesting=latents`` compares the same loss. The project
 never depends on sae-lens: install it in a separate virtual environment. Figures at the full
 size, both trainers side by side: ``docs/design.md`` (SAE quality).
 
@@ -91,6 +91,7 @@ from saebench_vision_plugins.saes.relu import ReLUSAE
 from saebench_vision_plugins.saes.topk import BatchTopKSAE, MatryoshkaSAE, TopKSAE
 
 from saebench_vision.config import TrainingConfig, build_config, config_as_dict
+from saebench_vision.errors import SaebenchError
 from saebench_vision.interfaces import SAE
 from saebench_vision.training import total_steps, train_saes, tune_cpu_allocator
 
@@ -237,7 +238,10 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def build(arch: str, d: int, args: dict[str, Any]) -> SAE:
     cls, config_cls, _ = ARCHS[arch]
-    config = build_config(config_cls, args, where="--set", what=f"SAE `{arch}`")
+    try:
+        config = build_config(config_cls, args, where="--set", what=f"SAE `{arch}`")
+    except SaebenchError as exc:
+        sys.exit(f"error: {exc}")
     return cls(d, config)
 
 
@@ -377,7 +381,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         seeds = [int(part) for part in str(a.seed).split(",")]
     except ValueError:
-        sys.exit(f"--seed {a.seed!r}: expected integers separated by commas, e.g. 0,1,2")
+        seeds = []
+    if not seeds or len(set(seeds)) < len(seeds) or not all(0 <= x < 2**32 for x in seeds):
+        sys.exit(
+            f"--seed {a.seed!r}: expected distinct integers in [0, 2^32) separated by commas, e.g. 0,1,2"
+        )
     runs = []
     for i, seed in enumerate(seeds):
         if len(seeds) > 1:
@@ -458,12 +466,15 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
     if a.schedule == "constant":
         for key in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
             extra.setdefault(key, 0.0)
-    config = build_config(
-        TrainingConfig,
-        {"epochs": a.epochs, "batch_size": batch, "lr": a.lr, "device": a.device, **extra},
-        where="--training",
-        what="training",
-    )
+    try:
+        config = build_config(
+            TrainingConfig,
+            {"epochs": a.epochs, "batch_size": batch, "lr": a.lr, "device": a.device, **extra},
+            where="--training",
+            what="training",
+        )
+    except SaebenchError as exc:
+        sys.exit(f"error: {exc}")
     steps = total_steps(len(data.train), config)
     # The same schedule for SAELens, in its own steps (our lr_factor and SAELens's LinearLR
     # schedulers give the same factors step by step).

@@ -9,8 +9,10 @@ In a fused group the members' codes are stacked into one code over the stacked w
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +32,16 @@ from saebench_vision_plugins.saes.sparse import (
     counts,
     stable_argsort,
 )
+
+
+@functools.lru_cache(maxsize=64)
+def _rank_ends(fractions: tuple[float, ...], n: int, device: str) -> torch.Tensor:
+    """``ends[c, i] = max(1, ⌈f_i · c⌉)`` for ``c`` in ``[0, n]`` and the inner fractions: the
+    rank parts' ends for a row of ``c`` entries (computed exactly, on the host, once)."""
+    table = [
+        [max(1, math.ceil(Fraction(str(f)) * c)) for f in fractions[:-1]] for c in range(n + 1)
+    ]
+    return torch.tensor(table, dtype=torch.int64, device=device).reshape(n + 1, -1)
 
 
 class TopKSAE(BuiltinSAE):
@@ -403,10 +415,11 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     @staticmethod
     def _rank_groups(
-        code: SparseCode, values: torch.Tensor, fractions: Sequence[float]
+        code: SparseCode, values: torch.Tensor, fractions: Sequence[float], n: int
     ) -> torch.Tensor:
         """Each entry's rank group: the entry of rank ``j`` (0: the row's largest value) in a
-        row of ``c`` entries is past the ends ``⌈f · c⌉`` (at least 1) with ``j >= ⌈f · c⌉``."""
+        row of ``c`` kept entries (those of value 0 included) is past every end ``⌈f · c⌉``
+        (at least 1) with ``j >= ⌈f · c⌉``; ``n`` bounds ``c`` (a member's latents)."""
         rows = code.rows
         by_value = stable_argsort(-values)
         order = by_value[stable_argsort(rows[by_value])]  # by row, then value descending
@@ -415,14 +428,8 @@ class MatryoshkaSAE(BatchTopKSAE):
         sorted_rows = rows[order]
         rank = torch.empty_like(rows)
         rank[order] = torch.arange(rows.numel(), device=rows.device) - starts[sorted_rows]
-        size = per_row[rows]
-        # The ends by table lookup, computed in Python (exact, and no float64 on the device).
-        sizes = range(int(per_row.max()) + 1 if per_row.numel() else 1)
-        group = torch.zeros_like(rows)
-        for f in fractions[:-1]:
-            ends = torch.tensor([max(1, math.ceil(f * c)) for c in sizes], device=rows.device)
-            group += rank >= ends[size]
-        return group
+        ends = _rank_ends(tuple(fractions), n, str(rows.device))
+        return (rank.unsqueeze(1) >= ends[per_row[rows]]).sum(1)
 
     @staticmethod
     def _parts(
@@ -457,8 +464,8 @@ class MatryoshkaSAE(BatchTopKSAE):
             )
         parts = []
         for g in range(groups):
-            mine = group == g
-            z = values.new_zeros(S * B * n).index_put((flat[mine],), values[mine])
+            mine = values * (group == g)  # no boolean indexing: no device sync
+            z = values.new_zeros(S * B * n).index_put((flat,), mine)
             parts.append(torch.bmm(z.view(S, B, n), P["W_dec"]))
         return torch.stack(parts, dim=2)
 
@@ -483,7 +490,7 @@ class MatryoshkaSAE(BatchTopKSAE):
                 ends = first.prefix_ends()
                 kinds.append((cls._latent_groups(code, n, ends), len(ends), ends))
             if nesting in ("rank", "both"):
-                group = cls._rank_groups(code, values.detach(), fractions)
+                group = cls._rank_groups(code, values.detach(), fractions, n)
                 kinds.append((group, len(fractions), None))
         errors = []
         for group, groups, prefix_ends in kinds:
