@@ -69,17 +69,24 @@ class Encoding:
         out[local, cols] = vals
         return out
 
-    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The non-zeros of ``rows``: ``(position in rows, latent id, value)`` arrays."""
+    def csr(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The non-zeros of ``rows`` in CSR form: ``(indptr (len(rows) + 1,), latent ids,
+        values)``, row ``i``'s entries at ``indptr[i]:indptr[i + 1]``."""
         lo, hi = self.indptr[rows], self.indptr[rows + 1]
         counts = hi - lo
-        local = np.repeat(np.arange(len(rows)), counts)
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
         if len(rows) and np.all(rows[1:] == rows[:-1] + 1):
             # A contiguous block: one slice of the (possibly memory-mapped) arrays.
             a, b = int(lo[0]), int(hi[-1])
-            return local, np.asarray(self.indices[a:b]), np.asarray(self.values[a:b])
-        offsets = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        return local, np.asarray(self.indices[offsets]), np.asarray(self.values[offsets])
+            return indptr, np.asarray(self.indices[a:b]), np.asarray(self.values[a:b])
+        offsets = np.repeat(lo - indptr[:-1], counts) + np.arange(int(indptr[-1]))
+        return indptr, np.asarray(self.indices[offsets]), np.asarray(self.values[offsets])
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The non-zeros of ``rows``: ``(position in rows, latent id, value)`` arrays."""
+        indptr, cols, vals = self.csr(rows)
+        return np.repeat(np.arange(len(rows)), np.diff(indptr)), cols, vals
 
     def iter_dense(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(start row, dense float32 chunk)`` of at most ``rows`` rows, in order."""

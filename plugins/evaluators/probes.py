@@ -65,17 +65,7 @@ class SparseBlock:
 
     @classmethod
     def of_rows(cls, latents: Encoding, rows: np.ndarray, device: torch.device) -> SparseBlock:
-        lo, hi = latents.indptr[rows], latents.indptr[rows + 1]
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(hi - lo, out=indptr[1:])
-        if len(rows) and np.all(rows[1:] == rows[:-1] + 1):
-            a, b = int(lo[0]), int(hi[-1])  # one slice of the (possibly memory-mapped) arrays
-            cols, vals = np.asarray(latents.indices[a:b]), np.asarray(latents.values[a:b])
-        else:
-            counts = hi - lo
-            offsets = np.repeat(lo - indptr[:-1], counts) + np.arange(int(indptr[-1]))
-            cols, vals = np.asarray(latents.indices[offsets]), np.asarray(latents.values[offsets])
-        return cls(indptr, cols, vals, latents.d_sae, device)
+        return cls(*latents.csr(rows), latents.d_sae, device)
 
     def _scipy(self) -> bool:
         return SCIPY_ON_CPU and self.device.type == "cpu"

@@ -149,11 +149,9 @@ def reconstruction_stats(
                 stats.update(x, sae.decode(z), z)
                 continue
             picked = np.arange(lo, lo + len(chunk)) if rows is None else rows[lo : lo + len(chunk)]
-            local, cols, vals = latents.gather(picked)
+            indptr, cols, vals = latents.csr(picked)
             dense = np.zeros((len(picked), latents.d_sae), dtype=np.float32)
-            dense[local, cols] = vals
-            counts = np.bincount(local, minlength=len(picked))
-            indptr = np.concatenate([[0], np.cumsum(counts)])
+            dense[np.repeat(np.arange(len(picked)), np.diff(indptr)), cols] = vals
             x_hat = sae.decode(torch.from_numpy(dense).to(device))
             stats.update(x, x_hat, sparse=(indptr, cols, vals))
     return stats

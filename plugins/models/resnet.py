@@ -51,7 +51,9 @@ TORCHVISION_ARCHS = {
 def torchvision_widths(arch: str) -> dict[str, int]:
     """Channels of every layer of a torchvision ResNet, from its block type alone: a stem of
     64, stages of 64..512 (basic blocks) or 4x that (bottlenecks); ``final`` pools stage 3."""
-    bottleneck = any(b and a == arch for (b, _), a in TORCHVISION_ARCHS.items())
+    bottleneck = arch in {
+        a for (uses_bottleneck, _), a in TORCHVISION_ARCHS.items() if uses_bottleneck
+    }
     stages = [64 * 2**i * (4 if bottleneck else 1) for i in range(4)]
     return {"stem": 64, **{f"stages.{i}": w for i, w in enumerate(stages)}, "final": stages[3]}
 

@@ -69,9 +69,10 @@ Choices the paper leaves open, and why the defaults are what they are:
   inference threshold is estimated from the batch selection throughout, so it is ready
   whenever training stops. On the planted-dictionary benchmark's full size (one pass at
   batch 4096, 46 steps; ``benchmarks/quality.py``) it takes BatchTopK from FVU 0.596 / MMCS
-  0.361 to 0.503 / 0.464 and Matryoshka from 0.630 / 0.332 to 0.515 / 0.451 (warm-ups of
-  20-80% of the pass all help; one over the whole pass, per-sample training with threshold
-  inference, recovers as much as TopK, MMCS 0.474, but at FVU 0.577), and at the quick size
+  0.361 to 0.503 / 0.464 and Matryoshka (``nesting: latents``) from 0.630 / 0.332 to 0.515 /
+  0.451 (warm-ups of 20-80% of the pass all help; one over the whole pass, per-sample
+  training with threshold inference, recovers as much as TopK, MMCS 0.474, but at FVU
+  0.577), and at the quick size
   (65k samples) BatchTopK from 0.506 / 0.396 to 0.459 / 0.450. Bussmann et
   al. and SAELens select per batch from the first step: ``topk_warmup: 0``.
 * **JumpReLU thresholds.** Adam moves a parameter by about ``lr`` per step, so a threshold
