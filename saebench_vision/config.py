@@ -174,27 +174,45 @@ class TrainingConfig:
             if not ok:
                 raise FieldValueError(name, value, expected)
         if self.warmup_fraction + self.decay_fraction > 1:
-            raise ValueError(
-                f"warmup_fraction + decay_fraction is {self.warmup_fraction + self.decay_fraction:g}; "
-                "keep their sum at most 1"
+            raise FieldValueError(
+                "warmup_fraction",
+                self.warmup_fraction,
+                f"at most 1 - decay_fraction ({self.decay_fraction:g}): warm-up and decay "
+                "together fit in the run",
             )
 
 
 class FieldValueError(ValueError):
-    """A Config field's value outside its range, raised by ``__post_init__``: it names the
-    field, so that the error can name the YAML path of the value (``training.batch_size``)."""
+    """A Config field's value outside its range, raised by a Config's ``__post_init__``.
+
+    It names the field, so that whoever built the Config from a suite can name the YAML path
+    of the value (``suite.yaml: saes[2].args.k: 0 must be at least 1 (latents kept per
+    sample)``) instead of the whole entry. ``expected`` completes "must be ...": it says the
+    fix. A check of two fields together names the first as ``name`` and the other inside
+    ``expected`` (``"at most 1 - decay_fraction (0.5)"``). Any plugin's Config may raise it;
+    a plain ``ValueError`` still works and is reported at the entry's ``args``.
+    """
 
     def __init__(self, name: str, value: Any, expected: str) -> None:
-        super().__init__(f"`{name}` must be {expected}, got {value!r}")
+        super().__init__(f"`{name}` must be {expected}, got {_shown(value)}")
         self.name, self.value, self.expected = name, value, expected
+
+    def problem(self, config_cls: type) -> str:
+        """``"-4 must be at least 1 (<the field's help>)"``."""
+        f = config_fields(config_cls).get(self.name)
+        help_text = f.metadata.get("help", "") if f is not None else ""
+        return f"{_shown(self.value)} must be {self.expected}" + (
+            f" ({help_text})" if help_text else ""
+        )
 
     def at(self, where: str, config_cls: type) -> str:
         """``"<where>.batch_size: -4 must be at least 1 (<the field's help>)"``."""
-        f = config_fields(config_cls).get(self.name)
-        help_text = f.metadata.get("help", "") if f is not None else ""
-        return f"{where}.{self.name}: {self.value!r} must be {self.expected}" + (
-            f" ({help_text})" if help_text else ""
-        )
+        return f"{where}.{self.name}: {self.problem(config_cls)}"
+
+
+def _shown(value: Any) -> str:
+    # As the suite writes it: a tuple field read from a YAML list shows as that list.
+    return repr(_plain(value))
 
 
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:[0-9]+)?)$")

@@ -179,7 +179,7 @@ def _component(
     config = build_config(
         entry.config_class(),
         dict(spec.args),
-        where=spec.where,
+        where=f"{spec.where}.args",
         what=f"{KIND_TITLES[kind]} `{spec.plugin}`",
     )
     out = {

@@ -483,6 +483,7 @@ def test_sae_ids_at_absent_are_the_ids_before_the_field_existed(manager, monkeyp
     from saebench_vision.registry import Entry
 
     monkeypatch.chdir(tmp_path)
+    real = Entry.config_class
     for _, name, cls, field, absent in _absent_fields(manager):
         if name not in ("matryoshka", "gated", "batch-topk"):
             continue
@@ -492,10 +493,11 @@ def test_sae_ids_at_absent_are_the_ids_before_the_field_existed(manager, monkeyp
             ids[value] = _ids(doc, manager)
         default = _ids(_doc(saes=[{"plugin": name}, {"plugin": "relu"}]), manager)
         old = _without(cls, field)
-        real = Entry.config_class
-        monkeypatch.setattr(
-            Entry, "config_class", lambda e: old if e.name == name else real(e), raising=True
-        )
+
+        def config_class(entry: Any, old: type = old, name: str = name) -> Any:
+            return old if entry.name == name else real(entry)
+
+        monkeypatch.setattr(Entry, "config_class", config_class)
         before = _ids(_doc(saes=[{"plugin": name}, {"plugin": "relu"}]), manager)
         monkeypatch.setattr(Entry, "config_class", real)
         assert ids[absent] == before, (name, field)
