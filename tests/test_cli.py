@@ -192,3 +192,24 @@ def test_config_range_errors_name_the_field_path_in_one_line(
     assert err.count("\n") == 1 and "Traceback" not in err + captured.out, err
     assert err.startswith(f"error: {path}: {expected}"), err
     assert not (tmp_path / "saebench-results").exists()
+
+
+@pytest.mark.parametrize(
+    "model_args,shapes_args,expected",
+    [
+        ("{image_size: 4}", "{}", "models[0].args.image_size: 4 must be at least 8 pixels"),
+        ("{}", "{severity: 9}", "datasets.train.args.severity: 9 must be between 1 and 5"),
+    ],
+)
+def test_model_and_dataset_range_errors_name_the_field_path(
+    tmp_path, capsys, model_args, shapes_args, expected
+):
+    path = tmp_path / "suite.yaml"
+    path.write_text(
+        f"models: [{{plugin: efficientnet-lite, layers: [final], args: {model_args}}}]\n"
+        f"datasets: {{train: {{plugin: shapes, args: {shapes_args}}}}}\n"
+        "saes: [topk]\nevaluators: [reconstruction]\n"
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: {expected}"), err
