@@ -34,7 +34,7 @@ Choices the paper leaves open, and why the defaults are what they are:
   ``λ (1 + aux_coefficient)``, so λ means what it means for ReLU; Gated is then sparser
   than ReLU at every λ of the quickstart, with more explained variance. ``saelens`` keeps
   SAELens's and the Gated SAE paper's λ (checkpoints saved before the option, and SAELens
-  imports, load with it).
+  checkpoints without an ``l1_convention`` key, load with it; our SAELens exports write the key).
 * **Decoder bias.** The TopK family starts ``b_dec`` at the geometric median of a training
   sample (dictionary_learning, SAELens v5): on uncentred activations (EfficientNet's are all
   positive) the few latents aligned with the mean otherwise win the top k for every input and
