@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from saebench_vision.config import build_config, config_as_dict, stored_args
-from saebench_vision.errors import SaebenchError
+from saebench_vision.errors import ConfigError, SaebenchError
 from saebench_vision.interfaces import SAE
 
 FORMAT = "saebench-vision-sae"
@@ -394,6 +394,8 @@ def load_saelens(directory: Path, classes: Iterable[type[SAE]]) -> SAE:
     tensors = {k: v.float() for k, v in _read_weights(directory).items()}
     try:
         sae = cls.from_saelens(cfg, tensors)
+    except ConfigError as exc:  # a cfg.json value its Config refuses, named by its key
+        raise CheckpointError(f"{directory}: {exc}") from exc
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise CheckpointError(
             f"{directory / WEIGHTS_FILE}: cannot load as SAELens {arch!r} with SAE "

@@ -46,7 +46,12 @@ def option(
     ``absent`` is what a stored Config written before the field existed meant: a field added
     with a new default (``topk_warmup: 0.5``) to a behaviour that was fixed before (0)
     declares ``absent=0``, so an older checkpoint, whose saved config lacks the field, loads
-    as what it was trained as rather than as the new default (:func:`stored_args`).
+    as what it was trained as rather than as the new default (:func:`stored_args`). A field at
+    its ``absent`` value is left out of every key (:func:`identity_dict`): it trains what the
+    Config trained before the field existed, so it keeps the ids it had then (a suite that
+    spells out ``topk_warmup: 0`` reuses SAEs trained before the field), while any other value,
+    the default included, enters the keys. A subclass that redefines the field without saying
+    inherits its base class's ``absent``, as it does ``identity``.
     """
     metadata: dict[str, Any] = {"help": help}
     if absent is not _MISSING:
@@ -169,27 +174,45 @@ class TrainingConfig:
             if not ok:
                 raise FieldValueError(name, value, expected)
         if self.warmup_fraction + self.decay_fraction > 1:
-            raise ValueError(
-                f"warmup_fraction + decay_fraction is {self.warmup_fraction + self.decay_fraction:g}; "
-                "keep their sum at most 1"
+            raise FieldValueError(
+                "warmup_fraction",
+                self.warmup_fraction,
+                f"at most 1 - decay_fraction ({self.decay_fraction:g}): warm-up and decay "
+                "together fit in the run",
             )
 
 
 class FieldValueError(ValueError):
-    """A Config field's value outside its range, raised by ``__post_init__``: it names the
-    field, so that the error can name the YAML path of the value (``training.batch_size``)."""
+    """A Config field's value outside its range, raised by a Config's ``__post_init__``.
+
+    It names the field, so that whoever built the Config from a suite can name the YAML path
+    of the value (``suite.yaml: saes[2].args.k: 0 must be at least 1 (latents kept per
+    sample)``) instead of the whole entry. ``expected`` completes "must be ...": it says the
+    fix. A check of two fields together names the first as ``name`` and the other inside
+    ``expected`` (``"at most 1 - decay_fraction (0.5)"``). Any plugin's Config may raise it;
+    a plain ``ValueError`` still works and is reported at the entry's ``args``.
+    """
 
     def __init__(self, name: str, value: Any, expected: str) -> None:
-        super().__init__(f"`{name}` must be {expected}, got {value!r}")
+        super().__init__(f"`{name}` must be {expected}, got {_shown(value)}")
         self.name, self.value, self.expected = name, value, expected
+
+    def problem(self, config_cls: type) -> str:
+        """``"-4 must be at least 1 (<the field's help>)"``."""
+        f = config_fields(config_cls).get(self.name)
+        help_text = f.metadata.get("help", "") if f is not None else ""
+        return f"{_shown(self.value)} must be {self.expected}" + (
+            f" ({help_text})" if help_text else ""
+        )
 
     def at(self, where: str, config_cls: type) -> str:
         """``"<where>.batch_size: -4 must be at least 1 (<the field's help>)"``."""
-        f = config_fields(config_cls).get(self.name)
-        help_text = f.metadata.get("help", "") if f is not None else ""
-        return f"{where}.{self.name}: {self.value!r} must be {self.expected}" + (
-            f" ({help_text})" if help_text else ""
-        )
+        return f"{where}.{self.name}: {self.problem(config_cls)}"
+
+
+def _shown(value: Any) -> str:
+    # As the suite writes it: a tuple field read from a YAML list shows as that list.
+    return repr(_plain(value))
 
 
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:[0-9]+)?)$")
@@ -349,38 +372,59 @@ def build_config(config_cls: type, args: dict[str, Any], *, where: str = "", wha
         raise ConfigError(f"{where or 'args'}: {exc}") from exc
 
 
+def _declared(config_cls: type, name: str, key: str) -> Any:
+    """Metadata ``key`` of field ``name``: the nearest declaration along the class's bases
+    (so a subclass redefining a field without saying inherits it), or ``_MISSING``."""
+    for klass in config_cls.__mro__:
+        fields = getattr(klass, "__dataclass_fields__", None)
+        if fields and name in fields and key in fields[name].metadata:
+            return fields[name].metadata[key]
+    return _MISSING
+
+
+def absent_value(config_cls: type, name: str) -> Any:
+    """The declared ``option(absent=...)`` of field ``name``, or ``dataclasses.MISSING``."""
+    return _declared(config_cls, name, "absent")
+
+
 def stored_args(config_cls: type, args: dict[str, Any]) -> dict[str, Any]:
     """``args`` read from a stored Config (a checkpoint's), with every field that declares
     ``option(absent=...)`` and is missing from them set to that value: the stored Config
     predates the field, so it was made with the behaviour the field's ``absent`` names."""
     filled = dict(args)
     for f in dataclasses.fields(config_cls):
-        if f.name not in filled and "absent" in f.metadata:
-            filled[f.name] = f.metadata["absent"]
+        absent = absent_value(config_cls, f.name)
+        if f.name not in filled and absent is not _MISSING:
+            filled[f.name] = absent
     return filled
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def config_as_dict(config: Any) -> dict[str, Any]:
     """JSON-friendly dict of a Config instance (tuples become lists)."""
+    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
-    def plain(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
 
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+def _same(value: Any, absent: Any) -> bool:
+    # True == 1 and 1 == 1.0 in Python; only a bool matches a bool (an int 0 given for a float
+    # field's 0.0 is the same setting, and trains the same).
+    if isinstance(value, bool) or isinstance(absent, bool):
+        return isinstance(value, bool) and isinstance(absent, bool) and value == absent
+    return bool(value == _plain(absent))
 
 
 def is_identity_field(config_cls: type, name: str) -> bool:
     """Whether field ``name`` of ``config_cls`` changes numbers (see :func:`option`): the
     nearest declaration along the class's bases wins; undeclared fields count as identity."""
-    for klass in config_cls.__mro__:
-        fields = getattr(klass, "__dataclass_fields__", None)
-        if fields and name in fields and "identity" in fields[name].metadata:
-            return bool(fields[name].metadata["identity"])
-    return True
+    declared = _declared(config_cls, name, "identity")
+    return True if declared is _MISSING else bool(declared)
 
 
 def identity_fields(config_cls: type) -> list[str]:
@@ -395,11 +439,14 @@ def _resolved_path(value: Any) -> Any:
     return os.path.realpath(expanded) if os.path.exists(expanded) else value
 
 
-def identity_dict(config: Any) -> dict[str, Any]:
+def identity_dict(config: Any, *, keep_absent: bool = False) -> dict[str, Any]:
     """The config's identity fields, path options resolved: what determines the numbers.
 
     Cache keys, SAE ids and cell ids all derive from this one function (and so from the
-    ``identity`` declarations of :func:`option`)."""
+    ``identity`` and ``absent`` declarations of :func:`option`). A field at its declared
+    ``absent`` value is left out, so the keys are the ones the Config had before the field
+    existed; ``keep_absent=True`` keeps it, for records that show what a result was made with
+    (the results store's SAE configs) rather than for keys."""
     cls = type(config)
     values = config_as_dict(config)
     out = {}
@@ -407,5 +454,8 @@ def identity_dict(config: Any) -> dict[str, Any]:
         if not is_identity_field(cls, f.name):
             continue
         value = values[f.name]
+        absent = absent_value(cls, f.name)
+        if not keep_absent and absent is not _MISSING and _same(value, absent):
+            continue
         out[f.name] = _resolved_path(value) if f.metadata.get("path") else value
     return out

@@ -168,11 +168,18 @@ def component_identity(
     """Plugin, the Config's identity fields (defaults filled), the component's version and its
     distribution's version; for path options (``option(..., path=True)``) also a digest of the
     files there, so results computed from a folder whose contents changed are not reused."""
+    return _component(manager, spec, kind)[1]
+
+
+def _component(
+    manager: PluginManager, spec: ComponentSpec | SAEVariant, kind: str
+) -> tuple[Any, dict[str, Any]]:
+    """The built Config and :func:`component_identity`."""
     entry = manager.registry().get(kind, spec.plugin)
     config = build_config(
         entry.config_class(),
         dict(spec.args),
-        where=spec.where,
+        where=f"{spec.where}.args",
         what=f"{KIND_TITLES[kind]} `{spec.plugin}`",
     )
     out = {
@@ -184,7 +191,7 @@ def component_identity(
     files = path_digests(config)
     if files:
         out["files"] = files
-    return out
+    return config, out
 
 
 def path_digests(config: Any) -> dict[str, str | None]:
@@ -237,11 +244,12 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
         (e, component_identity(manager, e, "evaluator") | {"label": e.label})
         for e in suite.evaluators
     ]
-    variants = [
-        (v, component_identity(manager, v, "sae"), training_identity(suite, v))
-        for v in suite.sae_variants()
-    ]
+    built = [(v, _component(manager, v, "sae")) for v in suite.sae_variants()]
+    variants = [(v, identity, training_identity(suite, v)) for v, (_, identity) in built]
     _refuse_duplicate_saes(suite, variants)
+    # What the results store records of each SAE's Config: every identity field, those at their
+    # `absent` value too (left out of the ids, but they say what the SAE was trained as).
+    shown = {id(v): identity_dict(config, keep_absent=True) for v, (config, _) in built}
     groups = []
     for model in suite.models:
         model_base = component_identity(manager, model, "model")
@@ -263,7 +271,7 @@ def plan_suite(suite: Suite, manager: PluginManager) -> Plan:
                             "seed": seed,
                         }
                     )[:24]
-                    group.saes.append(PlannedSAE(sae_id, variant, sae_identity["config"], recipe))
+                    group.saes.append(PlannedSAE(sae_id, variant, shown[id(variant)], recipe))
                 for evaluator, ev_identity in evaluators:
                     base = {"evaluator": ev_identity, "splits": splits}
                     baseline_id = content_key(

@@ -261,12 +261,28 @@ class _Checker:
             self.instantiate(config_cls, args, f"{where}.args")
         return plugin, args, config_cls
 
-    def instantiate(self, config_cls: Any, args: dict[str, Any], where: str) -> Any:
-        """Run the Config's own checks (``__post_init__``) and rephrase their failure."""
+    def instantiate(
+        self,
+        config_cls: Any,
+        args: dict[str, Any],
+        where: str,
+        paths: Mapping[str, str] | None = None,
+        context: str = "",
+    ) -> Any:
+        """Run the Config's own checks (``__post_init__``) and rephrase their failure.
+
+        ``where`` is the YAML path of the args; a :class:`FieldValueError` is reported at the
+        field's own path, ``paths[name]`` when the field is written elsewhere (a sweep's
+        ``saes[0].sweep.k[1]``), else ``<where>.<name>``; ``context`` (which sweep point)
+        follows the message."""
         try:
             return config_cls(**args)
+        except FieldValueError as exc:
+            path = (paths or {}).get(exc.name, f"{where}.{exc.name}")
+            tail = f" {context}" if context and exc.name not in (paths or {}) else ""
+            raise self.fail(path, exc.problem(config_cls) + tail) from None
         except (ValueError, TypeError) as exc:
-            raise self.fail(where, str(exc)) from None
+            raise self.fail(where + (f" {context}" if context else ""), str(exc)) from None
 
 
 def _sweep_example(values: Any, f: Any) -> str:
@@ -773,12 +789,16 @@ def _saes(
             )
         overrides = _training(c, overrides, f"{where}.training", training)
         spec = SAESpec("sae", plugin, args, where, sweep, label, overrides)
-        for variant in spec.variants():
+        # variants() is the row-major grid of the sweep's values: the same order as this.
+        points = itertools.product(*(range(len(v)) for v in sweep.values()))
+        for variant, point in zip(spec.variants(), points):
             shown = ", ".join(f"{k}={_short(variant.args[k])}" for k in sweep)
             c.instantiate(
                 config_cls,
                 dict(variant.args),
-                f"{where}" + (f" (sweep {shown})" if shown else ".args"),
+                f"{where}.args",
+                paths={k: f"{where}.sweep.{k}[{j}]" for k, j in zip(sweep, point)},
+                context=f"(sweep {shown})" if shown else "",
             )
         out.append(spec)
     labels = [v.label for s in out for v in s.variants()]

@@ -437,3 +437,23 @@ def test_a_third_party_sae_exports_and_loads_through_its_own_methods(tmp_path):
 
     with pytest.raises(CheckpointError, match="`closed` has no SAELens counterpart"):
         save_saelens(Closed(4, SAEConfig(expansion=1)), tmp_path / "x")
+
+
+@pytest.mark.parametrize("convention", ["relu", "saelens"])
+def test_a_gated_export_says_how_its_l1_was_weighted_and_loads_back_so(tmp_path, convention):
+    sae = randomised(GatedSAE, GatedConfig(expansion=2, l1_convention=convention), scale=1.0)
+    save_saelens(sae, tmp_path / "lens")
+    cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
+    assert cfg["l1_convention"] == convention
+    assert load_saelens(tmp_path / "lens", CLASSES.values()).config.l1_convention == convention
+    # Without the key (SAELens wrote it): SAELens's weighting.
+    del cfg["l1_convention"]
+    (tmp_path / "lens" / "cfg.json").write_text(json.dumps(cfg))
+    assert load_saelens(tmp_path / "lens", CLASSES.values()).config.l1_convention == "saelens"
+    cfg["l1_convention"] = "lasso"
+    (tmp_path / "lens" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as info:
+        load_saelens(tmp_path / "lens", CLASSES.values())
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'lens'}: cfg.json.l1_convention: 'lasso' is not")
+    assert "\n" not in message

@@ -124,3 +124,92 @@ def test_address_without_the_ray_executor_is_one_line(capsys):
     assert (
         err == "error: --address auto: only the ray executor joins a cluster; add --executor ray\n"
     )
+
+
+RANGE_SUITE = """\
+models: [{plugin: efficientnet-lite, layers: [final]}]
+datasets:
+  train: {plugin: shapes, args: {split: train}}
+  val: {plugin: shapes, args: {split: val}, role: eval}
+saes:
+  - {plugin: topk, args: {k: 8}}
+  - SAE
+evaluators: [reconstruction, EVALUATOR]
+training: TRAINING
+"""
+
+
+@pytest.mark.parametrize(
+    "sae,evaluator,training,expected",
+    [
+        (  # an SAE field's range, a tuple field shown as the YAML list it was written as
+            "{plugin: matryoshka, args: {prefix_fractions: [0.5, 0.25, 1.0]}}",
+            "ontology",
+            "{}",
+            "saes[1].args.prefix_fractions: [0.5, 0.25, 1.0] must be a list that increases "
+            "strictly from above 0 to 1.0 (nested part sizes",
+        ),
+        (
+            "{plugin: topk, args: {k: 0}}",
+            "ontology",
+            "{}",
+            "saes[1].args.k: 0 must be at least 1 (latents kept per sample)",
+        ),
+        (  # a swept value is named where it is written
+            "{plugin: batch-topk, sweep: {topk_warmup: [0.2, 1.5]}}",
+            "ontology",
+            "{}",
+            "saes[1].sweep.topk_warmup[1]: 1.5 must be at least 0 and below 1 (fraction of",
+        ),
+        (
+            "{plugin: relu}",
+            "{plugin: ood-accuracy, args: {memory_budget_gb: -2}}",
+            "{}",
+            "evaluators[1].args.memory_budget_gb: -2.0 must be 0 or more",
+        ),
+        (  # two fields checked together: the path of the first, the other in the fix
+            "{plugin: relu}",
+            "ontology",
+            "{warmup_fraction: 0.7, decay_fraction: 0.5}",
+            "training.warmup_fraction: 0.7 must be at most 1 - decay_fraction (0.5)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_config_range_errors_name_the_field_path_in_one_line(
+    tmp_path, capsys, monkeypatch, command, sae, evaluator, training, expected
+):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "suite.yaml"
+    path.write_text(
+        RANGE_SUITE.replace("SAE", sae)
+        .replace("EVALUATOR", evaluator)
+        .replace("TRAINING", training)
+    )
+    assert main([command, str(path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and "Traceback" not in err + captured.out, err
+    assert err.startswith(f"error: {path}: {expected}"), err
+    assert not (tmp_path / "saebench-results").exists()
+
+
+@pytest.mark.parametrize(
+    "model_args,shapes_args,expected",
+    [
+        ("{image_size: 4}", "{}", "models[0].args.image_size: 4 must be at least 8 pixels"),
+        ("{}", "{severity: 9}", "datasets.train.args.severity: 9 must be between 1 and 5"),
+    ],
+)
+def test_model_and_dataset_range_errors_name_the_field_path(
+    tmp_path, capsys, model_args, shapes_args, expected
+):
+    path = tmp_path / "suite.yaml"
+    path.write_text(
+        f"models: [{{plugin: efficientnet-lite, layers: [final], args: {model_args}}}]\n"
+        f"datasets: {{train: {{plugin: shapes, args: {shapes_args}}}}}\n"
+        "saes: [topk]\nevaluators: [reconstruction]\n"
+    )
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: {expected}"), err

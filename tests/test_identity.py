@@ -406,3 +406,154 @@ def test_model_files_replaced_in_place_give_new_cells_and_activation_keys(
     assert _changed(cells0, cells1) == ALL and key0 != key1
     hub = build_config(manager.registry().get("model", "dinov2").config_class(), {})
     assert path_digests(hub) == {}
+
+
+# --------------------------------------------------------------------------------------------
+# Fields at their declared `absent` value keep the ids the Config had before the field existed
+
+
+def _without(config_cls: type, name: str) -> type:
+    """``config_cls`` as it was before field ``name`` was added: a flat copy of its other fields,
+    each keeping its default and its identity declaration (read along the bases by hand)."""
+
+    def declared(field_name: str) -> bool:
+        for klass in config_cls.__mro__:
+            f = getattr(klass, "__dataclass_fields__", {}).get(field_name)
+            if f is not None and "identity" in f.metadata:
+                return bool(f.metadata["identity"])
+        return True
+
+    types = field_types(config_cls)
+    fields = []
+    for f in dataclasses.fields(config_cls):
+        if f.name == name:
+            continue
+        metadata = {k: v for k, v in f.metadata.items() if k != "absent"}
+        metadata["identity"] = declared(f.name)
+        default = (
+            {"default_factory": f.default_factory}
+            if f.default_factory is not dataclasses.MISSING
+            else {"default": f.default}
+        )
+        fields.append((f.name, types[f.name], dataclasses.field(metadata=metadata, **default)))
+    return dataclasses.make_dataclass(config_cls.__name__, fields, frozen=True)
+
+
+def _absent_fields(manager: Any) -> list[tuple[str, str, type, str, Any]]:
+    """(kind, name, Config, field, absent) for every built-in field that declares `absent`."""
+    registry = manager.registry()
+    out = []
+    for kind in ("model", "dataset", "sae", "evaluator", "training"):
+        for name in [""] if kind == "training" else registry.names(kind):
+            cls = TrainingConfig if kind == "training" else registry.get(kind, name).config_class()
+            for f in dataclasses.fields(cls):
+                if "absent" in f.metadata:
+                    out.append((kind, name, cls, f.name, f.metadata["absent"]))
+    return out
+
+
+def test_a_field_at_its_absent_value_hashes_as_if_the_class_had_no_such_field(manager):
+    from saebench_vision.cache import content_key
+
+    found = _absent_fields(manager)
+    # The three the SAEs declare today (Matryoshka inherits BatchTopK's `topk_warmup`).
+    assert {(n, f) for _, n, _, f, _ in found} >= {
+        ("batch-topk", "topk_warmup"),
+        ("matryoshka", "topk_warmup"),
+        ("matryoshka", "nesting"),
+        ("gated", "l1_convention"),
+    }
+    for kind, name, cls, field, absent in found:
+        required = REQUIRED.get((kind, name), {})
+        at_absent = build_config(cls, required | {field: absent})
+        before = build_config(_without(cls, field), required)
+        default = build_config(cls, required)
+        assert getattr(default, field) != absent  # else `absent` would add nothing
+        assert field not in identity_dict(at_absent)
+        assert content_key(identity_dict(at_absent)) == content_key(identity_dict(before))
+        assert content_key(identity_dict(default)) != content_key(identity_dict(before))
+        assert identity_dict(default)[field] == getattr(default, field)
+        # Records that say what an SAE was trained as keep the field.
+        assert identity_dict(at_absent, keep_absent=True)[field] == absent
+
+
+def test_sae_ids_at_absent_are_the_ids_before_the_field_existed(manager, monkeypatch, tmp_path):
+    """Through the plan: `nesting: latents` (absent) has the SAE and cell ids the Matryoshka
+    entry had when its Config had no `nesting`; `both` (the default) and `rank` have others."""
+    from saebench_vision.registry import Entry
+
+    monkeypatch.chdir(tmp_path)
+    real = Entry.config_class
+    for _, name, cls, field, absent in _absent_fields(manager):
+        if name not in ("matryoshka", "gated", "batch-topk"):
+            continue
+        ids = {}
+        for value in [absent, *_candidates(absent, field_types(cls)[field])][:3]:
+            doc = _doc(saes=[{"plugin": name, "args": {field: value}}, {"plugin": "relu"}])
+            ids[value] = _ids(doc, manager)
+        default = _ids(_doc(saes=[{"plugin": name}, {"plugin": "relu"}]), manager)
+        old = _without(cls, field)
+
+        def config_class(entry: Any, old: type = old, name: str = name) -> Any:
+            return old if entry.name == name else real(entry)
+
+        monkeypatch.setattr(Entry, "config_class", config_class)
+        before = _ids(_doc(saes=[{"plugin": name}, {"plugin": "relu"}]), manager)
+        monkeypatch.setattr(Entry, "config_class", real)
+        assert ids[absent] == before, (name, field)
+        others = [v for k, v in ids.items() if k != absent] + [default]
+        assert all(o[1] != before[1] and _changed(o[0], before[0]) for o in others), name
+        assert len({frozenset(v[1]) for v in ids.values()}) == len(ids), name
+
+
+def test_absent_and_default_entries_are_two_saes_and_spelled_out_absent_is_a_duplicate(
+    manager, monkeypatch, tmp_path
+):
+    from saebench_vision.errors import SuiteError
+
+    monkeypatch.chdir(tmp_path)
+    latents = {"plugin": "matryoshka", "args": {"nesting": "latents"}}
+    doc = _doc(saes=[latents, {"plugin": "matryoshka", "label": "m2"}])
+    assert len(_ids(doc, manager)[1]) == 2
+    doc = _doc(saes=[latents, {**latents, "label": "m2"}])
+    suite = parse_suite(copy.deepcopy(doc), Path("s.yaml"), manager.registry())
+    try:
+        plan_suite(suite, manager)
+    except SuiteError as exc:
+        assert "same SAE as saes[0]" in str(exc)
+    else:
+        raise AssertionError("two entries training the same SAE were not refused")
+
+
+def test_a_store_made_before_a_field_existed_is_reused_at_its_absent_value(
+    tmp_path, toy_manager, monkeypatch
+):
+    """End to end: a run, then the toy SAE's Config gains a field (default `new`, absent
+    `old`). The suite spelling out `mode: old` reruns nothing and loads the old checkpoint as
+    `old`; the default trains a new SAE."""
+    import toyplugin
+    from test_runner import run, write_suite
+    from test_runner_features import SMALL
+
+    from saebench_vision.checkpoint import load_sae
+    from saebench_vision.config import option
+
+    suite, runner, first = run(write_suite(tmp_path, SMALL), toy_manager)
+    assert first.computed_cells == 2  # the SAE's reconstruction cell and the baseline's
+
+    @dataclasses.dataclass(frozen=True)
+    class Later(toyplugin.ToySAEConfig):
+        mode: Literal["old", "new"] = option("new", "a later option", absent="old")
+
+    monkeypatch.setattr(toyplugin.ToySAE, "Config", Later)
+    old = copy.deepcopy(SMALL)
+    old["saes"][0]["args"]["mode"] = "old"
+    suite, runner, second = run(write_suite(tmp_path, old), toy_manager)
+    assert second.computed_cells == 0
+    (planned,) = [p for g in plan_suite(suite, toy_manager).groups for p in g.saes]
+    assert planned.config_identity["mode"] == "old"  # recorded, though left out of the id
+    resolve = lambda name: toy_manager.registry().get("sae", name).load()  # noqa: E731
+    sae, meta = load_sae(runner.store.sae_path(planned.sae_id), resolve)
+    assert sae.config.mode == "old" and meta["sae_id"] == planned.sae_id
+    _, _, third = run(write_suite(tmp_path, SMALL), toy_manager)
+    assert third.computed_cells == 1  # the default is a new SAE; the baseline is reused

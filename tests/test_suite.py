@@ -192,7 +192,7 @@ MALFORMED = [
     ),
     (
         _set("saes.0.training", {"warmup_fraction": 0.9}),
-        "saes[0].training: warmup_fraction + decay_fraction is 1.1",
+        "saes[0].training.warmup_fraction: 0.9 must be at most 1 - decay_fraction (0.2)",
     ),
     (_set("saes.0.training", [1]), "saes[0].training: must map training options to values"),
     (
@@ -294,7 +294,7 @@ evaluators: [reconstruction]
             "1e-3",
             "models[0].args.device: 'gpu' is not a device; use cpu, cuda, cuda:N, mps or auto",
         ),
-        ("cpu", 0, "1e-3", "saes[0] (sweep k=0): `k` must be at least 1, got 0"),
+        ("cpu", 0, "1e-3", "saes[0].sweep.k[0]: 0 must be at least 1 (latents kept per sample)"),
         (
             "cpu",
             4,

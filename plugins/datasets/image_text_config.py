@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from saebench_vision.config import build_config, option
+from saebench_vision.config import FieldValueError, build_config, option
 from saebench_vision.errors import SaebenchError
 
 
@@ -69,11 +69,11 @@ class ImageCaptionsConfig:
     def __post_init__(self) -> None:
         check_inner_spec(self.dataset)
         if not self.prompt.strip():
-            raise ValueError("prompt: must not be empty")
+            raise FieldValueError("prompt", self.prompt, "a question that is not empty")
         for name in ("max_per_class", "max_classes"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name}: {value} must be at least 1 (or null for all)")
+                raise FieldValueError(name, value, "at least 1, or null for all")
 
 
 @dataclass(frozen=True)
@@ -98,10 +98,15 @@ class ClassQuestionsConfig:
     def __post_init__(self) -> None:
         check_inner_spec(self.dataset)
         if not self.templates:
-            raise ValueError("templates: give at least one question")
+            raise FieldValueError("templates", self.templates, "a list of at least one question")
         for template in self.templates:
             if "{name}" not in template:
-                raise ValueError(f"templates: {template!r} lacks the {{name}} placeholder")
+                raise FieldValueError(
+                    "templates",
+                    self.templates,
+                    f"questions that each have a {{name}} placeholder ({template!r} lacks the "
+                    "{name} placeholder)",
+                )
             try:
                 template.format(name="clock", article="a")
             except (KeyError, IndexError, ValueError) as exc:
@@ -110,4 +115,4 @@ class ClassQuestionsConfig:
                     f"{{article}} ({exc}); double literal braces as {{{{ }}}}"
                 ) from None
         if self.max_classes is not None and self.max_classes < 1:
-            raise ValueError(f"max_classes: {self.max_classes} must be at least 1 (or null)")
+            raise FieldValueError("max_classes", self.max_classes, "at least 1, or null for all")

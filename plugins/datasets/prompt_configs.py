@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from saebench_vision.config import option
+from saebench_vision.config import FieldValueError, option
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TextSelection:
 
     def __post_init__(self) -> None:
         if self.max_items is not None and self.max_items < 1:
-            raise ValueError(f"`max_items` must be at least 1 or null, got {self.max_items}")
+            raise FieldValueError("max_items", self.max_items, "at least 1, or null")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 from typing import ClassVar, Literal
 
-from saebench_vision.config import option
+from saebench_vision.config import FieldValueError, option
 
 SHAPE_TREE: tuple[tuple[str, str | None], ...] = (
     ("shape", None),
@@ -96,28 +96,32 @@ class ShapesConfig:
 
     def __post_init__(self) -> None:
         if self.size < 1:
-            raise ValueError(f"size={self.size} must be at least 1")
+            raise FieldValueError("size", self.size, "at least 1")
         if self.image_size < 16:
-            raise ValueError(f"image_size={self.image_size} must be at least 16 pixels")
+            raise FieldValueError("image_size", self.image_size, "at least 16 pixels")
         lo, hi = self.scale
         if not 0.05 <= lo <= hi <= 1.0:
-            raise ValueError(f"scale={list(self.scale)} must satisfy 0.05 <= min <= max <= 1")
+            raise FieldValueError("scale", self.scale, "[min, max] with 0.05 <= min <= max <= 1")
         if not 0.0 <= self.margin < 0.5:
-            raise ValueError(f"margin={self.margin} must be in [0, 0.5)")
+            raise FieldValueError("margin", self.margin, "at least 0 and below 0.5")
         if not 1 <= self.severity <= 5:
-            raise ValueError(f"severity={self.severity} must be between 1 and 5")
+            raise FieldValueError("severity", self.severity, "between 1 and 5")
         if not 1 <= self.supersample <= 4:
-            raise ValueError(f"supersample={self.supersample} must be between 1 and 4")
+            raise FieldValueError("supersample", self.supersample, "between 1 and 4")
         if self.classes is not None:
             if len(self.classes) < 1:
-                raise ValueError("classes=[] selects nothing; leave it out to use all classes")
+                raise FieldValueError(
+                    "classes", self.classes, "a non-empty list (leave it out to use all classes)"
+                )
             for name in self.classes:
                 if name not in LEAF_CLASSES:
                     close = difflib.get_close_matches(str(name), LEAF_CLASSES, n=1)
                     hint = f" Did you mean: {close[0]}?" if close else ""
-                    raise ValueError(
-                        f"classes: {name!r} is not a leaf class of `shapes`.{hint} "
-                        f"Leaves: {', '.join(LEAF_CLASSES)}"
+                    raise FieldValueError(
+                        "classes",
+                        self.classes,
+                        f"a list of leaf classes of `shapes` ({name!r} is not one.{hint} "
+                        f"Leaves: {', '.join(LEAF_CLASSES)})",
                     )
             if len(set(self.classes)) != len(self.classes):
-                raise ValueError(f"classes={list(self.classes)} lists a class twice")
+                raise FieldValueError("classes", self.classes, "a list naming each class once")

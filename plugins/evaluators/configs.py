@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from saebench_vision.config import option
+from saebench_vision.config import FieldValueError, option
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,13 @@ class ReconstructionConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
+            raise FieldValueError("batch_size", self.batch_size, "at least 1")
         for label, value in (
             ("dead_threshold", self.dead_threshold),
             ("dense_threshold", self.dense_threshold),
         ):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{label} must lie in [0, 1], not {value}")
+                raise FieldValueError(label, value, "between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,9 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.memory_budget_gb < 0:
-            raise ValueError(f"memory_budget_gb must be 0 or more, not {self.memory_budget_gb}")
+            raise FieldValueError("memory_budget_gb", self.memory_budget_gb, "0 or more")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
+            raise FieldValueError("batch_size", self.batch_size, "at least 1")
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,10 @@ class OODAccuracyConfig(ProbeConfig):
         super().__post_init__()
         unknown = set(self.features) - {"latents", "pre-activations"}
         if unknown:
-            raise ValueError(
-                f"features: unknown kind {sorted(unknown)[0]!r} (expected: latents, pre-activations)"
+            raise FieldValueError(
+                "features",
+                self.features,
+                f"a list of latents and pre-activations ({sorted(unknown)[0]!r} is neither)",
             )
 
 
@@ -183,12 +185,12 @@ class OntologyConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must lie in (0, 1], not {self.threshold}")
+            raise FieldValueError("threshold", self.threshold, "more than 0 and at most 1")
         if self.min_classes < 1:
-            raise ValueError(f"min_classes must be at least 1, not {self.min_classes}")
+            raise FieldValueError("min_classes", self.min_classes, "at least 1")
         if not 0.0 < self.near_root_fraction <= 1.0:
-            raise ValueError(
-                f"near_root_fraction must lie in (0, 1], not {self.near_root_fraction}"
+            raise FieldValueError(
+                "near_root_fraction", self.near_root_fraction, "more than 0 and at most 1"
             )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saebench_vision.config import option
+from saebench_vision.config import FieldValueError, option
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class HeadAccuracyConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size: {self.batch_size} must be >= 1")
+            raise FieldValueError("batch_size", self.batch_size, "at least 1")
         if not self.prompts or not all("{}" in p for p in self.prompts):
-            raise ValueError("prompts: each template needs {} for the class name")
+            raise FieldValueError(
+                "prompts",
+                self.prompts,
+                "a non-empty list of templates, each with {} for the class name",
+            )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from saebench_vision.config import option
+from saebench_vision.config import FieldValueError, option
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,16 @@ class ModalityOverlapConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.top_fraction <= 1.0:
-            raise ValueError(f"top_fraction must lie in (0, 1], not {self.top_fraction}")
+            raise FieldValueError("top_fraction", self.top_fraction, "more than 0 and at most 1")
         lo, hi = self.shared_range
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"shared_range must satisfy 0 <= low <= high <= 1, not {lo}, {hi}")
+            raise FieldValueError(
+                "shared_range", self.shared_range, "[low, high] with 0 <= low <= high <= 1"
+            )
         if self.permutations < 1:
-            raise ValueError(f"permutations must be at least 1, not {self.permutations}")
+            raise FieldValueError("permutations", self.permutations, "at least 1")
         if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha must lie in (0, 1), not {self.alpha}")
+            raise FieldValueError("alpha", self.alpha, "more than 0 and below 1")
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,13 @@ class PersistenceConfig:
 
     def __post_init__(self) -> None:
         if self.from_layer == self.to_layer:
-            raise ValueError(f"from_layer and to_layer are both {self.from_layer!r}")
-        if self.match_images < 1 or self.max_features < 1:
-            raise ValueError("match_images and max_features must be at least 1")
+            raise FieldValueError(
+                "from_layer", self.from_layer, f"another layer than to_layer ({self.to_layer!r})"
+            )
+        for name in ("match_images", "max_features", "cell_pixels"):
+            if getattr(self, name) < 1:
+                raise FieldValueError(name, getattr(self, name), "at least 1")
         if not -1.0 <= self.min_correlation <= 1.0:
-            raise ValueError(f"min_correlation must lie in [-1, 1], not {self.min_correlation}")
-        if self.figures < 0 or self.cell_pixels < 1:
-            raise ValueError("figures must be 0 or more and cell_pixels at least 1")
+            raise FieldValueError("min_correlation", self.min_correlation, "between -1 and 1")
+        if self.figures < 0:
+            raise FieldValueError("figures", self.figures, "0 or more")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from saebench_vision.config import ModelConfig, option
+from saebench_vision.config import FieldValueError, ModelConfig, option
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 
@@ -34,9 +34,11 @@ class ImageModelConfig(ModelConfig):
         for key in ("image_size", "resize_size"):
             value = getattr(self, key)
             if value is not None and value < 8:
-                raise ValueError(f"{key}: {value} is too small (use at least 8 pixels)")
-        if self.batch_size < 1 or self.num_workers < 0:
-            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+                raise FieldValueError(key, value, "at least 8 pixels")
+        if self.batch_size < 1:
+            raise FieldValueError("batch_size", self.batch_size, "at least 1")
+        if self.num_workers < 0:
+            raise FieldValueError("num_workers", self.num_workers, "0 or more")
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,11 @@ class LlavaConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.generate_tokens < 0:
-            raise ValueError(f"generate_tokens: {self.generate_tokens} must be >= 0")
+            raise FieldValueError("generate_tokens", self.generate_tokens, "0 or more")
         if "{prompt}" not in self.prompt_template:
-            raise ValueError("prompt_template must contain {prompt}")
+            raise FieldValueError(
+                "prompt_template", self.prompt_template, "a template containing {prompt}"
+            )
 
 
 @dataclass(frozen=True)

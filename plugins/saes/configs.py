@@ -34,7 +34,7 @@ Choices the paper leaves open, and why the defaults are what they are:
   ``λ (1 + aux_coefficient)``, so λ means what it means for ReLU; Gated is then sparser
   than ReLU at every λ of the quickstart, with more explained variance. ``saelens`` keeps
   SAELens's and the Gated SAE paper's λ (checkpoints saved before the option, and SAELens
-  imports, load with it).
+  checkpoints without an ``l1_convention`` key, load with it; our SAELens exports write the key).
 * **Decoder bias.** The TopK family starts ``b_dec`` at the geometric median of a training
   sample (dictionary_learning, SAELens v5): on uncentred activations (EfficientNet's are all
   positive) the few latents aligned with the mean otherwise win the top k for every input and
@@ -89,14 +89,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from saebench_vision.config import SAEConfig, option
+from saebench_vision.config import FieldValueError, SAEConfig, option
 
 DecoderNorm = Literal["weighted-l1", "unit", "free"]
 
 
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"`{name}` must be positive, got {value!r}")
+        raise FieldValueError(name, value, "more than 0")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise FieldValueError(name, value, "0 or more")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +133,7 @@ class ReLUConfig(BaseSAEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.l1_coefficient < 0:
-            raise ValueError(f"`l1_coefficient` must be >= 0, got {self.l1_coefficient!r}")
+        _check_non_negative("l1_coefficient", self.l1_coefficient)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +162,7 @@ class GatedConfig(ReLUConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.aux_coefficient < 0:
-            raise ValueError(f"`aux_coefficient` must be >= 0, got {self.aux_coefficient!r}")
+        _check_non_negative("aux_coefficient", self.aux_coefficient)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +187,7 @@ class JumpReLUConfig(BaseSAEConfig):
         super().__post_init__()
         _check_positive("bandwidth", self.bandwidth)
         _check_positive("threshold_lr_scale", self.threshold_lr_scale)
-        if self.l0_coefficient < 0:
-            raise ValueError(f"`l0_coefficient` must be >= 0, got {self.l0_coefficient!r}")
+        _check_non_negative("l0_coefficient", self.l0_coefficient)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,11 +222,12 @@ class TopKConfig(BaseSAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.k < 1:
-            raise ValueError(f"`k` must be at least 1, got {self.k!r}")
-        if self.aux_k < 0 or self.aux_k_coefficient < 0 or self.dead_after < 1:
-            raise ValueError("`aux_k` and `aux_k_coefficient` must be >= 0, `dead_after` >= 1")
-        if self.dead_after_steps < 0:
-            raise ValueError(f"`dead_after_steps` must be >= 0, got {self.dead_after_steps!r}")
+            raise FieldValueError("k", self.k, "at least 1")
+        _check_non_negative("aux_k_coefficient", self.aux_k_coefficient)
+        _check_non_negative("aux_k", self.aux_k)
+        if self.dead_after < 1:
+            raise FieldValueError("dead_after", self.dead_after, "at least 1")
+        _check_non_negative("dead_after_steps", self.dead_after_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,8 +261,12 @@ class BatchTopKConfig(TopKConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0 <= self.threshold_momentum <= 1:
+            raise FieldValueError("threshold_momentum", self.threshold_momentum, "between 0 and 1")
+        if self.threshold_window < 1:
+            raise FieldValueError("threshold_window", self.threshold_window, "at least 1")
         if not 0 <= self.topk_warmup < 1:
-            raise ValueError(f"`topk_warmup` must be in [0, 1), got {self.topk_warmup!r}")
+            raise FieldValueError("topk_warmup", self.topk_warmup, "at least 0 and below 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +295,6 @@ class MatryoshkaConfig(BatchTopKConfig):
         super().__post_init__()
         fr = tuple(self.prefix_fractions)
         if not fr or fr[-1] != 1.0 or any(b <= a for a, b in zip(fr, fr[1:])) or fr[0] <= 0:
-            raise ValueError(
-                f"`prefix_fractions` must increase strictly from above 0 to 1.0, got {list(fr)}"
+            raise FieldValueError(
+                "prefix_fractions", fr, "a list that increases strictly from above 0 to 1.0"
             )

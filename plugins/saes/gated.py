@@ -49,8 +49,15 @@ class GatedSAE(BuiltinSAE):
 
     @classmethod
     def saelens_config_args(cls, cfg: dict[str, Any]) -> dict[str, Any]:
-        # A SAELens checkpoint was trained with SAELens's weighting of λ.
-        return {"l1_convention": "saelens"}
+        # A checkpoint SAELens wrote was trained with SAELens's weighting of λ; one exported
+        # here says which weighting it was trained with (SAELens 6's loader keeps only the
+        # keys its config class declares, so the extra key loads there too).
+        return {"l1_convention": cfg.get("l1_convention", "saelens")}
+
+    def to_saelens(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        cfg, tensors = super().to_saelens()
+        cfg["l1_convention"] = self.config.l1_convention
+        return cfg, tensors
 
     def _init_extra(self) -> None:
         n = self.d_sae

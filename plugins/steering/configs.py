@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from saebench_vision.config import option
+from saebench_vision.config import FieldValueError, option
 
 DEFAULT_SWEEP = (0.0, 2.5, 5.0, 10.0, 20.0)
 
@@ -107,16 +107,20 @@ class DiffusionSteeringConfig:
     def __post_init__(self) -> None:
         for name in ("max_features", "top_rows", "label_prompts", "num_inference_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+                raise FieldValueError(name, getattr(self, name), "at least 1")
         if self.validation_pairs < 2:
-            raise ValueError(f"`validation_pairs` must be at least 2, got {self.validation_pairs}")
+            raise FieldValueError("validation_pairs", self.validation_pairs, "at least 2")
         if not 0 < self.quantile < 1:
-            raise ValueError(f"`quantile` must be between 0 and 1, got {self.quantile}")
+            raise FieldValueError("quantile", self.quantile, "more than 0 and below 1")
         if (
             "{prompt}" not in self.attribute_template
             or "{attribute}" not in self.attribute_template
         ):
-            raise ValueError("`attribute_template` must contain {prompt} and {attribute}")
+            raise FieldValueError(
+                "attribute_template",
+                self.attribute_template,
+                "a template containing {prompt} and {attribute}",
+            )
 
 
 @dataclass(frozen=True)
