@@ -218,11 +218,33 @@ class TopKConfig(BaseSAEConfig):
         "how the decoder and the encoder's weight gradient use sparsity; every backend gives "
         "the same numbers up to float rounding",
     )
+    k_ramp: float = option(
+        0.75,
+        "fraction of the run's training samples over which the latents kept per sample grow "
+        "linearly from k_start x k to k (0: k from the first step, as Gao et al. and SAELens "
+        "train)",
+        absent=0.0,  # checkpoints saved before the ramp existed were trained with k throughout
+    )
+    k_start: float = option(
+        0.0625,
+        "latents kept per sample when training starts, as a fraction of k (at least 1 latent); "
+        "unused, and recorded as 1, when k_ramp is 0",
+        absent=1.0,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.k < 1:
             raise FieldValueError("k", self.k, "at least 1")
+        if not 0 <= self.k_ramp < 1:
+            raise FieldValueError("k_ramp", self.k_ramp, "at least 0 and below 1")
+        if not 0 < self.k_start <= 1:
+            raise FieldValueError("k_start", self.k_start, "above 0 and at most 1")
+        # Without a ramp k_start is unused, and with k_start 1 the ramp is flat: either way k
+        # is constant, recorded as the one setting it is (so that it has one identity).
+        if self.k_ramp == 0 or self.k_start == 1:
+            object.__setattr__(self, "k_ramp", 0.0)
+            object.__setattr__(self, "k_start", 1.0)
         _check_non_negative("aux_k_coefficient", self.aux_k_coefficient)
         _check_non_negative("aux_k", self.aux_k)
         if self.dead_after < 1:

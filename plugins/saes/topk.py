@@ -68,6 +68,8 @@ class TopKSAE(BuiltinSAE):
             "inference",
             "sparse_backend",
             "topk_warmup",
+            "k_ramp",
+            "k_start",
         }
     )
 
@@ -76,6 +78,35 @@ class TopKSAE(BuiltinSAE):
 
     def _init_extra(self) -> None:
         self.register_buffer("samples_since_fired", torch.zeros(self.d_sae, dtype=torch.int64))
+        # Only a schedule over the run (the k ramp, BatchTopK's warm-up) reads the count, and
+        # a resumed run needs it then; without one it stays out of checkpoints, whose tensors
+        # are then those of earlier versions.
+        self.register_buffer(
+            "samples_trained",
+            torch.zeros((), dtype=torch.int64),
+            persistent=self._scheduled(),
+        )
+        self._total_samples = 0
+
+    def _scheduled(self) -> bool:
+        """Whether training follows a schedule over the run's samples (here: the k ramp)."""
+        return float(self.config.k_ramp) > 0
+
+    def begin_training(self, total_samples: int) -> None:
+        """The k ramp spans ``k_ramp`` of the ``total_samples`` the run trains on."""
+        self._total_samples = int(total_samples)
+
+    def training_k(self) -> int:
+        """Latents kept per sample at this point of training: ``k_start · k`` (at least 1)
+        growing linearly to ``k`` over the first ``k_ramp`` of the run's samples; ``k`` at
+        inference, after the ramp, and when the run's length was not announced."""
+        k = int(self.config.k)
+        ramp = float(self.config.k_ramp) * self._total_samples
+        if ramp <= 0 or not self.training:
+            return k
+        done = min(1.0, int(self.samples_trained) / ramp)
+        first = max(1, min(k, round(float(self.config.k_start) * k)))
+        return first + round((k - first) * done)
 
     # -- SAELens -------------------------------------------------------------------------------
 
@@ -111,12 +142,13 @@ class TopKSAE(BuiltinSAE):
     @torch.no_grad()
     def _reset_extra(self) -> None:
         self.samples_since_fired.zero_()
+        self.samples_trained.zero_()
 
     # -- selection -----------------------------------------------------------------------------
 
     def _select(self, pre: torch.Tensor) -> tuple[SparseCode, torch.Tensor]:
         """Kept entries of a (detached) (B, n) pre-activation matrix and their values."""
-        top, idx = pre.topk(min(self.config.k, self.d_sae), dim=1)
+        top, idx = pre.topk(min(self.training_k(), self.d_sae), dim=1)
         return SparseCode.from_topk(idx, self.d_sae), top.reshape(-1)
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
@@ -133,7 +165,9 @@ class TopKSAE(BuiltinSAE):
         return entries_per_row * 8 <= self.d_sae
 
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
-        """Hook for BatchTopK's threshold estimate."""
+        """After a training step's selection: count its samples (BatchTopK also updates its
+        threshold estimate)."""
+        self.samples_trained.add_(code.n_rows)
 
     # -- group step ----------------------------------------------------------------------------
 
@@ -317,24 +351,21 @@ class BatchTopKSAE(TopKSAE):
     def _init_extra(self) -> None:
         super()._init_extra()
         self.register_buffer("threshold", torch.zeros(()))
-        # Only a warm-up reads the count (and a resumed run needs it); with topk_warmup: 0 it
-        # stays out of checkpoints, whose tensors are then those of earlier versions.
-        self.register_buffer(
-            "samples_trained",
-            torch.zeros((), dtype=torch.int64),
-            persistent=float(self.config.topk_warmup) > 0,
-        )
         self._warmup_samples = 0
         self._batch_min: torch.Tensor | None = None
+
+    def _scheduled(self) -> bool:
+        return super()._scheduled() or float(self.config.topk_warmup) > 0
 
     @torch.no_grad()
     def _reset_extra(self) -> None:
         super()._reset_extra()
         self.threshold.zero_()
-        self.samples_trained.zero_()
 
     def begin_training(self, total_samples: int) -> None:
-        """The warm-up spans ``topk_warmup`` of the ``total_samples`` the run trains on."""
+        """The warm-up spans ``topk_warmup`` of the ``total_samples`` the run trains on, as
+        the k ramp spans ``k_ramp`` of them."""
+        super().begin_training(total_samples)
         self._warmup_samples = int(float(self.config.topk_warmup) * int(total_samples))
 
     def warming_up(self) -> bool:
@@ -350,13 +381,17 @@ class BatchTopKSAE(TopKSAE):
         # means one thing whenever training stops.
         positive = top[top > 0]
         self._batch_min = positive.min() if positive.numel() else None
+        k = self.training_k()
         if self.warming_up():
             # Each row's top k, as a code in the batch selection's order (columns ascending
             # within a row), which Matryoshka's prefix grouping relies on.
-            top, idx = pre.topk(min(self.config.k, n), dim=1)
+            top, idx = pre.topk(min(k, n), dim=1)
             rows = torch.arange(batch, device=pre.device).unsqueeze(1) * n
             flat = (rows + idx).reshape(-1)
             top = top.reshape(-1)
+        elif k != self.config.k:
+            # The batch's k·B for the k the ramp has reached.
+            top, flat = pre.reshape(-1).topk(min(pre.numel(), max(1, k * batch)), sorted=False)
         code, order = SparseCode.from_flat(flat, batch, n)
         return code, top[order]
 
@@ -366,7 +401,7 @@ class BatchTopKSAE(TopKSAE):
         return super()._activate(pre)
 
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
-        self.samples_trained.add_(code.n_rows)
+        super()._after_select(code, values)
         smallest, self._batch_min = self._batch_min, None
         if smallest is None:
             return
