@@ -370,6 +370,8 @@ def test_loads_saelens_checkpoints_as_saelens_computes_them(tmp_path, kind, appl
     assert sae.d_sae == d_sae
     if kind == "gated":  # trained with SAELens's weighting of λ, and says so
         assert sae.config.l1_convention == "saelens"
+    if kind.startswith("topk"):  # trained with k from the first step, and says so
+        assert sae.config.k_ramp == 0 and TopKConfig().k_ramp > 0
     x = torch.randn(40, d_in)
     want = lens_encode(cfg, t, x)
     got = sae.encode(x)

@@ -120,7 +120,12 @@ class TopKSAE(BuiltinSAE):
     @classmethod
     def saelens_config_args(cls, cfg: dict[str, Any]) -> dict[str, Any]:
         rescale = bool(cfg.get("rescale_acts_by_decoder_norm", False))
-        return {"k": int(cfg.get("k", 100)), "decoder_norm": "unit" if rescale else "free"}
+        # SAELens trains with k from the first step: further training continues as it did.
+        return {
+            "k": int(cfg.get("k", 100)),
+            "decoder_norm": "unit" if rescale else "free",
+            "k_ramp": 0.0,
+        }
 
     @classmethod
     def saelens_tensors_in(
