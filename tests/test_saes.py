@@ -441,9 +441,7 @@ def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():
 def test_batch_topk_warmup_keeps_each_samples_top_k_then_the_batchs():
     torch.manual_seed(0)
     k, batch = 2, 16
-    config = BatchTopKConfig(
-        expansion=4, k=k, topk_warmup=0.25, k_ramp=0, aux_k_coefficient=0.0
-    )
+    config = BatchTopKConfig(expansion=4, k=k, topk_warmup=0.25, k_ramp=0, aux_k_coefficient=0.0)
     sae = BatchTopKSAE(8, config)
     assert "samples_trained" in sae.state_dict()
     # Not told how long the run is (a loop of its own), the SAE selects per batch.
