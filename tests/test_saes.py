@@ -483,10 +483,10 @@ def test_batch_topk_warmup_keeps_each_samples_top_k_then_the_batchs():
 
 
 def _ramp_k(k: int, start: float, ramp: float, total: int, done: int) -> int:
-    # By hand: round(start·k) (at least 1) at the first sample, k after ramp·total samples,
-    # linear (rounded to the nearest count) in between.
-    first = max(1, round(start * k))
-    return first + round((k - first) * min(1.0, done / (ramp * total)))
+    # By hand: start·k rounded half up (at least 1) at the first sample, k after ramp·total
+    # samples, linear (rounded half up) in between.
+    first = max(1, int(start * k + 0.5))
+    return first + int((k - first) * min(1.0, done / (ramp * total)) + 0.5)
 
 
 def test_k_ramp_grows_the_latents_kept_per_sample_from_k_start_to_k():
@@ -510,12 +510,20 @@ def test_k_ramp_grows_the_latents_kept_per_sample_from_k_start_to_k():
             expected = np.zeros(sae.d_sae, dtype=np.float32)
             expected[top] = np.maximum(pre[r, top], 0)
             np.testing.assert_allclose(z[r], expected, rtol=1e-6)
-    assert seen == [2, 4, 5, 6, 8, 8, 8, 8] and int(sae.samples_trained) == steps * batch
+    assert seen == [2, 4, 5, 7, 8, 8, 8, 8] and int(sae.samples_trained) == steps * batch
     # Inference always keeps k, whatever the point of training.
-    sae.samples_trained.zero_()
     x = torch.randn(batch, 6)
     assert int((sae.eval().encode(x) != 0).sum(1).max()) <= k == sae.training_k()
     assert bool(((sae.encode(x) != 0).sum(1) == k).all())
+    # A new run starts its ramp afresh, whatever was computed before it; a loaded state (a
+    # resumed run) sets where it stands.
+    sae.train()
+    sae.loss(torch.randn(30, 6)).loss.backward()
+    sae.begin_training(steps * batch)
+    assert int(sae.samples_trained) == 0 and sae.training_k() == 2
+    state = {**sae.state_dict(), "samples_trained": torch.tensor(15)}
+    sae.load_state_dict(state)
+    assert sae.training_k() == _ramp_k(k, 0.25, 0.5, steps * batch, 15) == 7
 
 
 def test_batch_topk_follows_the_k_ramp_after_its_warm_up_and_estimates_at_k():
@@ -549,13 +557,19 @@ def test_batch_topk_follows_the_k_ramp_after_its_warm_up_and_estimates_at_k():
 
 @pytest.mark.parametrize(
     "args,ramp,start",
-    [({"k_ramp": 0, "k_start": 0.25}, 0.0, 1.0), ({"k_ramp": 0.5, "k_start": 1}, 0.0, 1.0)],
+    [
+        ({"k_ramp": 0, "k_start": 0.25}, 0.0, 1.0),
+        ({"k_ramp": 0.5, "k_start": 1}, 0.0, 1.0),
+        ({"k_ramp": 0.5, "k_start": 0.95}, 0.0, 1.0),  # starts at round(7.6) = 8 = k
+        ({"k_ramp": 0.5, "k_start": 0.9}, 0.5, 0.9),  # starts at round(7.2) = 7
+    ],
 )
 def test_a_flat_k_ramp_is_recorded_as_constant_k(args, ramp, start):
-    # Either way k is constant: one setting, recorded (and so identified) one way.
-    config = TopKConfig(**args)
+    # Each way k is constant: one setting, recorded (and so identified) one way.
+    config = TopKConfig(k=8, **args)
     assert (config.k_ramp, config.k_start) == (ramp, start)
-    assert config == TopKConfig(k_ramp=0)
+    assert (config == TopKConfig(k=8, k_ramp=0)) == (ramp == 0)
+    assert TopKConfig(k=1).k_ramp == 0  # k = 1 has nothing to ramp
     for bad in ({"k_ramp": 1.0}, {"k_ramp": -0.1}, {"k_start": 0}, {"k_start": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TopKConfig(**bad)

@@ -106,6 +106,7 @@ Choices the paper leaves open, and why the defaults are what they are:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from saebench_vision.config import FieldValueError, SAEConfig, option
@@ -209,6 +210,12 @@ class JumpReLUConfig(BaseSAEConfig):
         _check_non_negative("l0_coefficient", self.l0_coefficient)
 
 
+def ramp_start(k: int, k_start: float) -> int:
+    """The latents kept per sample when a k ramp starts: ``k_start · k`` rounded to the
+    nearest (halves up), at least 1 and at most ``k``."""
+    return max(1, min(k, math.floor(k_start * k + 0.5)))
+
+
 @dataclasses.dataclass(frozen=True)
 class TopKConfig(BaseSAEConfig):
     """TopK SAE (paper eq. 4) with the AuxK loss for dead latents."""
@@ -246,8 +253,9 @@ class TopKConfig(BaseSAEConfig):
     )
     k_start: float = option(
         0.0625,
-        "latents kept per sample when training starts, as a fraction of k (at least 1 latent); "
-        "unused, and recorded as 1, when k_ramp is 0",
+        "latents kept per sample when training starts, as a fraction of k (rounded to the "
+        "nearest, at least 1 latent); a ramp that is flat (k_ramp 0, or a start that rounds "
+        "to k) is recorded as k_ramp 0, k_start 1",
         absent=1.0,
     )
 
@@ -259,9 +267,9 @@ class TopKConfig(BaseSAEConfig):
             raise FieldValueError("k_ramp", self.k_ramp, "at least 0 and below 1")
         if not 0 < self.k_start <= 1:
             raise FieldValueError("k_start", self.k_start, "above 0 and at most 1")
-        # Without a ramp k_start is unused, and with k_start 1 the ramp is flat: either way k
+        # Without a ramp k_start is unused, and a ramp that starts at k is flat: either way k
         # is constant, recorded as the one setting it is (so that it has one identity).
-        if self.k_ramp == 0 or self.k_start == 1:
+        if self.k_ramp == 0 or ramp_start(self.k, self.k_start) >= self.k:
             object.__setattr__(self, "k_ramp", 0.0)
             object.__setattr__(self, "k_start", 1.0)
         _check_non_negative("aux_k_coefficient", self.aux_k_coefficient)

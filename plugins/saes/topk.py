@@ -24,7 +24,12 @@ from saebench_vision_plugins.saes.base import (
     default_aux_k,
     group_mse,
 )
-from saebench_vision_plugins.saes.configs import BatchTopKConfig, MatryoshkaConfig, TopKConfig
+from saebench_vision_plugins.saes.configs import (
+    BatchTopKConfig,
+    MatryoshkaConfig,
+    TopKConfig,
+    ramp_start,
+)
 from saebench_vision_plugins.saes.sparse import (
     SampledLinear,
     SparseCode,
@@ -42,6 +47,10 @@ def _rank_ends(fractions: tuple[float, ...], n: int, device: str) -> torch.Tenso
         [max(1, math.ceil(Fraction(str(f)) * c)) for f in fractions[:-1]] for c in range(n + 1)
     ]
     return torch.tensor(table, dtype=torch.int64, device=device).reshape(n + 1, -1)
+
+
+def _refresh_sample_count(module: torch.nn.Module, keys: Any) -> None:
+    module._samples_host = int(module.samples_trained)  # type: ignore[attr-defined]
 
 
 class TopKSAE(BuiltinSAE):
@@ -87,26 +96,40 @@ class TopKSAE(BuiltinSAE):
             persistent=self._scheduled(),
         )
         self._total_samples = 0
+        # The count on the host too, so that a schedule never waits on the device; loading a
+        # state (a resumed run, a checkpoint) refreshes it from the buffer.
+        self._samples_host = 0
+        self.register_load_state_dict_post_hook(_refresh_sample_count)
 
     def _scheduled(self) -> bool:
         """Whether training follows a schedule over the run's samples (here: the k ramp)."""
         return float(self.config.k_ramp) > 0
 
     def begin_training(self, total_samples: int) -> None:
-        """The k ramp spans ``k_ramp`` of the ``total_samples`` the run trains on."""
+        """The k ramp spans ``k_ramp`` of the ``total_samples`` the run trains on, counted from
+        here: whatever the SAE computed before (a loss outside the trainer, an earlier run)
+        does not move it. A resumed run loads its count after this call."""
         self._total_samples = int(total_samples)
+        with torch.no_grad():
+            self.samples_trained.zero_()
+        self._samples_host = 0
+
+    def _count_samples(self, n: int) -> None:
+        """A training step's ``n`` samples (the trainer's group step counts them)."""
+        self.samples_trained.add_(n)
+        self._samples_host += n
 
     def training_k(self) -> int:
-        """Latents kept per sample at this point of training: ``k_start · k`` (at least 1)
-        growing linearly to ``k`` over the first ``k_ramp`` of the run's samples; ``k`` at
-        inference, after the ramp, and when the run's length was not announced."""
+        """Latents kept per sample at this point of training: :func:`ramp_start` of ``k`` and
+        ``k_start``, growing linearly to ``k`` (rounded to the nearest) over the first
+        ``k_ramp`` of the run's samples; ``k`` at inference, after the ramp, and when the
+        run's length was not announced."""
         k = int(self.config.k)
         ramp = float(self.config.k_ramp) * self._total_samples
-        if ramp <= 0 or not self.training:
+        if ramp <= 0 or not self.training or self._samples_host >= ramp:
             return k
-        done = min(1.0, int(self.samples_trained) / ramp)
-        first = max(1, min(k, round(float(self.config.k_start) * k)))
-        return first + round((k - first) * done)
+        first = ramp_start(k, float(self.config.k_start))
+        return first + math.floor((k - first) * self._samples_host / ramp + 0.5)
 
     # -- SAELens -------------------------------------------------------------------------------
 
@@ -148,6 +171,7 @@ class TopKSAE(BuiltinSAE):
     def _reset_extra(self) -> None:
         self.samples_since_fired.zero_()
         self.samples_trained.zero_()
+        self._samples_host = 0
 
     # -- selection -----------------------------------------------------------------------------
 
@@ -170,9 +194,7 @@ class TopKSAE(BuiltinSAE):
         return entries_per_row * 8 <= self.d_sae
 
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
-        """After a training step's selection: count its samples (BatchTopK also updates its
-        threshold estimate)."""
-        self.samples_trained.add_(code.n_rows)
+        """Hook after a training step's selection (BatchTopK's threshold estimate)."""
 
     # -- group step ----------------------------------------------------------------------------
 
@@ -266,6 +288,7 @@ class TopKSAE(BuiltinSAE):
                 fired = c.fired(v)
                 if training:
                     m.samples_since_fired.add_(B).masked_fill_(fired > 0, 0)
+                    m._count_samples(B)
                     m._after_select(c, v)
                 metrics = {
                     "loss": losses[i].detach(),
@@ -372,11 +395,12 @@ class BatchTopKSAE(TopKSAE):
         the k ramp spans ``k_ramp`` of them."""
         super().begin_training(total_samples)
         self._warmup_samples = int(float(self.config.topk_warmup) * int(total_samples))
+        self._batch_min = None
 
     def warming_up(self) -> bool:
         """Whether training selection is still per-sample TopK (``topk_warmup``)."""
         warmup = self._warmup_samples
-        return warmup > 0 and self.training and int(self.samples_trained) < warmup
+        return warmup > 0 and self.training and self._samples_host < warmup
 
     def _select(self, pre: torch.Tensor) -> tuple[SparseCode, torch.Tensor]:
         batch, n = pre.shape
@@ -394,9 +418,10 @@ class BatchTopKSAE(TopKSAE):
             rows = torch.arange(batch, device=pre.device).unsqueeze(1) * n
             flat = (rows + idx).reshape(-1)
             top = top.reshape(-1)
-        elif k != self.config.k:
-            # The batch's k·B for the k the ramp has reached.
-            top, flat = pre.reshape(-1).topk(min(pre.numel(), max(1, k * batch)), sorted=False)
+        elif k < self.config.k:
+            # The batch's k·B for the k the ramp has reached: the largest of the k·B above.
+            sub = top.topk(min(top.numel(), max(1, k * batch)), sorted=False)
+            top, flat = sub.values, flat[sub.indices]
         code, order = SparseCode.from_flat(flat, batch, n)
         return code, top[order]
 
@@ -406,7 +431,6 @@ class BatchTopKSAE(TopKSAE):
         return super()._activate(pre)
 
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
-        super()._after_select(code, values)
         smallest, self._batch_min = self._batch_min, None
         if smallest is None:
             return
