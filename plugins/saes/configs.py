@@ -76,24 +76,27 @@ Choices the paper leaves open, and why the defaults are what they are:
   (65k samples) BatchTopK from 0.506 / 0.396 to 0.459 / 0.450. Bussmann et
   al. and SAELens select per batch from the first step: ``topk_warmup: 0``.
 * **k ramp.** A TopK-family SAE keeps ``k_start · k`` latents per sample when training starts
-  (1/16 of k by default, at least one) and ``k`` once ``k_ramp`` of the run's samples are
-  trained (75% by default), linearly in between; inference always keeps ``k``. With few
-  latents per sample, each row's largest pre-activations alone must reconstruct it, so the
-  latents that win early align with the directions that carry the most of the data's
-  variance instead of splitting it between them; the later latents then refine. (It is
-  the effect that nesting by activation rank has on Matryoshka, reached by the schedule
-  instead of extra losses, and it is the opposite of k-sparse autoencoders' ramp down from a
-  larger k, which at twice k here cost TopK 0.04 in FVU and 0.07 in MMCS.) On the
-  planted-dictionary benchmark's full size (one pass at batch 4096, 46 steps) it takes TopK
-  from FVU 0.494 / MMCS 0.474 to 0.335 / 0.703, BatchTopK from 0.503 / 0.464 to 0.354 / 0.698
-  and Matryoshka from 0.481 / 0.555 to 0.396 / 0.720, with fewer dead latents; at batch 64
-  (2,969 steps) TopK goes from 0.390 / 0.572 to 0.341 / 0.661 (ramp over half the run). A
-  start of k/32 or k/8 is a little worse than k/16, a ramp over a quarter or half of the run
-  a little worse than 75%, and BatchTopK still needs its warm-up (``topk_warmup: 0`` with the
-  ramp: 0.544 / 0.431). It is no cure on tiny data: on the quickstart's ``final`` layer (900
-  inputs, 140 steps) it leaves 63% of TopK's latents dead at k = 32 instead of 40%, so the
-  quickstart turns it off. ``k_ramp: 0`` keeps k from the first step, as Gao et al. and
-  SAELens train; checkpoints saved before the ramp existed and SAELens imports load so.
+  (1/16 of k by default, rounded, at least one) and ``k`` once ``k_ramp`` of the run's
+  samples are trained (a quarter by default), linearly in between; inference always keeps
+  ``k``, and BatchTopK's threshold is estimated at ``k · B`` throughout. With few latents per
+  sample, each row's largest pre-activations alone must reconstruct it, so the latents that
+  win early align with the directions that carry most of the data's variance instead of
+  sharing it out; the later latents then refine. (Nesting by activation rank has the same
+  effect on Matryoshka, through extra losses instead of a schedule. k-sparse autoencoders ramp
+  the other way, down from a larger k: from 2k that cost TopK 0.04 in FVU and 0.07 in MMCS
+  here.) On the planted-dictionary benchmark (``benchmarks/quality.py``, full size) it takes
+  TopK from FVU 0.494 / MMCS 0.474 to 0.353 / 0.672 in one pass at batch 4096 (46 steps), and
+  from 0.390 / 0.572 to 0.317 / 0.683 at batch 64 (2,969 steps); BatchTopK and Matryoshka gain
+  as much (``docs/design.md``, SAE quality). The ramp's length trades short runs against long
+  ones: over 75% of the run TopK gives 0.335 / 0.703 at batch 4096 but 0.363 / 0.633 at batch
+  64, over half 0.343 / 0.689 and 0.341 / 0.661; a quarter is the best on average, the only one
+  with batch 64 no worse than batch 4096, and long runs (the paper's scale) are where it is
+  best. A start at k/32 or k/8 is a little worse than k/16, and BatchTopK still needs its
+  warm-up (with the ramp over half the run and ``topk_warmup: 0``: 0.544 / 0.431). It is no
+  cure for tiny data: on the quickstart's ``final`` layer (900 inputs, 140 steps) it leaves
+  64% of TopK's latents dead at k = 32 instead of 40%, so the quickstart turns it off.
+  ``k_ramp: 0`` keeps k from the first step, as Gao et al. and SAELens train; checkpoints
+  saved before the ramp existed and SAELens imports load so.
 * **JumpReLU thresholds.** Adam moves a parameter by about ``lr`` per step, so a threshold
   stored as itself travels at most ``lr x steps`` (0.06 in the quick benchmark), while the
   thresholds the L0 penalty asks for are about 1.5 in normalised units: at short budgets the
@@ -245,7 +248,7 @@ class TopKConfig(BaseSAEConfig):
         "the same numbers up to float rounding",
     )
     k_ramp: float = option(
-        0.75,
+        0.25,
         "fraction of the run's training samples over which the latents kept per sample grow "
         "linearly from k_start x k to k (0: k from the first step, as Gao et al. and SAELens "
         "train)",
