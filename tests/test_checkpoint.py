@@ -82,14 +82,19 @@ def test_round_trip_is_exact(tmp_path, cls, config):
     assert torch.equal(loaded.encode(x), sae.encode(x))
 
 
-def saved_without(sae, tmp_path, field):
-    """``sae`` saved, its config's ``field`` removed (as a version before the field wrote it),
-    and loaded again."""
+def saved_without(sae, tmp_path, *fields, tensors=()):
+    """``sae`` saved, its config's ``fields`` and the weights file's ``tensors`` removed (as a
+    version before the fields wrote them), and loaded again."""
     save_sae(sae, tmp_path / "sae", {})
     path = tmp_path / "sae" / "cfg.json"
     cfg = json.loads(path.read_text())
-    del cfg["config"][field]
+    for field in fields:
+        del cfg["config"][field]
     path.write_text(json.dumps(cfg))
+    if tensors:
+        weights = tmp_path / "sae" / "sae_weights.safetensors"
+        kept = {k: v for k, v in load_file(weights).items() if k not in tensors}
+        save_file(kept, weights)
     return load_sae(tmp_path / "sae", resolve)[0]
 
 
@@ -123,6 +128,28 @@ def test_a_checkpoint_saved_before_a_field_existed_loads_as_it_was_trained(tmp_p
     save_sae(warm, tmp_path / "warm", {})
     loaded, _ = load_sae(tmp_path / "warm", resolve)
     assert loaded.config.topk_warmup == 0.25 and int(loaded.samples_trained) == 7
+
+
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE, MatryoshkaSAE], ids=lambda c: c.name)
+def test_a_checkpoint_saved_before_the_k_ramp_existed_loads_with_constant_k(tmp_path, cls):
+    # Before `k_ramp` / `k_start` these SAEs kept k latents from the first step, and a TopK
+    # SAE had no sample counter in its weights file: such a checkpoint loads as k throughout.
+    config = {TopKSAE: TopKConfig, BatchTopKSAE: BatchTopKConfig}.get(cls, MatryoshkaConfig)
+    sae = randomised(cls, config(expansion=2, k=3, k_ramp=0))
+    assert sae.config.k_start == 1 and config().k_ramp > 0 and config().k_start < 1
+    old = ("samples_trained",) if cls is TopKSAE else ()
+    assert ("samples_trained" in sae.state_dict()) == (cls is not TopKSAE)
+    loaded = saved_without(sae, tmp_path, "k_ramp", "k_start", tensors=old)
+    assert loaded.config == sae.config
+    x = torch.randn(5, 6)
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+    # With the ramp the counter is saved (a resumed run needs it) and round-trips.
+    ramped = randomised(cls, config(expansion=2, k=3))
+    with torch.no_grad():
+        ramped.samples_trained.fill_(11)
+    save_sae(ramped, tmp_path / "ramped", {})
+    loaded, _ = load_sae(tmp_path / "ramped", resolve)
+    assert loaded.config.k_ramp == config().k_ramp and int(loaded.samples_trained) == 11
 
 
 def test_a_gated_checkpoint_saved_before_l1_convention_loads_with_saelens_lambda(tmp_path):
@@ -343,6 +370,8 @@ def test_loads_saelens_checkpoints_as_saelens_computes_them(tmp_path, kind, appl
     assert sae.d_sae == d_sae
     if kind == "gated":  # trained with SAELens's weighting of λ, and says so
         assert sae.config.l1_convention == "saelens"
+    if kind.startswith("topk"):  # trained with k from the first step, and says so
+        assert sae.config.k_ramp == 0 and TopKConfig().k_ramp > 0
     x = torch.randn(40, d_in)
     want = lens_encode(cfg, t, x)
     got = sae.encode(x)

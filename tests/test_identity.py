@@ -412,9 +412,19 @@ def test_model_files_replaced_in_place_give_new_cells_and_activation_keys(
 # Fields at their declared `absent` value keep the ids the Config had before the field existed
 
 
-def _without(config_cls: type, name: str) -> type:
-    """``config_cls`` as it was before field ``name`` was added: a flat copy of its other fields,
-    each keeping its default and its identity declaration (read along the bases by hand)."""
+# Fields added together, as one setting (the Config before them had neither): TopK's k ramp
+# is its length and its starting k, and k_start is only read when k_ramp is above 0.
+TOGETHER = [frozenset({"k_ramp", "k_start"})]
+
+
+def _group(field: str) -> frozenset[str]:
+    return next((g for g in TOGETHER if field in g), frozenset({field}))
+
+
+def _without(config_cls: type, *names: str) -> type:
+    """``config_cls`` as it was before fields ``names`` were added: a flat copy of its other
+    fields, each keeping its default and its identity declaration (read along the bases by
+    hand)."""
 
     def declared(field_name: str) -> bool:
         for klass in config_cls.__mro__:
@@ -426,7 +436,7 @@ def _without(config_cls: type, name: str) -> type:
     types = field_types(config_cls)
     fields = []
     for f in dataclasses.fields(config_cls):
-        if f.name == name:
+        if f.name in names:
             continue
         metadata = {k: v for k, v in f.metadata.items() if k != "absent"}
         metadata["identity"] = declared(f.name)
@@ -463,13 +473,18 @@ def test_a_field_at_its_absent_value_hashes_as_if_the_class_had_no_such_field(ma
         ("matryoshka", "nesting"),
         ("gated", "l1_convention"),
     }
+    assert {(n, f) for _, n, _, f, _ in found} >= {
+        (n, f) for n in ("topk", "batch-topk", "matryoshka") for f in ("k_ramp", "k_start")
+    }
+    absents = {(name, field): absent for _, name, _, field, absent in found}
     for kind, name, cls, field, absent in found:
         required = REQUIRED.get((kind, name), {})
-        at_absent = build_config(cls, required | {field: absent})
-        before = build_config(_without(cls, field), required)
+        group = _group(field)
+        at_absent = build_config(cls, required | {g: absents[name, g] for g in group})
+        before = build_config(_without(cls, *group), required)
         default = build_config(cls, required)
         assert getattr(default, field) != absent  # else `absent` would add nothing
-        assert field not in identity_dict(at_absent)
+        assert not group & set(identity_dict(at_absent))
         assert content_key(identity_dict(at_absent)) == content_key(identity_dict(before))
         assert content_key(identity_dict(default)) != content_key(identity_dict(before))
         assert identity_dict(default)[field] == getattr(default, field)
@@ -485,14 +500,14 @@ def test_sae_ids_at_absent_are_the_ids_before_the_field_existed(manager, monkeyp
     monkeypatch.chdir(tmp_path)
     real = Entry.config_class
     for _, name, cls, field, absent in _absent_fields(manager):
-        if name not in ("matryoshka", "gated", "batch-topk"):
-            continue
+        if name not in ("matryoshka", "gated", "batch-topk", "topk") or field == "k_start":
+            continue  # k_start: with k_ramp, whose absent value turns it off
         ids = {}
         for value in [absent, *_candidates(absent, field_types(cls)[field])][:3]:
             doc = _doc(saes=[{"plugin": name, "args": {field: value}}, {"plugin": "relu"}])
             ids[value] = _ids(doc, manager)
         default = _ids(_doc(saes=[{"plugin": name}, {"plugin": "relu"}]), manager)
-        old = _without(cls, field)
+        old = _without(cls, *_group(field))
 
         def config_class(entry: Any, old: type = old, name: str = name) -> Any:
             return old if entry.name == name else real(entry)

@@ -346,6 +346,7 @@ def test_matryoshka_loss_is_the_mean_of_its_nested_reconstructions(nesting, back
         prefix_fractions=fractions,
         nesting=nesting,
         topk_warmup=warmup,
+        k_ramp=0.0,  # k from the first step (the ramp has a test of its own)
         aux_k_coefficient=0.0,
         sparse_backend=backend,
     )
@@ -440,13 +441,13 @@ def test_batch_topk_keeps_k_per_sample_on_average_and_thresholds_at_inference():
 def test_batch_topk_warmup_keeps_each_samples_top_k_then_the_batchs():
     torch.manual_seed(0)
     k, batch = 2, 16
-    config = BatchTopKConfig(expansion=4, k=k, topk_warmup=0.25, aux_k_coefficient=0.0)
+    config = BatchTopKConfig(expansion=4, k=k, topk_warmup=0.25, k_ramp=0, aux_k_coefficient=0.0)
     sae = BatchTopKSAE(8, config)
     assert "samples_trained" in sae.state_dict()
     # Not told how long the run is (a loop of its own), the SAE selects per batch.
     assert sae.train() and not sae.warming_up()
     sae.begin_training(4 * batch)  # the warm-up: a quarter of 64 samples, one batch
-    unwarmed = BatchTopKConfig(expansion=4, topk_warmup=0)
+    unwarmed = BatchTopKConfig(expansion=4, topk_warmup=0, k_ramp=0)
     assert "samples_trained" not in BatchTopKSAE(8, unwarmed).state_dict()
 
     def batch_kept(pre: np.ndarray) -> tuple[np.ndarray, float]:
@@ -479,6 +480,99 @@ def test_batch_topk_warmup_keeps_each_samples_top_k_then_the_batchs():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="topk_warmup"):
             BatchTopKConfig(topk_warmup=bad)
+
+
+def _ramp_k(k: int, start: float, ramp: float, total: int, done: int) -> int:
+    # By hand: start·k rounded half up (at least 1) at the first sample, k after ramp·total
+    # samples, linear (rounded half up) in between.
+    first = max(1, int(start * k + 0.5))
+    return first + int((k - first) * min(1.0, done / (ramp * total)) + 0.5)
+
+
+def test_k_ramp_grows_the_latents_kept_per_sample_from_k_start_to_k():
+    torch.manual_seed(2)
+    k, batch, steps = 8, 5, 8
+    config = TopKConfig(expansion=4, k=k, k_start=0.25, k_ramp=0.5, aux_k_coefficient=0.0)
+    sae = TopKSAE(6, config)
+    assert "samples_trained" in sae.state_dict()
+    sae.train()
+    assert sae.training_k() == k  # not told how long the run is: k from the first step
+    sae.begin_training(steps * batch)
+    seen = []
+    for step in range(steps):
+        x = torch.randn(batch, 6)
+        pre = sae.pre_activations(x).detach().numpy()
+        z = sae.train_terms(x).dense_z().numpy()
+        want = _ramp_k(k, 0.25, 0.5, steps * batch, step * batch)
+        seen.append(want)
+        for r in range(batch):  # each row keeps its own `want` largest pre-activations
+            top = np.argsort(-pre[r])[:want]
+            expected = np.zeros(sae.d_sae, dtype=np.float32)
+            expected[top] = np.maximum(pre[r, top], 0)
+            np.testing.assert_allclose(z[r], expected, rtol=1e-6)
+    assert seen == [2, 4, 5, 7, 8, 8, 8, 8] and int(sae.samples_trained) == steps * batch
+    # Inference always keeps k, whatever the point of training.
+    x = torch.randn(batch, 6)
+    assert int((sae.eval().encode(x) != 0).sum(1).max()) <= k == sae.training_k()
+    assert bool(((sae.encode(x) != 0).sum(1) == k).all())
+    # A new run starts its ramp afresh, whatever was computed before it; a loaded state (a
+    # resumed run) sets where it stands.
+    sae.train()
+    sae.loss(torch.randn(30, 6)).loss.backward()
+    sae.begin_training(steps * batch)
+    assert int(sae.samples_trained) == 0 and sae.training_k() == 2
+    state = {**sae.state_dict(), "samples_trained": torch.tensor(15)}
+    sae.load_state_dict(state)
+    assert sae.training_k() == _ramp_k(k, 0.25, 0.5, steps * batch, 15) == 7
+
+
+def test_batch_topk_follows_the_k_ramp_after_its_warm_up_and_estimates_at_k():
+    torch.manual_seed(3)
+    k, batch = 4, 8
+    config = BatchTopKConfig(
+        expansion=4, k=k, topk_warmup=0.25, k_ramp=0.75, k_start=0.5, aux_k_coefficient=0.0
+    )
+    sae = BatchTopKSAE(6, config).train()
+    sae.begin_training(4 * batch)  # warm-up: the first batch; ramp: the first three
+    m, threshold = batch / config.threshold_window, None
+    for step in range(4):
+        x = torch.randn(batch, 6)
+        pre = sae.pre_activations(x).detach().numpy()
+        z = sae.train_terms(x).dense_z().numpy()
+        want = _ramp_k(k, 0.5, 0.75, 4 * batch, step * batch)
+        if step == 0:  # per sample
+            assert ((z != 0).sum(1) <= want).all() and want == 2
+        else:
+            # The batch's want·B largest (ties aside), positive ones kept.
+            cut = np.sort(pre.ravel())[::-1][want * batch - 1]
+            kept = np.where(pre >= cut, np.maximum(pre, 0), 0)
+            np.testing.assert_allclose(z, kept, rtol=1e-6)
+        # The threshold is estimated at k all along: the smallest positive of the top k·B.
+        at_k = np.sort(pre.ravel())[::-1][: k * batch]
+        smallest = float(at_k[at_k > 0].min())
+        threshold = smallest if threshold is None else (1 - m) * threshold + m * smallest
+        assert float(sae.threshold) == pytest.approx(threshold, rel=1e-5)
+    assert [_ramp_k(k, 0.5, 0.75, 32, s * batch) for s in range(4)] == [2, 3, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "args,ramp,start",
+    [
+        ({"k_ramp": 0, "k_start": 0.25}, 0.0, 1.0),
+        ({"k_ramp": 0.5, "k_start": 1}, 0.0, 1.0),
+        ({"k_ramp": 0.5, "k_start": 0.95}, 0.0, 1.0),  # starts at round(7.6) = 8 = k
+        ({"k_ramp": 0.5, "k_start": 0.9}, 0.5, 0.9),  # starts at round(7.2) = 7
+    ],
+)
+def test_a_flat_k_ramp_is_recorded_as_constant_k(args, ramp, start):
+    # Each way k is constant: one setting, recorded (and so identified) one way.
+    config = TopKConfig(k=8, **args)
+    assert (config.k_ramp, config.k_start) == (ramp, start)
+    assert (config == TopKConfig(k=8, k_ramp=0)) == (ramp == 0)
+    assert TopKConfig(k=1).k_ramp == 0  # k = 1 has nothing to ramp
+    for bad in ({"k_ramp": 1.0}, {"k_ramp": -0.1}, {"k_start": 0}, {"k_start": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TopKConfig(**bad)
 
 
 def test_unit_norm_decoder_is_kept_and_gradient_projected():

@@ -24,7 +24,12 @@ from saebench_vision_plugins.saes.base import (
     default_aux_k,
     group_mse,
 )
-from saebench_vision_plugins.saes.configs import BatchTopKConfig, MatryoshkaConfig, TopKConfig
+from saebench_vision_plugins.saes.configs import (
+    BatchTopKConfig,
+    MatryoshkaConfig,
+    TopKConfig,
+    ramp_start,
+)
 from saebench_vision_plugins.saes.sparse import (
     SampledLinear,
     SparseCode,
@@ -42,6 +47,10 @@ def _rank_ends(fractions: tuple[float, ...], n: int, device: str) -> torch.Tenso
         [max(1, math.ceil(Fraction(str(f)) * c)) for f in fractions[:-1]] for c in range(n + 1)
     ]
     return torch.tensor(table, dtype=torch.int64, device=device).reshape(n + 1, -1)
+
+
+def _refresh_sample_count(module: torch.nn.Module, keys: Any) -> None:
+    module._samples_host = int(module.samples_trained)  # type: ignore[attr-defined]
 
 
 class TopKSAE(BuiltinSAE):
@@ -68,6 +77,8 @@ class TopKSAE(BuiltinSAE):
             "inference",
             "sparse_backend",
             "topk_warmup",
+            "k_ramp",
+            "k_start",
         }
     )
 
@@ -76,6 +87,49 @@ class TopKSAE(BuiltinSAE):
 
     def _init_extra(self) -> None:
         self.register_buffer("samples_since_fired", torch.zeros(self.d_sae, dtype=torch.int64))
+        # Only a schedule over the run (the k ramp, BatchTopK's warm-up) reads the count, and
+        # a resumed run needs it then; without one it stays out of checkpoints, whose tensors
+        # are then those of earlier versions.
+        self.register_buffer(
+            "samples_trained",
+            torch.zeros((), dtype=torch.int64),
+            persistent=self._scheduled(),
+        )
+        self._total_samples = 0
+        # The count on the host too, so that a schedule never waits on the device; loading a
+        # state (a resumed run, a checkpoint) refreshes it from the buffer.
+        self._samples_host = 0
+        self.register_load_state_dict_post_hook(_refresh_sample_count)
+
+    def _scheduled(self) -> bool:
+        """Whether training follows a schedule over the run's samples (here: the k ramp)."""
+        return float(self.config.k_ramp) > 0
+
+    def begin_training(self, total_samples: int) -> None:
+        """The k ramp spans ``k_ramp`` of the ``total_samples`` the run trains on, counted from
+        here: whatever the SAE computed before (a loss outside the trainer, an earlier run)
+        does not move it. A resumed run loads its count after this call."""
+        self._total_samples = int(total_samples)
+        with torch.no_grad():
+            self.samples_trained.zero_()
+        self._samples_host = 0
+
+    def _count_samples(self, n: int) -> None:
+        """A training step's ``n`` samples (the trainer's group step counts them)."""
+        self.samples_trained.add_(n)
+        self._samples_host += n
+
+    def training_k(self) -> int:
+        """Latents kept per sample at this point of training: :func:`ramp_start` of ``k`` and
+        ``k_start``, growing linearly to ``k`` (rounded to the nearest) over the first
+        ``k_ramp`` of the run's samples; ``k`` at inference, after the ramp, and when the
+        run's length was not announced."""
+        k = int(self.config.k)
+        ramp = float(self.config.k_ramp) * self._total_samples
+        if ramp <= 0 or not self.training or self._samples_host >= ramp:
+            return k
+        first = ramp_start(k, float(self.config.k_start))
+        return first + math.floor((k - first) * self._samples_host / ramp + 0.5)
 
     # -- SAELens -------------------------------------------------------------------------------
 
@@ -89,7 +143,12 @@ class TopKSAE(BuiltinSAE):
     @classmethod
     def saelens_config_args(cls, cfg: dict[str, Any]) -> dict[str, Any]:
         rescale = bool(cfg.get("rescale_acts_by_decoder_norm", False))
-        return {"k": int(cfg.get("k", 100)), "decoder_norm": "unit" if rescale else "free"}
+        # SAELens trains with k from the first step: further training continues as it did.
+        return {
+            "k": int(cfg.get("k", 100)),
+            "decoder_norm": "unit" if rescale else "free",
+            "k_ramp": 0.0,
+        }
 
     @classmethod
     def saelens_tensors_in(
@@ -111,12 +170,14 @@ class TopKSAE(BuiltinSAE):
     @torch.no_grad()
     def _reset_extra(self) -> None:
         self.samples_since_fired.zero_()
+        self.samples_trained.zero_()
+        self._samples_host = 0
 
     # -- selection -----------------------------------------------------------------------------
 
     def _select(self, pre: torch.Tensor) -> tuple[SparseCode, torch.Tensor]:
         """Kept entries of a (detached) (B, n) pre-activation matrix and their values."""
-        top, idx = pre.topk(min(self.config.k, self.d_sae), dim=1)
+        top, idx = pre.topk(min(self.training_k(), self.d_sae), dim=1)
         return SparseCode.from_topk(idx, self.d_sae), top.reshape(-1)
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
@@ -133,7 +194,7 @@ class TopKSAE(BuiltinSAE):
         return entries_per_row * 8 <= self.d_sae
 
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
-        """Hook for BatchTopK's threshold estimate."""
+        """Hook after a training step's selection (BatchTopK's threshold estimate)."""
 
     # -- group step ----------------------------------------------------------------------------
 
@@ -227,6 +288,7 @@ class TopKSAE(BuiltinSAE):
                 fired = c.fired(v)
                 if training:
                     m.samples_since_fired.add_(B).masked_fill_(fired > 0, 0)
+                    m._count_samples(B)
                     m._after_select(c, v)
                 metrics = {
                     "loss": losses[i].detach(),
@@ -317,30 +379,28 @@ class BatchTopKSAE(TopKSAE):
     def _init_extra(self) -> None:
         super()._init_extra()
         self.register_buffer("threshold", torch.zeros(()))
-        # Only a warm-up reads the count (and a resumed run needs it); with topk_warmup: 0 it
-        # stays out of checkpoints, whose tensors are then those of earlier versions.
-        self.register_buffer(
-            "samples_trained",
-            torch.zeros((), dtype=torch.int64),
-            persistent=float(self.config.topk_warmup) > 0,
-        )
         self._warmup_samples = 0
         self._batch_min: torch.Tensor | None = None
+
+    def _scheduled(self) -> bool:
+        return super()._scheduled() or float(self.config.topk_warmup) > 0
 
     @torch.no_grad()
     def _reset_extra(self) -> None:
         super()._reset_extra()
         self.threshold.zero_()
-        self.samples_trained.zero_()
 
     def begin_training(self, total_samples: int) -> None:
-        """The warm-up spans ``topk_warmup`` of the ``total_samples`` the run trains on."""
+        """The warm-up spans ``topk_warmup`` of the ``total_samples`` the run trains on, as
+        the k ramp spans ``k_ramp`` of them."""
+        super().begin_training(total_samples)
         self._warmup_samples = int(float(self.config.topk_warmup) * int(total_samples))
+        self._batch_min = None
 
     def warming_up(self) -> bool:
         """Whether training selection is still per-sample TopK (``topk_warmup``)."""
         warmup = self._warmup_samples
-        return warmup > 0 and self.training and int(self.samples_trained) < warmup
+        return warmup > 0 and self.training and self._samples_host < warmup
 
     def _select(self, pre: torch.Tensor) -> tuple[SparseCode, torch.Tensor]:
         batch, n = pre.shape
@@ -350,13 +410,18 @@ class BatchTopKSAE(TopKSAE):
         # means one thing whenever training stops.
         positive = top[top > 0]
         self._batch_min = positive.min() if positive.numel() else None
+        k = self.training_k()
         if self.warming_up():
             # Each row's top k, as a code in the batch selection's order (columns ascending
             # within a row), which Matryoshka's prefix grouping relies on.
-            top, idx = pre.topk(min(self.config.k, n), dim=1)
+            top, idx = pre.topk(min(k, n), dim=1)
             rows = torch.arange(batch, device=pre.device).unsqueeze(1) * n
             flat = (rows + idx).reshape(-1)
             top = top.reshape(-1)
+        elif k < self.config.k:
+            # The batch's k·B for the k the ramp has reached: the largest of the k·B above.
+            sub = top.topk(min(top.numel(), max(1, k * batch)), sorted=False)
+            top, flat = sub.values, flat[sub.indices]
         code, order = SparseCode.from_flat(flat, batch, n)
         return code, top[order]
 
@@ -366,7 +431,6 @@ class BatchTopKSAE(TopKSAE):
         return super()._activate(pre)
 
     def _after_select(self, code: SparseCode, values: torch.Tensor) -> None:
-        self.samples_trained.add_(code.n_rows)
         smallest, self._batch_min = self._batch_min, None
         if smallest is None:
             return
