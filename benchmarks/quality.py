@@ -388,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(
             f"--seed {a.seed!r}: expected distinct integers in [0, 2^32) separated by commas, e.g. 0,1,2"
         )
+    check_arguments(a)
     runs = []
     for i, seed in enumerate(seeds):
         if len(seeds) > 1:
@@ -423,6 +424,44 @@ def print_seed_summary(runs: list[list[tuple[str, dict[str, float]]]], seeds: li
             p = 1 if key == "l0" else 3
             cells += f"{f'{m:.{p}f} [{lo:.{p}f}, {hi:.{p}f}]':>22}"
         print(f"{label:<34}{cells}")
+
+
+def training_config(a: argparse.Namespace, batch: int) -> TrainingConfig:
+    """The run's TrainingConfig: the budget, the schedule and ``--training`` overrides (a bad
+    value exits with a one-line error)."""
+    import yaml
+
+    extra = {}
+    for item in a.training:
+        key, _, value = item.partition("=")
+        extra[key] = yaml.safe_load(value)
+    if a.schedule == "constant":
+        for key in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
+            extra.setdefault(key, 0.0)
+    try:
+        return build_config(
+            TrainingConfig,
+            {"epochs": a.epochs, "batch_size": batch, "lr": a.lr, "device": a.device, **extra},
+            where="--training",
+            what="training",
+        )
+    except SaebenchError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def check_arguments(a: argparse.Namespace) -> None:
+    """Refuse bad ``--training`` / ``--set`` values before any data is generated: build the
+    training config and every architecture's SAE config as the run will."""
+    training_config(a, a.batch or (1024 if a.quick else 4096))
+    sets = parse_sets(a.set)
+    for arch in a.arch or list(ARCHS):
+        args = {"expansion": a.expansion, **sets.get(arch, {})}
+        if arch in ("topk", "batch-topk", "matryoshka"):
+            args.setdefault("k", a.k)
+        try:
+            build_config(ARCHS[arch][1], args, where="--set", what=f"SAE `{arch}`")
+        except SaebenchError as exc:
+            sys.exit(f"error: {exc}")
 
 
 def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, float]]]:
@@ -461,22 +500,7 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
     for item in a.saelens_set:
         key, _, value = item.partition("=")
         saelens_extra[key] = yaml.safe_load(value)
-    extra = {}
-    for item in a.training:
-        key, _, value = item.partition("=")
-        extra[key] = yaml.safe_load(value)
-    if a.schedule == "constant":
-        for key in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
-            extra.setdefault(key, 0.0)
-    try:
-        config = build_config(
-            TrainingConfig,
-            {"epochs": a.epochs, "batch_size": batch, "lr": a.lr, "device": a.device, **extra},
-            where="--training",
-            what="training",
-        )
-    except SaebenchError as exc:
-        sys.exit(f"error: {exc}")
+    config = training_config(a, batch)
     steps = total_steps(len(data.train), config)
     # The same schedule for SAELens, in its own steps (our lr_factor and SAELens's LinearLR
     # schedulers give the same factors step by step).

@@ -87,3 +87,26 @@ def test_seed_summary_gives_each_rows_mean_and_range_over_the_seeds():
     assert topk["mmcs"] == (np.mean([0.4, 0.6, 0.4]), 0.4, 0.6)
     assert topk["dead"] == (np.mean([0.0, 0.0, 0.3]), 0.0, 0.3)
     assert summary["relu l1=6"]["runs"] == 1 and summary["relu l1=6"]["l0"] == (80.0, 80.0, 80.0)
+
+
+def test_bad_set_and_training_values_are_refused_before_any_data_is_generated(monkeypatch, capsys):
+    import pytest
+
+    q = _quality()
+
+    def generate(**kwargs):
+        raise AssertionError("planted data generated before the arguments were checked")
+
+    monkeypatch.setattr(q, "planted_data", generate)
+    for argv, words in [
+        (["--arch", "topk", "--set", "topk:k_ramp=1.5"], ["k_ramp", "1.5"]),
+        (
+            ["--arch", "matryoshka", "--set", "matryoshka:prefix_fractions=[0.5,0.25,1.0]"],
+            ["prefix_fractions"],
+        ),
+        (["--training", "batch_size=0"], ["batch_size", "0"]),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            q.main(["--quick", "--no-sweep", *argv])
+        message = str(exc.value.code)
+        assert "\n" not in message and all(w in message for w in words), message
