@@ -412,6 +412,21 @@ def config_as_dict(config: Any) -> dict[str, Any]:
     return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
+def stated_dict(config: Any) -> dict[str, Any]:
+    """:func:`config_as_dict` without the fields at their declared ``absent`` value: every
+    setting (runtime ones included), as the Config stated them before those fields existed.
+    An SAE's training-state fingerprint hashes it, so that a run interrupted before such a
+    field was added resumes after it."""
+    cls = type(config)
+    out = {}
+    for name, value in config_as_dict(config).items():
+        absent = absent_value(cls, name)
+        if absent is not _MISSING and _same(value, absent):
+            continue
+        out[name] = value
+    return out
+
+
 def _same(value: Any, absent: Any) -> bool:
     # True == 1 and 1 == 1.0 in Python; only a bool matches a bool (an int 0 given for a float
     # field's 0.0 is the same setting, and trains the same).

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from saebench_vision.config import ModelConfig, SAEConfig, config_as_dict, identity_dict
+from saebench_vision.config import ModelConfig, SAEConfig, identity_dict, stated_dict
 from saebench_vision.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -458,7 +458,9 @@ class SAE(nn.Module):
         raise NotImplementedError
 
     def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "config": config_as_dict(self.config)}
+        """Every setting of the SAE (runtime ones too: the training-state fingerprint hashes
+        it), fields at their declared ``absent`` value left out (:func:`stated_dict`)."""
+        return {"name": self.name, "version": self.version, "config": stated_dict(self.config)}
 
     # -- optional: training ------------------------------------------------------------------
 

@@ -572,3 +572,31 @@ def test_a_store_made_before_a_field_existed_is_reused_at_its_absent_value(
     assert sae.config.mode == "old" and meta["sae_id"] == planned.sae_id
     _, _, third = run(write_suite(tmp_path, SMALL), toy_manager)
     assert third.computed_cells == 1  # the default is a new SAE; the baseline is reused
+
+
+def test_a_training_state_fingerprint_at_absent_is_the_one_before_the_field_existed(manager):
+    # A run interrupted before a field was added must resume after it when the field states
+    # what the run trained: the training-state fingerprint hashes the SAEs' settings with
+    # the fields at their `absent` value left out (runtime fields kept).
+    from types import SimpleNamespace
+
+    from saebench_vision.config import config_as_dict
+    from saebench_vision.training import _fingerprint
+
+    rows = SimpleNamespace(n=10, n_total=10, d=6, data=SimpleNamespace(key="k"))
+    config = build_config(TrainingConfig, {})
+    absents = {(n, f): a for _, n, _, f, a in _absent_fields(manager)}
+    checked = 0
+    for kind, name, cls, field, _ in _absent_fields(manager):
+        if kind != "sae":
+            continue
+        group = _group(field)
+        sae_cls = manager.registry().get("sae", name).load()
+        sae = sae_cls(6, build_config(cls, {g: absents[name, g] for g in group}))
+        now = _fingerprint([sae], rows, config, 0)
+        before = build_config(_without(cls, *group), {})
+        assert sae.identity()["config"] == config_as_dict(before)
+        sae.config = before  # the same SAE as the version without the field stated it
+        assert _fingerprint([sae], rows, config, 0) == now
+        checked += 1
+    assert checked >= 5
