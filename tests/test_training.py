@@ -7,10 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from saebench_vision_plugins.saes.configs import GatedConfig, ReLUConfig, TopKConfig
+from saebench_vision_plugins.saes.configs import (
+    BatchTopKConfig,
+    GatedConfig,
+    ReLUConfig,
+    TopKConfig,
+)
 from saebench_vision_plugins.saes.gated import GatedSAE
 from saebench_vision_plugins.saes.relu import ReLUSAE
-from saebench_vision_plugins.saes.topk import TopKSAE
+from saebench_vision_plugins.saes.topk import BatchTopKSAE, TopKSAE
 
 from saebench_vision import training
 from saebench_vision.cache import ActivationCache
@@ -115,10 +120,20 @@ def test_deterministic_for_a_seed_and_sweep_equals_separate_runs():
     assert not torch.equal(other[0].W_enc, a[0].W_enc)
 
 
+def make_ramped(seed: int = 0) -> list:
+    # make_saes() and two SAEs whose k ramp (over 90% of the run) is still climbing at the
+    # checkpoint below, one of them in BatchTopK's batch phase by then.
+    saes = make_saes(seed=seed)
+    ramp = {"expansion": 4, "k": 4, "k_start": 0.25, "k_ramp": 0.9, "dead_after": 64}
+    saes.append(TopKSAE(8, TopKConfig(**ramp)))
+    saes.append(BatchTopKSAE(8, BatchTopKConfig(**ramp, topk_warmup=0.3)))
+    return saes
+
+
 def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
     x = data()
     cfg = TrainingConfig(epochs=3, lr=3e-3, checkpoint_every=7)
-    reference = make_saes()
+    reference = make_ramped()
     ref_stats = train_saes(reference, x, cfg, seed=1, progress=False)
 
     real = training.lr_factor
@@ -130,13 +145,16 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path, monkey
 
     monkeypatch.setattr(training, "lr_factor", crash_at_17)
     with pytest.raises(KeyboardInterrupt):
-        train_saes(make_saes(), x, cfg, seed=1, progress=False, checkpoint_dir=tmp_path)
+        train_saes(make_ramped(), x, cfg, seed=1, progress=False, checkpoint_dir=tmp_path)
     assert (tmp_path / training.STATE_FILE).exists()
     saved = torch.load(tmp_path / training.STATE_FILE, weights_only=True)
     assert saved["step"] == 14
     monkeypatch.setattr(training, "lr_factor", real)
 
-    resumed = make_saes(seed=99)  # different starting weights: the checkpoint must win
+    # The two ramped SAEs stopped mid-ramp: 14 steps of 64 samples, of the 0.9 x 30 x 64.
+    assert [int(sd["samples_trained"]) for sd in saved["saes"][-2:]] == [14 * 64] * 2
+    assert 14 * 64 < 0.9 * 30 * 64
+    resumed = make_ramped(seed=99)  # different starting weights: the checkpoint must win
     stats = train_saes(resumed, x, cfg, seed=1, progress=False, checkpoint_dir=tmp_path)
     for sa, sb in zip(reference, resumed):
         assert_same(state(sa), state(sb))
