@@ -449,17 +449,25 @@ def training_config(a: argparse.Namespace, batch: int) -> TrainingConfig:
         sys.exit(f"error: {exc}")
 
 
+def sae_args(a: argparse.Namespace, arch: str, sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An architecture's SAE args before its coefficient: the width, ``--set`` and the TopK
+    family's ``--k`` (unless ``--set`` gives one)."""
+    args = {"expansion": a.expansion, **sets.get(arch, {})}
+    if arch in ("topk", "batch-topk", "matryoshka"):
+        args.setdefault("k", a.k)
+    return args
+
+
 def check_arguments(a: argparse.Namespace) -> None:
     """Refuse bad ``--training`` / ``--set`` values before any data is generated: build the
     training config and every architecture's SAE config as the run will."""
     training_config(a, a.batch or (1024 if a.quick else 4096))
     sets = parse_sets(a.set)
     for arch in a.arch or list(ARCHS):
-        args = {"expansion": a.expansion, **sets.get(arch, {})}
-        if arch in ("topk", "batch-topk", "matryoshka"):
-            args.setdefault("k", a.k)
         try:
-            build_config(ARCHS[arch][1], args, where="--set", what=f"SAE `{arch}`")
+            build_config(
+                ARCHS[arch][1], sae_args(a, arch, sets), where="--set", what=f"SAE `{arch}`"
+            )
         except SaebenchError as exc:
             sys.exit(f"error: {exc}")
 
@@ -532,10 +540,8 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
         np.save(data_dir / "test.npy", data.test)
         np.save(data_dir / "directions.npy", data.directions)
     for arch in archs:
-        base = {"expansion": a.expansion, **sets.get(arch, {})}
+        base = sae_args(a, arch, sets)
         coef = ARCHS[arch][2]
-        if arch in ("topk", "batch-topk", "matryoshka"):
-            base.setdefault("k", a.k)
         values = SWEEPS.get(arch, (None,))
         if coef is not None and coef in base:
             values = (base.pop(coef),)

@@ -418,13 +418,13 @@ def stated_dict(config: Any) -> dict[str, Any]:
     An SAE's training-state fingerprint hashes it, so that a run interrupted before such a
     field was added resumes after it."""
     cls = type(config)
-    out = {}
-    for name, value in config_as_dict(config).items():
-        absent = absent_value(cls, name)
-        if absent is not _MISSING and _same(value, absent):
-            continue
-        out[name] = value
-    return out
+    return {k: v for k, v in config_as_dict(config).items() if not _at_absent(cls, k, v)}
+
+
+def _at_absent(config_cls: type, name: str, value: Any) -> bool:
+    """Whether field ``name`` holds its declared ``absent`` value (False without one)."""
+    absent = absent_value(config_cls, name)
+    return absent is not _MISSING and _same(value, absent)
 
 
 def _same(value: Any, absent: Any) -> bool:
@@ -469,8 +469,7 @@ def identity_dict(config: Any, *, keep_absent: bool = False) -> dict[str, Any]:
         if not is_identity_field(cls, f.name):
             continue
         value = values[f.name]
-        absent = absent_value(cls, f.name)
-        if not keep_absent and absent is not _MISSING and _same(value, absent):
+        if not keep_absent and _at_absent(cls, f.name, value):
             continue
         out[f.name] = _resolved_path(value) if f.metadata.get("path") else value
     return out
