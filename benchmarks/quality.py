@@ -45,6 +45,7 @@ way). Each SAE is measured on the held-out rows:
     python benchmarks/quality.py --no-sweep --seed 0,1,2 # three seeds, then each row's mean and range
     python benchmarks/quality.py --batch 64 --lr 1e-4    # the paper's batch size
     python benchmarks/quality.py --schedule paper        # the paper's warm-up and decay, both trainers
+    python benchmarks/quality.py --arch matryoshka --by-frequency  # MMCS by feature frequency, in octiles
     python benchmarks/quality.py --arch topk --set topk:decoder_norm=unit   # another convention
     python benchmarks/quality.py --quick --saelens-python /path/to/venv/bin/python
     python benchmarks/quality.py --arch topk --saelens-python PATH \
@@ -194,13 +195,24 @@ def measure(sae: SAE, test: np.ndarray, directions: np.ndarray) -> dict[str, flo
         l0 += float(active.sum())
         fired |= active.any(0)
     rows = sae.decoder_directions().double()
-    cos = torch.from_numpy(directions) @ rows.T
+    best = (torch.from_numpy(directions) @ rows.T).max(1).values
     return {
         "fvu": err / total,
         "l0": l0 / len(test),
         "dead": float((~fired).double().mean()),
-        "mmcs": float(cos.max(1).values.mean()),
+        "mmcs": float(best.mean()),
+        "mmcs_by_frequency": by_frequency(best.numpy()),
     }
+
+
+FREQUENCY_BINS = 8
+
+
+def by_frequency(best: np.ndarray, bins: int = FREQUENCY_BINS) -> list[float]:
+    """Mean of ``best`` (each planted direction's best cosine) over ``bins`` contiguous runs of
+    the directions; the generator orders them by firing probability, so the first run holds the
+    most common features and the last the rarest."""
+    return [float(part.mean()) for part in np.array_split(best, bins)]
 
 
 def interpolate_at(l0s: list[float], fvus: list[float], target: float) -> float | None:
@@ -367,6 +379,12 @@ def main(argv: list[str] | None = None) -> None:
         "initialisation, and a summary gives each row's mean and range over the seeds",
     )
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--by-frequency",
+        action="store_true",
+        help=f"after each of our rows, MMCS over {FREQUENCY_BINS} equal runs of the planted "
+        "directions, most common first",
+    )
     ap.add_argument(
         "--saelens-python",
         metavar="PATH",
@@ -571,6 +589,9 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
                 f"{match:>12}{rate / len(saes):>11.0f}",
                 flush=True,
             )
+            if a.by_frequency:
+                cells = " ".join(f"{m:.2f}" for m in r["mmcs_by_frequency"])
+                print(f"{'  MMCS by frequency':<34}{cells}", flush=True)
             ours.append((label, r))
         if a.saelens_python:
             ref = saelens_rows(

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 
@@ -110,3 +111,24 @@ def test_bad_set_and_training_values_are_refused_before_any_data_is_generated(mo
             q.main(["--quick", "--no-sweep", *argv])
         message = str(exc.value.code)
         assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_mmcs_by_frequency_averages_each_run_of_planted_directions_most_common_first():
+    q = _quality()
+    data = q.planted_data(
+        n=600, d=16, features=32, mean_active=3.0, alpha=0.5, noise=0.01, held_out=100, seed=1
+    )
+    # The generator orders the directions by firing probability: common first.
+    assert (np.diff(data.probabilities) <= 0).all()
+    sae = q.build("topk", 16, {"expansion": 1, "k": 4})
+    with torch.no_grad():  # the decoder holds the 16 most common directions, scaled
+        sae.W_dec.copy_(torch.from_numpy(3.0 * data.directions[:16]).float())
+    r = q.measure(sae, data.test, data.directions)
+    # By hand, in numpy: each direction's best cosine with a decoder row, averaged in runs of 4.
+    rows = data.directions[:16] / np.linalg.norm(data.directions[:16], axis=1, keepdims=True)
+    best = (data.directions @ rows.T).max(1)
+    expected = [best[i : i + 4].mean() for i in range(0, 32, 4)]
+    np.testing.assert_allclose(r["mmcs_by_frequency"], expected, atol=1e-6)
+    np.testing.assert_allclose(r["mmcs_by_frequency"][:4], 1.0, atol=1e-6)
+    assert max(r["mmcs_by_frequency"][4:]) < 0.9
+    assert math.isclose(r["mmcs"], float(best.mean()), abs_tol=1e-6)

@@ -459,7 +459,10 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     The loss is the mean of the distinct nested reconstruction errors ``‖x - x̂_part‖²``
     (the full reconstruction counted once), plus AuxK on the full reconstruction's residual;
-    ``mse`` in the metrics is the full reconstruction's.
+    ``mse`` in the metrics is the full reconstruction's. A row that keeps few latents can have
+    rank ends that coincide (every ``⌈f · c⌉`` is 1 when ``c`` is 2); its equal errors are
+    each counted, as the row's parts are (counting them once changed no figure of the quality
+    benchmark: ``docs/design.md``).
     """
 
     name: ClassVar[str] = "matryoshka"
