@@ -228,9 +228,30 @@ def _refuse_duplicate_saes(
         if first is not variant:
             raise SuiteError(
                 f"{suite.path}: {variant.where}: `{variant.label}` is the same SAE as "
-                f"{first.where} `{first.label}` (every option that changes its numbers is equal "
-                "once defaults are filled in); remove one, or change an option of one"
+                f"{first.where} `{first.label}` ({_written_differences(first, variant)}); "
+                "remove one, or change an option of one"
             )
+
+
+def _written_differences(first: SAEVariant, second: SAEVariant) -> str:
+    """How two entries that train the same SAE differ as written, for the refusal."""
+    unset = object()
+    diffs = []
+    for prefix, a, b in (
+        ("", first.args, second.args),
+        ("training.", first.training, second.training),
+    ):
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key, unset), b.get(key, unset)
+            if x != y:
+                shown = ["unset" if v is unset else f"{v!r}" for v in (y, x)]
+                diffs.append(f"`{prefix}{key}` {shown[0]} against {shown[1]}")
+    if not diffs:
+        return "their options are written alike"
+    return (
+        "they differ only in " + ", ".join(diffs) + ", and every option that changes its "
+        "numbers is equal once defaults are filled in and values normalised"
+    )
 
 
 def plan_suite(suite: Suite, manager: PluginManager) -> Plan:

@@ -600,3 +600,29 @@ def test_a_training_state_fingerprint_at_absent_is_the_one_before_the_field_exis
         assert _fingerprint([sae], rows, config, 0) == now
         checked += 1
     assert checked >= 5
+
+
+def test_a_sweep_whose_points_normalise_alike_is_refused_naming_what_differs(
+    manager, monkeypatch, tmp_path
+):
+    # A start of 0.99 k rounds to k = 32: no ramp, as a start of 1 is; both are recorded as
+    # k_ramp 0, k_start 1, one SAE whose id two leaderboard rows would share.
+    from saebench_vision.errors import SuiteError
+
+    monkeypatch.chdir(tmp_path)
+    sweep = {
+        "plugin": "topk",
+        "args": {"k": 32, "k_ramp": 0.25},
+        "sweep": {"k_start": [1.0, 0.99]},
+    }
+    suite = parse_suite(copy.deepcopy(_doc(saes=[sweep])), Path("s.yaml"), manager.registry())
+    try:
+        plan_suite(suite, manager)
+    except SuiteError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("two sweep points training the same SAE were not refused")
+    assert "same SAE as" in message and "\n" not in message
+    assert "they differ only in `k_start` 0.99 against 1.0" in message
+    sweep["sweep"] = {"k_start": [1.0, 0.9]}  # 0.9 k rounds to 29: a ramp, so two SAEs
+    assert len(_ids(_doc(saes=[sweep]), manager)[1]) == 2

@@ -4,6 +4,7 @@ and a CLI that answers every failure in one line."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -506,6 +507,13 @@ def test_two_entries_that_train_the_same_sae_name_both(tmp_path, toy_manager):
             plan_suite(suite, toy_manager)
         message = str(err.value)
         assert "saes[1]" in message and "same SAE as saes[0]" in message and "\n" not in message
+        # What differs as written is named: the spelled-out default, the suite's own recipe.
+        if second is same[1]:
+            assert f"`expansion` {default!r} against unset" in message
+        elif second.get("training"):
+            assert re.search(r"`training\.epochs` 2(\.0)? against unset", message)
+        else:
+            assert "written alike" in message
     # A different recipe or option is a different SAE.
     for second in (
         {**relabelled, "training": {"epochs": 3}},
