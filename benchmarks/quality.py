@@ -8,7 +8,13 @@ The data are built here, independently of the trainer, from a dictionary known b
   firings are drawn per feature (a Binomial(n, p_i) count of distinct rows), which is the same
   distribution as n x features coin flips;
 * an active feature's magnitude is Exponential(1); Gaussian noise of std ``noise`` is added;
-* the rows are rescaled so that E‖x‖² = d, and the last ``held_out`` rows are held out.
+* the rows are rescaled so that E‖x‖² = d, and the last ``held_out`` rows are held out;
+* with ``--children c`` (default 0) the features form a two-level hierarchy instead: a
+  quarter of them (for c = 3) are parents with the power-law probabilities, and each child
+  fires only with its parent, with probability ``--child-probability`` (0.5), so a row that
+  holds a child holds its parent's direction too. This is the structure that feature
+  absorption exploits and Matryoshka SAEs are built against; MMCS is then also printed over
+  parents and children apart.
 
 **Calibration of alpha.** The issue that set the targets gave SAELens 6.54's TopK (k = 32, at
 the full size below) held-out FVU 0.496 / MMCS 0.475 with its default decoder handling
@@ -46,6 +52,7 @@ way). Each SAE is measured on the held-out rows:
     python benchmarks/quality.py --batch 64 --lr 1e-4    # the paper's batch size
     python benchmarks/quality.py --schedule paper        # the paper's warm-up and decay, both trainers
     python benchmarks/quality.py --arch matryoshka --by-frequency  # MMCS by feature frequency, in octiles
+    python benchmarks/quality.py --children 3 --arch batch-topk --arch matryoshka  # a hierarchy
     python benchmarks/quality.py --arch topk --set topk:decoder_norm=unit   # another convention
     python benchmarks/quality.py --quick --saelens-python /path/to/venv/bin/python
     python benchmarks/quality.py --arch topk --saelens-python PATH \
@@ -125,6 +132,10 @@ class Planted:
     test: np.ndarray
     directions: np.ndarray
     probabilities: np.ndarray
+    parents: int = 0
+    """With children: the first ``parents`` directions are the parents (0: no hierarchy)."""
+    test_codes: scipy.sparse.csr_matrix | None = None
+    """The held-out rows' codes (rows x features), kept with a hierarchy."""
 
 
 def planted_data(
@@ -137,22 +148,35 @@ def planted_data(
     noise: float,
     held_out: int,
     seed: int,
+    children: int = 0,
+    child_probability: float = 0.5,
     chunk: int = 8192,
 ) -> Planted:
-    """Generate the planted data (see the module docstring); numpy and scipy.sparse, seeded."""
+    """Generate the planted data (see the module docstring); numpy and scipy.sparse, seeded.
+
+    With ``children`` > 0 the features form a two-level hierarchy: the first
+    ``features / (1 + children)`` are parents, with the power-law probabilities; parent ``i``'s
+    children are features ``parents + i * children + j``, and each fires, given that its parent
+    fires, with probability ``child_probability``, and never without it (an active child's
+    row holds its parent's direction too). ``mean_active`` counts both levels."""
     rng = np.random.default_rng(seed)
     directions = rng.standard_normal((features, d))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    weights = (np.arange(features) + 1.0) ** -alpha
+    parents = features // (1 + children)
+    if parents * (1 + children) != features:
+        raise ValueError(f"features {features} is not a multiple of 1 + children ({1 + children})")
+    # A parent brings 1 + children x child_probability active features on average.
+    target = mean_active / (1.0 + children * child_probability)
+    weights = (np.arange(parents) + 1.0) ** -alpha
     # Scale to the requested mean, redistributing what clipping at 1 removes.
-    p = weights * mean_active / weights.sum()
+    p = weights * target / weights.sum()
     for _ in range(50):
         clipped = np.minimum(p, 1.0)
-        if clipped.sum() >= mean_active * (1 - 1e-9) or (clipped < 1).sum() == 0:
+        if clipped.sum() >= target * (1 - 1e-9) or (clipped < 1).sum() == 0:
             break
         free = clipped < 1
         p = clipped.copy()
-        p[free] *= (mean_active - clipped[~free].sum()) / clipped[free].sum()
+        p[free] *= (target - clipped[~free].sum()) / clipped[free].sum()
     p = np.minimum(p, 1.0)
     # Independent Bernoulli(p_i) firings, drawn per feature: a Binomial(n, p_i) count of rows,
     # then that many distinct rows uniformly (the same distribution as n x features coin
@@ -161,6 +185,12 @@ def planted_data(
     for i, count in enumerate(rng.binomial(n, p)):
         rows_of.append(rng.choice(n, size=int(count), replace=False))
         cols_of.append(np.full(int(count), i, dtype=np.int64))
+    for i in range(parents):
+        of_parent = rows_of[i]
+        for j in range(children):
+            count = int(rng.binomial(len(of_parent), child_probability))
+            rows_of.append(rng.choice(of_parent, size=count, replace=False))
+            cols_of.append(np.full(count, parents + i * children + j, dtype=np.int64))
     rows_idx = np.concatenate(rows_of)
     cols_idx = np.concatenate(cols_of)
     magnitudes = rng.exponential(1.0, len(rows_idx))
@@ -174,17 +204,36 @@ def planted_data(
         x[lo:hi] = codes[lo:hi] @ dirs32
         x[lo:hi] += rng.normal(0.0, noise, (hi - lo, d)).astype(np.float32)
     x *= np.float32(math.sqrt(d / float((x.astype(np.float64) ** 2).sum(1).mean())))
-    return Planted(x[: n - held_out], x[n - held_out :], directions, p)
+    marginal = np.concatenate([p, np.repeat(p, children) * child_probability])
+    if not children:
+        return Planted(x[: n - held_out], x[n - held_out :], directions, marginal)
+    test_codes = codes[n - held_out :].tocsr()
+    return Planted(x[: n - held_out], x[n - held_out :], directions, marginal, parents, test_codes)
 
 
 @torch.no_grad()
-def measure(sae: SAE, test: np.ndarray, directions: np.ndarray) -> dict[str, float]:
-    """Held-out FVU, L0, dead fraction, and MMCS against the planted directions."""
+def measure(
+    sae: SAE,
+    test: np.ndarray,
+    directions: np.ndarray,
+    parents: int = 0,
+    test_codes: scipy.sparse.csr_matrix | None = None,
+) -> dict[str, Any]:
+    """Held-out FVU, L0, dead fraction, and MMCS against the planted directions. With
+    ``parents`` (and the held-out ``test_codes``), also MMCS over the parents and over the
+    children apart, and feature absorption: how often the latent whose decoder row is nearest
+    a parent's direction fires when the parent is active alone, and when one of its children
+    is active too (an absorbed parent's latent falls silent there)."""
     x_all = torch.from_numpy(test)
     mean = x_all.double().mean(0)
     err = total = 0.0
     l0 = 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    rows = sae.decoder_directions().double()
+    cos = torch.from_numpy(directions) @ rows.T
+    best = cos.max(1).values
+    parent_latent = cos[:parents].argmax(1)
+    parent_fired = []
     for lo in range(0, len(test), 2048):
         x = x_all[lo : lo + 2048]
         z = sae.encode(x)
@@ -194,15 +243,27 @@ def measure(sae: SAE, test: np.ndarray, directions: np.ndarray) -> dict[str, flo
         active = z != 0
         l0 += float(active.sum())
         fired |= active.any(0)
-    rows = sae.decoder_directions().double()
-    best = (torch.from_numpy(directions) @ rows.T).max(1).values
-    return {
+        if parents:
+            parent_fired.append(active[:, parent_latent].numpy())
+    out: dict[str, Any] = {
         "fvu": err / total,
         "l0": l0 / len(test),
         "dead": float((~fired).double().mean()),
         "mmcs": float(best.mean()),
         "mmcs_by_frequency": by_frequency(best.numpy()),
     }
+    if parents:
+        out["mmcs_parents"] = float(best[:parents].mean())
+        out["mmcs_children"] = float(best[parents:].mean())
+    if parents and test_codes is not None:
+        on = np.concatenate(parent_fired)
+        present = test_codes[:, :parents].toarray() > 0
+        children = (len(directions) - parents) // parents
+        with_child = (test_codes[:, parents:].toarray() > 0).reshape(len(test), parents, children)
+        with_child = with_child.any(2)
+        out["parent_fires_alone"] = float(on[present & ~with_child].mean())
+        out["parent_fires_with_child"] = float(on[present & with_child].mean())
+    return out
 
 
 FREQUENCY_BINS = 8
@@ -349,6 +410,18 @@ def main(argv: list[str] | None = None) -> None:
         help="power-law exponent of p_i (0.5: calibrated on SAELens, see the module docstring)",
     )
     ap.add_argument("--noise", type=float, default=0.01)
+    ap.add_argument(
+        "--children",
+        type=int,
+        default=0,
+        help="children per parent feature: a two-level hierarchy (0: independent features)",
+    )
+    ap.add_argument(
+        "--child-probability",
+        type=float,
+        default=0.5,
+        help="with --children: the probability that a child fires when its parent does",
+    )
     ap.add_argument("--held-out", type=int, default=None, help="held-out rows (10000)")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=None, help="batch size (4096; quick: 1024)")
@@ -480,6 +553,14 @@ def check_arguments(a: argparse.Namespace) -> None:
     """Refuse bad ``--training`` / ``--set`` values before any data is generated: build the
     training config and every architecture's SAE config as the run will."""
     training_config(a, a.batch or (1024 if a.quick else 4096))
+    features = a.features or 4 * (a.d or (256 if a.quick else 768))
+    if a.children < 0 or features % (1 + a.children):
+        sys.exit(
+            f"--children {a.children}: expected a whole number c >= 0 with --features "
+            f"({features}) a multiple of 1 + c, e.g. --children 3"
+        )
+    if not 0 < a.child_probability <= 1:
+        sys.exit(f"--child-probability {a.child_probability}: expected a probability in (0, 1]")
     sets = parse_sets(a.set)
     for arch in a.arch or list(ARCHS):
         try:
@@ -519,6 +600,8 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
         noise=a.noise,
         held_out=held_out,
         seed=seed,
+        children=a.children,
+        child_probability=a.child_probability,
     )
     import yaml
 
@@ -540,6 +623,11 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
         f"mean active {float(data.probabilities.sum()):.1f}, alpha {a.alpha}, noise {a.noise} "
         f"({time.perf_counter() - t0:.1f} s)"
     )
+    if data.parents:
+        print(
+            f"hierarchy: {data.parents} parents, each with {a.children} children that fire "
+            f"with probability {a.child_probability:g} when it does, never without it"
+        )
     print(
         f"budget: {a.epochs:g} epoch(s), batch {batch}, lr {a.lr:g}, {steps} steps "
         f"(warm-up / decay / coefficient warm-up steps: {schedule[0]} / {schedule[1]} / "
@@ -570,7 +658,7 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
         stats = train_saes(saes, data.train, config, seed=seed, progress=False)
         seconds = stats[0]["seconds"]
         rate = a.epochs * len(data.train) * len(saes) / max(seconds, 1e-9)
-        rows = [measure(s, data.test, data.directions) for s in saes]
+        rows = [measure(s, data.test, data.directions, data.parents, data.test_codes) for s in saes]
         at_k = interpolate_at([r["l0"] for r in rows], [r["fvu"] for r in rows], a.k)
         for sae, r, v in zip(saes, rows, values):
             label = arch + (f" {coef.split('_')[0]}={v:g}" if coef else f" k={sae.config.k}")
@@ -589,6 +677,14 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
                 f"{match:>12}{rate / len(saes):>11.0f}",
                 flush=True,
             )
+            if data.parents:
+                print(
+                    f"{'  MMCS parents / children':<34}"
+                    f"{r['mmcs_parents']:.3f} / {r['mmcs_children']:.3f}; a parent's latent "
+                    f"fires with it {r['parent_fires_alone']:.3f} alone, "
+                    f"{r['parent_fires_with_child']:.3f} with a child",
+                    flush=True,
+                )
             if a.by_frequency:
                 cells = " ".join(f"{m:.2f}" for m in r["mmcs_by_frequency"])
                 print(f"{'  MMCS by frequency':<34}{cells}", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ def _quality():
     spec = importlib.util.spec_from_file_location("quality_benchmark", PATH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -106,6 +108,8 @@ def test_bad_set_and_training_values_are_refused_before_any_data_is_generated(mo
             ["prefix_fractions"],
         ),
         (["--training", "batch_size=0"], ["batch_size", "0"]),
+        (["--children", "5"], ["--children 5", "1024", "multiple of 1 + c"]),  # 4 x 256 features
+        (["--children", "3", "--child-probability", "0"], ["--child-probability 0"]),
     ]:
         with pytest.raises(SystemExit) as exc:
             q.main(["--quick", "--no-sweep", *argv])
@@ -132,3 +136,103 @@ def test_mmcs_by_frequency_averages_each_run_of_planted_directions_most_common_f
     np.testing.assert_allclose(r["mmcs_by_frequency"][:4], 1.0, atol=1e-6)
     assert max(r["mmcs_by_frequency"][4:]) < 0.9
     assert math.isclose(r["mmcs"], float(best.mean()), abs_tol=1e-6)
+
+
+def test_planted_hierarchy_children_fire_only_with_their_parent():
+    q = _quality()
+    n, d, children, prob = 20_000, 48, 3, 0.4
+    data = q.planted_data(
+        n=n, d=d, features=40, mean_active=6.0, alpha=0.5, noise=0.0, held_out=1_000, seed=5,
+        children=children, child_probability=prob,
+    )  # fmt: skip
+    parents = 10
+    assert data.parents == parents and len(data.probabilities) == 40
+    # Parents follow the power law; a child's marginal rate is its parent's times prob.
+    w = (np.arange(parents) + 1.0) ** -0.5
+    p = 6.0 / (1 + children * prob) * w / w.sum()
+    np.testing.assert_allclose(data.probabilities[:parents], p, rtol=1e-12)
+    np.testing.assert_allclose(data.probabilities[parents:], np.repeat(p, children) * prob)
+    assert math.isclose(float(data.probabilities.sum()), 6.0, rel_tol=1e-9)
+    # Recover the codes (noise-free, d > features) and check the hierarchy row by row.
+    x = np.concatenate([data.train, data.test]).astype(np.float64)
+    codes, *_ = np.linalg.lstsq(data.directions.T, x.T, rcond=None)
+    active = codes.T > 1e-3
+    parent_of = np.repeat(np.arange(parents), children)
+    child_active = active[:, parents:]
+    # Never without the parent (whose magnitude may be below 1e-3, not below the float32
+    # recovery error, 1e-5 here).
+    assert not (child_active & ~(codes.T[:, parent_of] > 1e-5)).any()
+    given = child_active[active[:, parent_of]].mean()  # pooled P(child | parent)
+    assert abs(given - prob) < 5 * math.sqrt(prob * (1 - prob) / active[:, parent_of].sum())
+    rate = active.mean(0)
+    sd = np.sqrt(data.probabilities * (1 - data.probabilities) / n)
+    assert (np.abs(rate - data.probabilities) < 5 * sd).all()
+
+
+def test_without_children_the_planted_data_are_those_of_before():
+    # The hierarchy's code path must not move the default data (published figures are made
+    # on them): the generator's random draws, replayed here in their documented order, give
+    # the same directions and the same codes (recovered from noise-free rows, up to the
+    # global rescaling).
+    q = _quality()
+    n, features = 3_000, 12
+    data = q.planted_data(
+        n=n, d=16, features=features, mean_active=3.0, alpha=0.5, noise=0.0, held_out=100, seed=2
+    )
+    rng = np.random.default_rng(2)
+    directions = rng.standard_normal((features, 16))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    w = (np.arange(features) + 1.0) ** -0.5
+    rows = [rng.choice(n, size=int(c), replace=False) for c in rng.binomial(n, 3.0 * w / w.sum())]
+    codes = np.zeros((n, features))
+    cols = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])
+    codes[np.concatenate(rows), cols] = rng.exponential(1.0, len(cols))
+    assert data.parents == 0
+    np.testing.assert_array_equal(data.directions, directions)
+    x = np.concatenate([data.train, data.test]).astype(np.float64)
+    recovered, *_ = np.linalg.lstsq(directions.T, x.T, rcond=None)
+    scale = float(np.median(recovered.T[codes > 0] / codes[codes > 0]))
+    np.testing.assert_allclose(recovered.T, scale * codes, atol=1e-4 * scale)
+
+
+def test_mmcs_over_parents_and_children_apart():
+    q = _quality()
+    data = q.planted_data(
+        n=600, d=16, features=16, mean_active=3.0, alpha=0.5, noise=0.01, held_out=100, seed=1,
+        children=3,
+    )  # fmt: skip
+    sae = q.build("topk", 16, {"expansion": 1, "k": 4})
+    with torch.no_grad():  # the 4 parents, and 12 rows that are the children mixed with them
+        mixed = data.directions[4:] + data.directions[np.repeat(np.arange(4), 3)]
+        sae.W_dec.copy_(torch.from_numpy(np.concatenate([data.directions[:4], mixed[:12]])).float())
+    r = q.measure(sae, data.test, data.directions, data.parents)
+    rows = sae.decoder_directions().double().numpy()
+    best = (data.directions @ rows.T).max(1)
+    assert math.isclose(r["mmcs_parents"], 1.0, abs_tol=1e-6)
+    assert math.isclose(r["mmcs_children"], float(best[4:].mean()), abs_tol=1e-6)
+    assert r["mmcs_children"] < 0.9
+
+
+def test_absorption_counts_how_often_a_parents_latent_fires_alone_and_with_a_child():
+    q = _quality()
+    data = q.planted_data(
+        n=4_000, d=32, features=16, mean_active=3.0, alpha=0.5, noise=0.01, held_out=1_000,
+        seed=4, children=3, child_probability=0.5,
+    )  # fmt: skip
+    sae = q.build("topk", 32, {"expansion": 1, "k": 3, "k_ramp": 0})
+    r = q.measure(sae, data.test, data.directions, data.parents, data.test_codes)
+    # By hand: each parent's nearest decoder row, whether it fires on each held-out row, and
+    # which rows hold the parent with or without one of its children.
+    rows = sae.decoder_directions().double().numpy()
+    fires = sae.encode(torch.from_numpy(data.test)).detach().numpy() != 0
+    codes = data.test_codes.toarray()
+    alone, together = [], []
+    for i in range(4):
+        latent = int(np.argmax(data.directions[i] @ rows.T))
+        for row in range(len(data.test)):
+            if codes[row, i] > 0:
+                child = (codes[row, 4 + 3 * i : 7 + 3 * i] > 0).any()
+                (together if child else alone).append(fires[row, latent])
+    assert alone and together and abs(np.mean(alone) - np.mean(together)) > 0.01  # telling
+    assert math.isclose(r["parent_fires_alone"], float(np.mean(alone)), abs_tol=1e-12)
+    assert math.isclose(r["parent_fires_with_child"], float(np.mean(together)), abs_tol=1e-12)
