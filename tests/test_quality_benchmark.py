@@ -219,6 +219,7 @@ def test_absorption_counts_how_often_a_parents_latent_fires_alone_and_with_a_chi
         n=4_000, d=32, features=16, mean_active=3.0, alpha=0.5, noise=0.01, held_out=1_000,
         seed=4, children=3, child_probability=0.5,
     )  # fmt: skip
+    torch.manual_seed(0)
     sae = q.build("topk", 32, {"expansion": 1, "k": 3, "k_ramp": 0})
     r = q.measure(sae, data.test, data.directions, data.parents, data.test_codes)
     # By hand: each parent's nearest decoder row, whether it fires on each held-out row, and
