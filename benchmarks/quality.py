@@ -218,6 +218,7 @@ def measure(
     directions: np.ndarray,
     parents: int = 0,
     test_codes: scipy.sparse.csr_matrix | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Held-out FVU, L0, dead fraction, and MMCS against the planted directions. With
     ``parents`` (and the held-out ``test_codes``), also MMCS over the parents and over the
@@ -250,7 +251,7 @@ def measure(
         "l0": l0 / len(test),
         "dead": float((~fired).double().mean()),
         "mmcs": float(best.mean()),
-        "mmcs_by_frequency": by_frequency(best.numpy()),
+        "mmcs_by_frequency": by_frequency(best.numpy(), probabilities),
     }
     if parents:
         out["mmcs_parents"] = float(best[:parents].mean())
@@ -261,19 +262,34 @@ def measure(
         children = (len(directions) - parents) // parents
         with_child = (test_codes[:, parents:].toarray() > 0).reshape(len(test), parents, children)
         with_child = with_child.any(2)
-        out["parent_fires_alone"] = float(on[present & ~with_child].mean())
-        out["parent_fires_with_child"] = float(on[present & with_child].mean())
+        # Pooled over every (row, parent) firing, so common parents weigh most; NaN where a
+        # case never occurs (every firing has a child when the child probability is 1).
+        out["parent_fires_alone"] = _mean(on[present & ~with_child])
+        out["parent_fires_with_child"] = _mean(on[present & with_child])
     return out
 
 
 FREQUENCY_BINS = 8
 
 
-def by_frequency(best: np.ndarray, bins: int = FREQUENCY_BINS) -> list[float]:
-    """Mean of ``best`` (each planted direction's best cosine) over ``bins`` contiguous runs of
-    the directions; the generator orders them by firing probability, so the first run holds the
-    most common features and the last the rarest."""
-    return [float(part.mean()) for part in np.array_split(best, bins)]
+def by_frequency(
+    best: np.ndarray, probabilities: np.ndarray | None = None, bins: int = FREQUENCY_BINS
+) -> list[float]:
+    """Mean of ``best`` (each planted direction's best cosine) over ``bins`` equal runs of the
+    directions ordered by firing probability, most common first (ties, and no
+    ``probabilities``, in the order given; fewer runs when there are fewer directions)."""
+    if probabilities is not None:
+        best = best[np.argsort(-probabilities, kind="stable")]
+    return [float(part.mean()) for part in np.array_split(best, min(bins, len(best)))]
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean, NaN (without a warning) when there is nothing to average."""
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _shown(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def interpolate_at(l0s: list[float], fvus: list[float], target: float) -> float | None:
@@ -420,7 +436,8 @@ def main(argv: list[str] | None = None) -> None:
         "--child-probability",
         type=float,
         default=0.5,
-        help="with --children: the probability that a child fires when its parent does",
+        help="with --children: the probability that a child fires when its parent does (at 1 "
+        "a parent never fires alone, so that figure is n/a)",
     )
     ap.add_argument("--held-out", type=int, default=None, help="held-out rows (10000)")
     ap.add_argument("--epochs", type=float, default=1.0)
@@ -658,7 +675,12 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
         stats = train_saes(saes, data.train, config, seed=seed, progress=False)
         seconds = stats[0]["seconds"]
         rate = a.epochs * len(data.train) * len(saes) / max(seconds, 1e-9)
-        rows = [measure(s, data.test, data.directions, data.parents, data.test_codes) for s in saes]
+        rows = [
+            measure(
+                s, data.test, data.directions, data.parents, data.test_codes, data.probabilities
+            )
+            for s in saes
+        ]
         at_k = interpolate_at([r["l0"] for r in rows], [r["fvu"] for r in rows], a.k)
         for sae, r, v in zip(saes, rows, values):
             label = arch + (f" {coef.split('_')[0]}={v:g}" if coef else f" k={sae.config.k}")
@@ -681,8 +703,8 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
                 print(
                     f"{'  MMCS parents / children':<34}"
                     f"{r['mmcs_parents']:.3f} / {r['mmcs_children']:.3f}; a parent's latent "
-                    f"fires with it {r['parent_fires_alone']:.3f} alone, "
-                    f"{r['parent_fires_with_child']:.3f} with a child",
+                    f"fires with it {_shown(r['parent_fires_alone'])} alone, "
+                    f"{_shown(r['parent_fires_with_child'])} with a child",
                     flush=True,
                 )
             if a.by_frequency:

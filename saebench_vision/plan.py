@@ -243,7 +243,7 @@ def _written_differences(first: SAEVariant, second: SAEVariant) -> str:
     ):
         for key in sorted(set(a) | set(b)):
             x, y = a.get(key, unset), b.get(key, unset)
-            if x != y:
+            if repr(x) != repr(y):  # no elementwise == (arrays in suites built in code)
                 shown = ["unset" if v is unset else f"{v!r}" for v in (y, x)]
                 diffs.append(f"`{prefix}{key}` {shown[0]} against {shown[1]}")
     if not diffs:

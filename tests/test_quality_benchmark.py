@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -159,9 +160,9 @@ def test_planted_hierarchy_children_fire_only_with_their_parent():
     active = codes.T > 1e-3
     parent_of = np.repeat(np.arange(parents), children)
     child_active = active[:, parents:]
-    # Never without the parent (whose magnitude may be below 1e-3, not below the float32
-    # recovery error, 1e-5 here).
-    assert not (child_active & ~(codes.T[:, parent_of] > 1e-5)).any()
+    # Never without the parent: exactly, in the held-out rows' codes.
+    held = data.test_codes.toarray() > 0
+    assert held[:, parents:].any() and not (held[:, parents:] & ~held[:, parent_of]).any()
     given = child_active[active[:, parent_of]].mean()  # pooled P(child | parent)
     assert abs(given - prob) < 5 * math.sqrt(prob * (1 - prob) / active[:, parent_of].sum())
     rate = active.mean(0)
@@ -237,3 +238,24 @@ def test_absorption_counts_how_often_a_parents_latent_fires_alone_and_with_a_chi
     assert alone and together and abs(np.mean(alone) - np.mean(together)) > 0.01  # telling
     assert math.isclose(r["parent_fires_alone"], float(np.mean(alone)), abs_tol=1e-12)
     assert math.isclose(r["parent_fires_with_child"], float(np.mean(together)), abs_tol=1e-12)
+
+
+def test_by_frequency_orders_by_probability_with_a_hierarchy_and_all_alone_is_not_a_number():
+    q = _quality()
+    # Parents come first in the directions, yet a common child fires more often than a rare
+    # parent: the octiles follow the probabilities, not the index.
+    best = np.arange(8.0)
+    probabilities = np.array([0.9, 0.1, 0.05, 0.01, 0.5, 0.4, 0.3, 0.2])
+    assert q.by_frequency(best, probabilities) == [0, 4, 5, 6, 7, 1, 2, 3]
+    assert q.by_frequency(best[:3]) == [0.0, 1.0, 2.0]  # fewer directions than octiles
+    data = q.planted_data(
+        n=1_500, d=16, features=16, mean_active=3.0, alpha=0.5, noise=0.01, held_out=300, seed=3,
+        children=3, child_probability=1.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    sae = q.build("topk", 16, {"expansion": 1, "k": 4, "k_ramp": 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice"
+        r = q.measure(sae, data.test, data.directions, data.parents, data.test_codes)
+    assert math.isnan(r["parent_fires_alone"]) and 0 <= r["parent_fires_with_child"] <= 1
+    assert q._shown(r["parent_fires_alone"]) == "n/a"
