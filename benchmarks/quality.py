@@ -212,19 +212,13 @@ def planted_data(
 
 
 @torch.no_grad()
-def measure(
-    sae: SAE,
-    test: np.ndarray,
-    directions: np.ndarray,
-    parents: int = 0,
-    test_codes: scipy.sparse.csr_matrix | None = None,
-    probabilities: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Held-out FVU, L0, dead fraction, and MMCS against the planted directions. With
-    ``parents`` (and the held-out ``test_codes``), also MMCS over the parents and over the
-    children apart, and feature absorption: how often the latent whose decoder row is nearest
+def measure(sae: SAE, data: Planted) -> dict[str, Any]:
+    """Held-out FVU, L0, dead fraction, and MMCS against the planted directions, also by
+    frequency octile. With a hierarchy, also MMCS over the parents and over the children
+    apart, and feature absorption: how often the latent whose decoder row is nearest
     a parent's direction fires when the parent is active alone, and when one of its children
     is active too (an absorbed parent's latent falls silent there)."""
+    test, directions, parents = data.test, data.directions, data.parents
     x_all = torch.from_numpy(test)
     mean = x_all.double().mean(0)
     err = total = 0.0
@@ -251,12 +245,12 @@ def measure(
         "l0": l0 / len(test),
         "dead": float((~fired).double().mean()),
         "mmcs": float(best.mean()),
-        "mmcs_by_frequency": by_frequency(best.numpy(), probabilities),
+        "mmcs_by_frequency": by_frequency(best.numpy(), data.probabilities),
     }
-    if parents:
+    if parents and data.test_codes is not None:
         out["mmcs_parents"] = float(best[:parents].mean())
         out["mmcs_children"] = float(best[parents:].mean())
-    if parents and test_codes is not None:
+        test_codes = data.test_codes
         on = np.concatenate(parent_fired)
         present = test_codes[:, :parents].toarray() > 0
         children = (len(directions) - parents) // parents
@@ -566,11 +560,27 @@ def sae_args(a: argparse.Namespace, arch: str, sets: dict[str, dict[str, Any]]) 
     return args
 
 
+def run_size(a: argparse.Namespace) -> tuple[int, int, int, int, int]:
+    """Rows, width, held-out rows, batch size and planted directions: the flags, else the
+    quick or the full size's."""
+    quick = dict(n=65_000, d=256, held_out=5_000, batch=1024)
+    full = dict(n=200_000, d=768, held_out=10_000, batch=4096)
+    size = quick if a.quick else full
+    d = a.d or size["d"]
+    return (
+        a.n or size["n"],
+        d,
+        a.held_out or size["held_out"],
+        a.batch or size["batch"],
+        a.features or 4 * d,
+    )
+
+
 def check_arguments(a: argparse.Namespace) -> None:
     """Refuse bad ``--training`` / ``--set`` values before any data is generated: build the
     training config and every architecture's SAE config as the run will."""
-    training_config(a, a.batch or (1024 if a.quick else 4096))
-    features = a.features or 4 * (a.d or (256 if a.quick else 768))
+    _, _, _, batch, features = run_size(a)
+    training_config(a, batch)
     if a.children < 0 or features % (1 + a.children):
         sys.exit(
             f"--children {a.children}: expected a whole number c >= 0 with --features "
@@ -592,16 +602,7 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
     """Generate the planted data for ``seed``, train and measure every SAE; print each row
     (and SAELens's); return our rows as (label, figures)."""
     ours: list[tuple[str, dict[str, float]]] = []
-    size = (
-        dict(n=65_000, d=256, held_out=5_000, batch=1024)
-        if a.quick
-        else dict(n=200_000, d=768, held_out=10_000, batch=4096)
-    )
-    n = a.n or size["n"]
-    d = a.d or size["d"]
-    held_out = a.held_out or size["held_out"]
-    batch = a.batch or size["batch"]
-    features = a.features or 4 * d
+    n, d, held_out, batch, features = run_size(a)
     archs = a.arch or list(ARCHS)
     sets = parse_sets(a.set)
     if a.device == "cpu":
@@ -675,12 +676,7 @@ def run_seed(a: argparse.Namespace, seed: int) -> list[tuple[str, dict[str, floa
         stats = train_saes(saes, data.train, config, seed=seed, progress=False)
         seconds = stats[0]["seconds"]
         rate = a.epochs * len(data.train) * len(saes) / max(seconds, 1e-9)
-        rows = [
-            measure(
-                s, data.test, data.directions, data.parents, data.test_codes, data.probabilities
-            )
-            for s in saes
-        ]
+        rows = [measure(s, data) for s in saes]
         at_k = interpolate_at([r["l0"] for r in rows], [r["fvu"] for r in rows], a.k)
         for sae, r, v in zip(saes, rows, values):
             label = arch + (f" {coef.split('_')[0]}={v:g}" if coef else f" k={sae.config.k}")

@@ -128,7 +128,7 @@ def test_mmcs_by_frequency_averages_each_run_of_planted_directions_most_common_f
     sae = q.build("topk", 16, {"expansion": 1, "k": 4})
     with torch.no_grad():  # the decoder holds the 16 most common directions, scaled
         sae.W_dec.copy_(torch.from_numpy(3.0 * data.directions[:16]).float())
-    r = q.measure(sae, data.test, data.directions)
+    r = q.measure(sae, data)
     # By hand, in numpy: each direction's best cosine with a decoder row, averaged in runs of 4.
     rows = data.directions[:16] / np.linalg.norm(data.directions[:16], axis=1, keepdims=True)
     best = (data.directions @ rows.T).max(1)
@@ -206,7 +206,7 @@ def test_mmcs_over_parents_and_children_apart():
     with torch.no_grad():  # the 4 parents, and 12 rows that are the children mixed with them
         mixed = data.directions[4:] + data.directions[np.repeat(np.arange(4), 3)]
         sae.W_dec.copy_(torch.from_numpy(np.concatenate([data.directions[:4], mixed[:12]])).float())
-    r = q.measure(sae, data.test, data.directions, data.parents)
+    r = q.measure(sae, data)
     rows = sae.decoder_directions().double().numpy()
     best = (data.directions @ rows.T).max(1)
     assert math.isclose(r["mmcs_parents"], 1.0, abs_tol=1e-6)
@@ -222,7 +222,7 @@ def test_absorption_counts_how_often_a_parents_latent_fires_alone_and_with_a_chi
     )  # fmt: skip
     torch.manual_seed(0)
     sae = q.build("topk", 32, {"expansion": 1, "k": 3, "k_ramp": 0})
-    r = q.measure(sae, data.test, data.directions, data.parents, data.test_codes)
+    r = q.measure(sae, data)
     # By hand: each parent's nearest decoder row, whether it fires on each held-out row, and
     # which rows hold the parent with or without one of its children.
     rows = sae.decoder_directions().double().numpy()
@@ -256,6 +256,6 @@ def test_by_frequency_orders_by_probability_with_a_hierarchy_and_all_alone_is_no
     sae = q.build("topk", 16, {"expansion": 1, "k": 4, "k_ramp": 0})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "mean of empty slice"
-        r = q.measure(sae, data.test, data.directions, data.parents, data.test_codes)
+        r = q.measure(sae, data)
     assert math.isnan(r["parent_fires_alone"]) and 0 <= r["parent_fires_with_child"] <= 1
     assert q._shown(r["parent_fires_alone"]) == "n/a"
